@@ -1,0 +1,64 @@
+# One entry point for developers and CI; .ci/run calls `make test` and nothing else.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: setup system-packages python binaries modules lint fmt \
+        test test-unit test-component test-e2e up down status clean
+
+## setup: everything a fresh machine needs (Debian packages, venv, Go-built binaries, modules)
+setup: system-packages python binaries modules
+
+system-packages:
+	@bash e2e/toolchain/install-system-packages.sh
+
+python: $(INSTALLED)
+$(INSTALLED): pyproject.toml .ci/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c .ci/constraints.txt -e '.[dev]'
+	@touch $@
+
+binaries:
+	@bash e2e/toolchain/build.sh all
+
+modules: $(INSTALLED)
+	$(BIN)/python -m wasmfleet_harness.modules
+
+## lint: formatting, lint rules and strict typing
+lint: $(INSTALLED)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+fmt: $(INSTALLED)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## test: set up, lint, then every tier (unit, component, e2e)
+test: setup lint
+	$(BIN)/pytest tests e2e/tests
+
+test-unit: python
+	$(BIN)/pytest tests/unit
+
+test-component: setup
+	$(BIN)/pytest tests/component
+
+test-e2e: setup
+	$(BIN)/pytest e2e/tests
+
+## up / down / status: the whole system locally (README's first command)
+up: setup
+	$(BIN)/wasmfleet-dev up
+
+down:
+	@if [ -x $(BIN)/wasmfleet-dev ]; then $(BIN)/wasmfleet-dev down; fi
+
+status: python
+	$(BIN)/wasmfleet-dev status
+
+clean: down
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache

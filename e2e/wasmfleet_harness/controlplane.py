@@ -1,0 +1,307 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+
+What runs, and why:
+
+- etcd holds the state in the workspace; ``restart_apiserver`` keeps it, so a test can kill
+  the API server and bring it back on the same data.
+- kube-apiserver serves TLS on a free loopback port with real authentication (client
+  certificates from the harness's CA, service-account tokens signed with a key it generates)
+  and ``--authorization-mode=RBAC``, so permission tests mean what they say.
+- kube-controller-manager runs the controllers the product relies on: garbage collection
+  (ownerReferences cascade), namespace deletion, service accounts and their CA bundle.
+  The node-lifecycle controller is deliberately left out: there are no kubelets, so it would
+  taint every harness-registered Node unreachable. Wasmfleet's agents report their own
+  liveness through Leases, which the operator reads; Node objects are only labels here.
+
+No scheduler and no kubelet run: Wasmfleet places its own bindings and its agents run here as
+local processes.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wasmfleet_harness import pki
+from wasmfleet_harness.binaries import Binaries
+from wasmfleet_harness.processes import ManagedProcess, free_port, wait_until
+
+__all__ = ["ControlPlane", "ControlPlaneConfig"]
+
+# Controllers the product needs; the rest (node lifecycle, IPAM, volumes, cloud) stay off.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "daemonset-controller",
+    "job-controller",
+    "disruption-controller",
+    "resourcequota-controller",
+)
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    """Knobs for one control plane; defaults suit tests on a small machine."""
+
+    ready_timeout: float = 60.0
+    # etcd without fsync: a test run's state is thrown away, so durability buys nothing.
+    etcd_unsafe_no_fsync: bool = True
+    service_cluster_ip_range: str = "10.96.0.0/16"
+    tie_to_parent: bool = True
+    extra_apiserver_args: tuple[str, ...] = ()
+
+
+@dataclass
+class ControlPlane:
+    """etcd, kube-apiserver and kube-controller-manager for one workspace directory."""
+
+    binaries: Binaries
+    workdir: Path
+    config: ControlPlaneConfig = field(default_factory=ControlPlaneConfig)
+
+    def __post_init__(self) -> None:
+        self.pki_dir = self.workdir / "pki"
+        self.logs_dir = self.workdir / "logs"
+        self.etcd_data = self.workdir / "etcd"
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.etcd_port = free_port()
+        self.etcd_peer_port = free_port()
+        self.apiserver_port = free_port()
+        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self._processes: dict[str, ManagedProcess] = {}
+        self._ca: pki.CertificateAuthority | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts all three components and returns once ``/readyz`` answers ok."""
+        self._write_credentials()
+        try:
+            self._start_etcd()
+            self._start_apiserver()
+            self.wait_ready()
+            self._start_controller_manager()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stops every component, controller manager first and etcd last."""
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            process = self._processes.pop(name, None)
+            if process is not None:
+                process.stop()
+
+    def process(self, name: str) -> ManagedProcess:
+        """The running component called ``name`` (for fault injection in tests)."""
+        return self._processes[name]
+
+    def restart_apiserver(self) -> None:
+        """Kills kube-apiserver and starts it again on the same etcd data."""
+        self._processes.pop("kube-apiserver").kill()
+        self._start_apiserver()
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        apiserver = self._processes["kube-apiserver"]
+
+        def ready() -> bool:
+            apiserver.check_alive()
+            self._processes["etcd"].check_alive()
+            try:
+                return self.get_raw("/readyz") == "ok"
+            except (OSError, urllib.error.URLError):
+                return False
+
+        wait_until(
+            ready,
+            timeout=self.config.ready_timeout,
+            interval=0.1,
+            message=lambda: f"kube-apiserver not ready\n{apiserver.log_tail()}",
+        )
+
+    # ---- clients ---------------------------------------------------------------------
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A TLS context that trusts the cluster CA and presents the admin certificate."""
+        context = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+        context.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+        return context
+
+    def get_raw(self, path: str, *, timeout: float = 5.0) -> str:
+        """GETs ``path`` from the API server as the admin and returns the body as text."""
+        with urllib.request.urlopen(
+            self.server + path, context=self.ssl_context(), timeout=timeout
+        ) as response:
+            body: bytes = response.read()
+            return body.decode()
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs kubectl against this control plane as the admin."""
+        return subprocess.run(
+            [str(self.binaries.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def kubeconfig_for_token(self, token: str, path: Path) -> Path:
+        """Writes a kubeconfig that authenticates with a bearer ``token`` (e.g. an SA's)."""
+        self._write_kubeconfig(path, user={"token": token})
+        return path
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _write_credentials(self) -> None:
+        ca = pki.CertificateAuthority(self.pki_dir)
+        self._ca = ca
+        ca.issue(
+            "apiserver",
+            common_name="kube-apiserver",
+            server_hosts=(
+                "127.0.0.1",
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+        )
+        admin = ca.issue(
+            "admin",
+            common_name="wasmfleet-admin",
+            organizations=("system:masters",),
+            client=True,
+        )
+        controller_manager = ca.issue(
+            "kube-controller-manager", common_name="system:kube-controller-manager", client=True
+        )
+        pki.write_service_account_keys(self.pki_dir)
+        self._write_kubeconfig(
+            self.kubeconfig,
+            user={"client-certificate": str(admin.cert), "client-key": str(admin.key)},
+        )
+        self._write_kubeconfig(
+            self.workdir / "kube-controller-manager.kubeconfig",
+            user={
+                "client-certificate": str(controller_manager.cert),
+                "client-key": str(controller_manager.key),
+            },
+        )
+
+    def _write_kubeconfig(self, path: Path, *, user: dict[str, str]) -> None:
+        document = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "wasmfleet-local",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority": str(self.pki_dir / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [{"name": "user", "user": user}],
+            "contexts": [
+                {
+                    "name": "wasmfleet-local",
+                    "context": {"cluster": "wasmfleet-local", "user": "user"},
+                }
+            ],
+            "current-context": "wasmfleet-local",
+        }
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        path.chmod(0o600)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        process = ManagedProcess(
+            name,
+            argv,
+            log_path=self.logs_dir / f"{name}.log",
+            tie_to_parent=self.config.tie_to_parent,
+        )
+        process.start()
+        self._processes[name] = process
+
+    def _start_etcd(self) -> None:
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        argv = [
+            str(self.binaries.etcd),
+            "--name=wasmfleet",
+            f"--data-dir={self.etcd_data}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=wasmfleet={peer}",
+            "--log-level=warn",
+        ]
+        if self.config.etcd_unsafe_no_fsync:
+            argv.append("--unsafe-no-fsync")
+        self._spawn("etcd", argv)
+
+    def _start_apiserver(self) -> None:
+        p = self.pki_dir
+        argv = [
+            str(self.binaries.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.apiserver_port}",
+            f"--tls-cert-file={p / 'apiserver.crt'}",
+            f"--tls-private-key-file={p / 'apiserver.key'}",
+            f"--client-ca-file={p / 'ca.crt'}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={p / 'sa.pub'}",
+            f"--service-account-signing-key-file={p / 'sa.key'}",
+            "--authorization-mode=RBAC",
+            f"--service-cluster-ip-range={self.config.service_cluster_ip_range}",
+            # The built-in reconciler would publish 127.0.0.1 as the `kubernetes` Service's
+            # endpoint, which endpoint validation refuses; nothing here needs that Service.
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            "--profiling=false",
+            *self.config.extra_apiserver_args,
+        ]
+        self._spawn("kube-apiserver", argv)
+
+    def _start_controller_manager(self) -> None:
+        p = self.pki_dir
+        argv = [
+            str(self.binaries.kube_controller_manager),
+            f"--kubeconfig={self.workdir / 'kube-controller-manager.kubeconfig'}",
+            f"--controllers={','.join(CONTROLLERS)}",
+            "--leader-elect=false",
+            # Each controller acts as its own service account with its bootstrap RBAC role.
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={p / 'sa.key'}",
+            f"--root-ca-file={p / 'ca.crt'}",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            # A local run has no need to wait minutes before collecting garbage.
+            "--concurrent-gc-syncs=5",
+        ]
+        self._spawn("kube-controller-manager", argv)

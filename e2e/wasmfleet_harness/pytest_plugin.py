@@ -1,0 +1,95 @@
+"""pytest fixtures that start each real service once per test session.
+
+Loaded for every test run through ``-p wasmfleet_harness.pytest_plugin`` in pyproject.toml.
+Fixtures are lazy: a unit-test run starts nothing, a component run starts registries, and only
+tests that ask for ``control_plane`` start etcd and kube-apiserver (building them first if the
+cache is cold).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wasmfleet_harness.binaries import Binaries, ensure_binaries
+from wasmfleet_harness.controlplane import ControlPlane
+from wasmfleet_harness.modules import build_all
+from wasmfleet_harness.processes import Workspace, install_termination_handler
+from wasmfleet_harness.registry import BasicAuth, Registry
+
+__all__ = [
+    "binaries",
+    "control_plane",
+    "registry",
+    "registry_basic_auth",
+    "registry_with_basic_auth",
+    "wasm_modules",
+    "workspace",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, `kill`) then unwinds through the fixtures' finalizers.
+    install_termination_handler()
+
+
+def _workspace_root() -> Path:
+    return Path(os.environ.get("WASMFLEET_TEST_TMP", "/tmp")) / "wasmfleet-tests"
+
+
+@pytest.fixture(scope="session")
+def workspace() -> Iterator[Workspace]:
+    """One scratch directory for the whole session, removed at its end."""
+    with Workspace(root=_workspace_root()) as ws:
+        yield ws
+
+
+@pytest.fixture(scope="session")
+def wasm_modules() -> dict[str, Path]:
+    """Every example and test module, built from source; name -> path of the ``.wasm``."""
+    return build_all()
+
+
+@pytest.fixture(scope="session")
+def registry(workspace: Workspace) -> Iterator[Registry]:
+    """An anonymous-access OCI registry on loopback."""
+    server = Registry(workspace.subdir("registry"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_basic_auth() -> BasicAuth:
+    return BasicAuth(username="wasmfleet", password="s3cret-for-tests")
+
+
+@pytest.fixture(scope="session")
+def registry_with_basic_auth(
+    workspace: Workspace, registry_basic_auth: BasicAuth
+) -> Iterator[Registry]:
+    """An OCI registry that refuses anonymous access (htpasswd basic auth)."""
+    server = Registry(
+        workspace.subdir("registry-auth"), auth=registry_basic_auth, name="registry-auth"
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def binaries() -> Binaries:
+    """The pinned control-plane binaries, built through the Go module proxy if missing."""
+    return ensure_binaries()
+
+
+@pytest.fixture(scope="session")
+def control_plane(binaries: Binaries, workspace: Workspace) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver + kube-controller-manager, ready, for the whole session."""
+    plane = ControlPlane(binaries, workspace.subdir("control-plane"))
+    plane.start()
+    yield plane
+    plane.stop()

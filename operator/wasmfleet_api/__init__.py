@@ -1,0 +1,1 @@
+"""The Wasmfleet API types shared by the operator and the node agents."""

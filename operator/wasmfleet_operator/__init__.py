@@ -1,0 +1,1 @@
+"""The Wasmfleet operator: reconciles WasmServices into per-node bindings, Services and status."""
