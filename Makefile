@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup system-packages python binaries modules lint fmt \
+.PHONY: setup system-packages python binaries crds modules lint fmt \
         test test-unit test-component test-e2e up down status clean
 
 ## setup: everything a fresh machine needs (Debian packages, venv, Go-built binaries, modules)
@@ -23,6 +23,10 @@ $(INSTALLED): pyproject.toml .ci/constraints.txt
 
 binaries:
 	@bash e2e/toolchain/build.sh all
+
+## crds: regenerate crds/ from the API types (a unit test fails when they drift)
+crds: $(INSTALLED)
+	$(BIN)/python -m wasmfleet_api.crdgen
 
 modules: $(INSTALLED)
 	$(BIN)/python -m wasmfleet_harness.modules

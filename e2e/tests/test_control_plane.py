@@ -6,7 +6,6 @@ import json
 import ssl
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +14,6 @@ from kubernetes import client, config, watch
 
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.processes import wait_until
-
-
-@pytest.fixture
-def namespace(control_plane: ControlPlane) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    control_plane.kubectl("create", "namespace", name)
-    yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@ cache is cold).
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from wasmfleet_harness.binaries import Binaries, ensure_binaries
+from wasmfleet_harness.binaries import REPO_ROOT, Binaries, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.modules import build_all
 from wasmfleet_harness.processes import Workspace, install_termination_handler
@@ -23,10 +24,12 @@ from wasmfleet_harness.registry import BasicAuth, Registry
 __all__ = [
     "binaries",
     "control_plane",
+    "namespace",
     "registry",
     "registry_basic_auth",
     "registry_with_basic_auth",
     "wasm_modules",
+    "wasmfleet_crds",
     "workspace",
 ]
 
@@ -93,3 +96,22 @@ def control_plane(binaries: Binaries, workspace: Workspace) -> Iterator[ControlP
     plane.start()
     yield plane
     plane.stop()
+
+
+@pytest.fixture(scope="session")
+def wasmfleet_crds(control_plane: ControlPlane) -> ControlPlane:
+    """The control plane with Wasmfleet's CRDs from ``crds/`` applied and established."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=wasmfleet"
+    )
+    return control_plane
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false")

@@ -1,0 +1,112 @@
+"""`WasmBinding`: one replica of one service revision, assigned to one node.
+
+The operator writes a binding for every (service, node, revision) it places, owned by the
+WasmService so that deleting the service removes its bindings. A binding carries everything an
+agent needs to run the module, with the module pinned by digest, so an agent never needs to
+read the WasmService itself. The agent reports the replica's lifecycle in the status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from wasmfleet_api.base import Condition, CrdInfo, KubeModel, KubeObject, PrinterColumn, rule
+from wasmfleet_api.workload import WorkloadSpec
+
+__all__ = [
+    "BINDING_PHASES",
+    "BindingPhase",
+    "WasmBinding",
+    "WasmBindingSpec",
+    "WasmBindingStatus",
+]
+
+BindingPhase = Literal[
+    "Pending",
+    "Pulling",
+    "PullBackOff",
+    "Compiling",
+    "Ready",
+    "CrashLoopBackOff",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Terminating",
+]
+BINDING_PHASES: tuple[BindingPhase, ...] = BindingPhase.__args__  # type: ignore[attr-defined]
+
+_DIGEST_RULE = rule(
+    "self.matches(r'^sha256:[a-f0-9]{64}$')", "must be a sha256 digest: sha256:<64 hex digits>"
+)
+
+
+class WasmBindingSpec(KubeModel):
+    """What one node runs for one revision of one service."""
+
+    service_name: str = Field(min_length=1, max_length=253)
+    """Name of the WasmService (same namespace) this replica belongs to."""
+    node_name: str = Field(min_length=1, max_length=253)
+    """Node whose agent runs this replica."""
+    revision: str = Field(min_length=1, max_length=63)
+    """Revision of the service this replica runs."""
+    digest: str = Field(max_length=71, json_schema_extra=_DIGEST_RULE)
+    """Digest of the module manifest, resolved by the operator; agents pull exactly this."""
+    workload: WorkloadSpec
+    """The module and everything it may see, copied from the service's spec."""
+
+
+class WasmBindingStatus(KubeModel):
+    """The replica as its agent sees it."""
+
+    observed_generation: int | None = None
+    """The .metadata.generation the agent last acted on."""
+    phase: BindingPhase = "Pending"
+    """Lifecycle phase of the replica."""
+    ready: bool = False
+    """Whether the replica serves requests (http) or is running (job)."""
+    address: str | None = None
+    """IP address the agent serves the replica on."""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Port the agent serves the replica on."""
+    module_digest: str | None = None
+    """Digest of the Wasm module bytes (the layer), once pulled."""
+    restarts: int = 0
+    """Times the replica failed and was started again."""
+    last_error: str | None = Field(default=None, max_length=4096)
+    """The latest failure, for people."""
+    exit_code: int | None = None
+    """Exit code of the latest run (job mode)."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Detailed conditions, when the phase is not enough."""
+
+
+class WasmBinding(KubeObject):
+    """One replica of a WasmService revision, assigned to a node."""
+
+    crd: ClassVar[CrdInfo] = CrdInfo(
+        kind="WasmBinding",
+        plural="wasmbindings",
+        singular="wasmbinding",
+        scope="Namespaced",
+        short_names=("wbind",),
+        categories=("wasmfleet",),
+        printer_columns=(
+            PrinterColumn("Service", ".spec.serviceName"),
+            PrinterColumn("Node", ".spec.nodeName"),
+            PrinterColumn("Revision", ".spec.revision"),
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Ready", ".status.ready", type="boolean"),
+            PrinterColumn("Restarts", ".status.restarts", type="integer"),
+            PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
+            PrinterColumn("Error", ".status.lastError", priority=1),
+        ),
+        selectable_fields=(".spec.nodeName", ".spec.serviceName"),
+    )
+
+    api_version: Literal["wasmfleet.dev/v1alpha1"] = "wasmfleet.dev/v1alpha1"
+    kind: Literal["WasmBinding"] = "WasmBinding"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: WasmBindingSpec
+    status: WasmBindingStatus | None = None
