@@ -5,9 +5,10 @@
 #   rustc libstd-rust-dev-wasm32                    Rust -> wasm32-wasi (Debian's rustc)
 #   apache2-utils              htpasswd, for the registry's basic auth
 #   iproute2                   network namespaces for the agents' test hosts
+#   wrk                        the HTTP load generator of the benchmarks
 # Go is expected on PATH (the control-plane binaries and the Go modules need >= 1.26).
 set -euo pipefail
-packages=(docker-registry clang lld wasi-libc libclang-rt-14-dev-wasm32 rustc
+packages=(docker-registry clang lld wasi-libc libclang-rt-14-dev-wasm32 rustc wrk
           libstd-rust-dev-wasm32 apache2-utils iproute2)
 
 missing=()
