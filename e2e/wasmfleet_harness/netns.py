@@ -60,7 +60,7 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     out = _ip("-4", "-o", "addr", "show").stdout
     nets = []
     for match in re.finditer(r"inet (\S+)", out):
-        nets.append(ipaddress.ip_interface(match.group(1)).network)
+        nets.append(ipaddress.IPv4Interface(match.group(1)).network)
     return nets
 
 
