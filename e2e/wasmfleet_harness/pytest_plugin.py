@@ -20,6 +20,7 @@ from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.modules import build_all
 from wasmfleet_harness.processes import Workspace, install_termination_handler
 from wasmfleet_harness.registry import BasicAuth, Registry
+from wasmfleet_harness.token_server import TokenServer
 
 __all__ = [
     "binaries",
@@ -28,6 +29,7 @@ __all__ = [
     "registry",
     "registry_basic_auth",
     "registry_with_basic_auth",
+    "registry_with_token_auth",
     "wasm_modules",
     "wasmfleet_crds",
     "workspace",
@@ -81,6 +83,29 @@ def registry_with_basic_auth(
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_with_token_auth(
+    workspace: Workspace, registry_basic_auth: BasicAuth
+) -> Iterator[Registry]:
+    """An OCI registry that only accepts bearer tokens from its token server.
+
+    ``registry.token_server`` issues them to the ``registry_basic_auth`` user (anonymous
+    callers get tokens that grant nothing) and records every token it issued.
+    """
+    directory = workspace.subdir("registry-token")
+    tokens = TokenServer(
+        directory / "token-server",
+        users={registry_basic_auth.username: registry_basic_auth.password},
+    )
+    server = Registry(directory, token_server=tokens, name="registry-token")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        tokens.stop()
 
 
 @pytest.fixture(scope="session")

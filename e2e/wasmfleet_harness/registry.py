@@ -1,13 +1,16 @@
 """A real OCI registry (Debian's ``docker-registry``, distribution 2.8) on loopback.
 
-Used by the component tests, the e2e tests and the local run. Basic auth is optional and
-real: an htpasswd file with a bcrypt hash, written with Apache's ``htpasswd``.
+Used by the component tests, the e2e tests and the local run. Auth is optional and real:
+Basic auth through an htpasswd file with a bcrypt hash (written with Apache's ``htpasswd``),
+or bearer tokens from a `TokenServer` the registry is configured to trust. TLS is optional
+too (a serving certificate from the harness's CA), for tests of custom CA bundles.
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -17,14 +20,24 @@ from pathlib import Path
 import yaml
 
 from wasmfleet_harness.processes import ManagedProcess, free_port, wait_until
+from wasmfleet_harness.token_server import TokenServer
 
-__all__ = ["BasicAuth", "Registry", "registry_binary"]
+__all__ = ["BasicAuth", "Registry", "RegistryTls", "registry_binary"]
 
 
 @dataclass(frozen=True)
 class BasicAuth:
     username: str
     password: str
+
+
+@dataclass(frozen=True)
+class RegistryTls:
+    """The registry's serving certificate and key, and the CA that issued them (PEM files)."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 def registry_binary() -> str:
@@ -44,16 +57,23 @@ class Registry:
         workdir: Path,
         *,
         auth: BasicAuth | None = None,
+        token_server: TokenServer | None = None,
+        tls: RegistryTls | None = None,
         tie_to_parent: bool = True,
         name: str = "registry",
     ) -> None:
+        if auth is not None and token_server is not None:
+            raise ValueError("a registry uses either basic auth or a token server, not both")
         self.workdir = workdir
         self.auth = auth
+        self.token_server = token_server
+        self.tls = tls
         self.name = name
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
         self.storage = workdir / "storage"
+        self._started_token_server = False
         self._process = ManagedProcess(
             name,
             [registry_binary(), "serve", str(workdir / "config.yml")],
@@ -68,6 +88,9 @@ class Registry:
     def start(self, *, timeout: float = 30.0) -> None:
         """Writes the config, starts the server and waits until ``/v2/`` answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        http: dict[str, object] = {"addr": self.host, "secret": secrets.token_hex(16)}
+        if self.tls is not None:
+            http["tls"] = {"certificate": str(self.tls.cert), "key": str(self.tls.key)}
         config: dict[str, object] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
@@ -75,7 +98,7 @@ class Registry:
                 "filesystem": {"rootdirectory": str(self.storage)},
                 "delete": {"enabled": True},
             },
-            "http": {"addr": self.host, "secret": secrets.token_hex(16)},
+            "http": http,
         }
         if self.auth is not None:
             htpasswd = self.workdir / "htpasswd"
@@ -87,6 +110,11 @@ class Registry:
             ).stdout
             htpasswd.write_text(hashed.strip() + "\n")
             config["auth"] = {"htpasswd": {"realm": "wasmfleet", "path": str(htpasswd)}}
+        if self.token_server is not None:
+            if not self.token_server.running:
+                self.token_server.start()
+                self._started_token_server = True
+            config["auth"] = self.token_server.registry_auth_config()
         (self.workdir / "config.yml").write_text(yaml.safe_dump(config))
         self._process.start()
         wait_until(
@@ -97,8 +125,9 @@ class Registry:
 
     def _answers(self) -> bool:
         self._process.check_alive()
+        context = ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else None
         try:
-            with urllib.request.urlopen(self.url + "/v2/", timeout=2):
+            with urllib.request.urlopen(self.url + "/v2/", timeout=2, context=context):
                 return True
         except urllib.error.HTTPError as error:
             return error.code == 401  # answering, and asking for credentials
@@ -107,6 +136,10 @@ class Registry:
 
     def stop(self) -> None:
         self._process.stop()
+        if self._started_token_server and self.token_server is not None:
+            self.token_server.stop()
+            self._started_token_server = False
 
     def kill(self) -> None:
+        """SIGKILLs the registry (a crash); a token server it started keeps running."""
         self._process.kill()
