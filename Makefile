@@ -24,9 +24,10 @@ $(INSTALLED): pyproject.toml .ci/constraints.txt
 binaries:
 	@bash e2e/toolchain/build.sh all
 
-## crds: regenerate crds/ from the API types (a unit test fails when they drift)
+## crds: regenerate crds/ and docs/api.md from the API types (unit tests fail on drift)
 crds: $(INSTALLED)
 	$(BIN)/python -m wasmfleet_api.crdgen
+	$(BIN)/python -m wasmfleet_api.docgen
 
 modules: $(INSTALLED)
 	$(BIN)/python -m wasmfleet_harness.modules

@@ -113,3 +113,10 @@ def test_crds_parse_as_yaml_documents_with_one_object_each() -> None:
         documents = list(yaml.safe_load_all(text))
         assert len(documents) == 1, name
         assert documents[0]["kind"] == "CustomResourceDefinition"
+
+
+def test_the_committed_api_reference_is_exactly_what_the_generator_writes() -> None:
+    from wasmfleet_api.docgen import render_reference
+
+    committed = (REPO / "docs" / "api.md").read_text()
+    assert committed == render_reference(), "docs/api.md is stale: run `make crds`"
