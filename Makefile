@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 .PHONY: setup system-packages python binaries crds modules lint fmt \
-        test test-unit test-component test-e2e up down status clean
+        test test-unit test-component test-e2e bench up down status clean
 
 ## setup: everything a fresh machine needs (Debian packages, venv, Go-built binaries, modules)
 setup: system-packages python binaries modules
@@ -54,6 +54,10 @@ test-component: setup
 
 test-e2e: setup
 	$(BIN)/pytest e2e/tests
+
+## bench: request latency and throughput beside the baselines (bounded: a few minutes)
+bench: setup
+	$(BIN)/python bench/http_bench.py
 
 ## up / down / status: the whole system locally (README's first command)
 up: setup

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wasmfleet_harness.agent import wasmtime_cli as harness_wasmtime_cli
 from wasmfleet_harness.processes import ManagedProcess, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,8 +73,10 @@ def parse_wrk(text: str) -> tuple[float, float, float, int]:
 
 
 def wasmtime_cli() -> str | None:
-    found = shutil.which("wasmtime", path=str(BIN)) or shutil.which("wasmtime")
-    return found
+    try:
+        return str(harness_wasmtime_cli())
+    except (ImportError, OSError):
+        return shutil.which("wasmtime")
 
 
 def targets(modules: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -86,7 +89,16 @@ def targets(modules: Sequence[str]) -> list[tuple[str, list[str]]]:
         chosen.append(
             (
                 f"agent/{module}",
-                [str(BIN / "wasmfleet-agent"), "serve", "--module", path, "--port", "{port}"],
+                [
+                    str(BIN / "wasmfleet-agent"),
+                    "serve",
+                    "--module",
+                    path,
+                    "--port",
+                    "{port}",
+                    "--cache-dir",
+                    str(OUT / "agent-cache"),
+                ],
             )
         )
     cli = wasmtime_cli()

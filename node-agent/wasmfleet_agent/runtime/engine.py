@@ -1,0 +1,240 @@
+"""One wasmtime Engine per process (per setting set), its epoch clock and its compiled code.
+
+Deadlines use epoch interruption: a daemon thread advances every engine's epoch each
+``TICK_SECONDS``; every store asks to be called back at the next tick (see `sandbox`), so a
+guest that runs past its deadline traps within one tick, without a thread per request.
+
+Compiled code is cached on disk under ``cache_dir``, keyed by the module's digest, the
+wasmtime version, the engine settings and the CPU architecture (compiled code loads only into
+the same combination). A cache file appears by an atomic rename and is memory-mapped when
+loaded, so it is never rewritten in place; a file that fails to load is dropped and the
+module compiled again. A restart therefore deserializes instead of compiling.
+
+Modules that need metering (``fuel``) run in a second engine with fuel consumption turned on,
+created on first use: metering every module would slow all of them down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import wasmtime
+
+from wasmfleet_agent.oci import atomic
+from wasmfleet_agent.runtime import hostcalls
+from wasmfleet_agent.runtime.errors import ModuleLoadError
+
+__all__ = ["TICK_SECONDS", "CompiledModule", "EngineSettings", "Runtime"]
+
+_log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.005
+"""Epoch period: the precision of deadlines and of the output-size check."""
+
+WASMTIME_VERSION = metadata.version("wasmtime")
+_MAX_WASM_STACK = 1 << 20
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything that changes the machine code wasmtime produces."""
+
+    fuel: bool = False
+
+    def fingerprint(self) -> str:
+        parts = (
+            f"wasmtime={WASMTIME_VERSION}",
+            f"arch={platform.machine()}",
+            f"fuel={self.fuel}",
+            "epoch=True",
+            f"stack={_MAX_WASM_STACK}",
+        )
+        return ";".join(parts)
+
+
+@dataclass(frozen=True)
+class CompiledModule:
+    """A module compiled for one engine and linked against the agent's host functions."""
+
+    digest: str
+    settings: EngineSettings
+    engine: wasmtime.Engine
+    module: wasmtime.Module
+    pre: wasmtime.InstancePre
+    source: str
+    """``compiled`` or ``cache``: where the machine code came from."""
+    seconds: float
+    exports: frozenset[str]
+
+
+class _EngineSlot:
+    def __init__(self, settings: EngineSettings) -> None:
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        config.consume_fuel = settings.fuel
+        config.max_wasm_stack = _MAX_WASM_STACK
+        self.settings = settings
+        self.engine = wasmtime.Engine(config)
+        self.linker = wasmtime.Linker(self.engine)
+        self.linker.define_wasi()
+        self.linker.allow_shadowing = True
+        hostcalls.define(self.linker)
+
+
+@dataclass
+class Runtime:
+    """Engines, the epoch ticker and the compiled-code cache of one agent process."""
+
+    cache_dir: Path
+    on_compile: Callable[[str, float], None] | None = None
+    """Called with (``compiled`` or ``cache``, seconds) after each load, for metrics."""
+    _slots: dict[EngineSettings, _EngineSlot] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _ticker: threading.Thread | None = field(default=None, init=False)
+    _loading: dict[tuple[str, EngineSettings], threading.Lock] = field(
+        default_factory=dict, init=False
+    )
+
+    def __post_init__(self) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.cache_dir.glob("*.partial*"):
+            leftover.unlink(missing_ok=True)
+        self.engine(EngineSettings())
+        self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
+        self._ticker.start()
+
+    def engine(self, settings: EngineSettings) -> _EngineSlot:
+        with self._lock:
+            slot = self._slots.get(settings)
+            if slot is None:
+                slot = self._slots[settings] = _EngineSlot(settings)
+            return slot
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            with self._lock:
+                engines = [slot.engine for slot in self._slots.values()]
+            for engine in engines:
+                engine.increment_epoch()
+
+    def cache_path(self, digest: str, settings: EngineSettings) -> Path:
+        key = hashlib.sha256(f"{digest};{settings.fingerprint()}".encode()).hexdigest()
+        name = digest.split(":", 1)[-1][:32]
+        return self.cache_dir / f"{name}-{key[:16]}.cwasm"
+
+    def is_cached(self, digest: str, settings: EngineSettings = EngineSettings()) -> bool:
+        return self.cache_path(digest, settings).is_file()
+
+    def load(
+        self, path: Path, digest: str | None = None, settings: EngineSettings = EngineSettings()
+    ) -> CompiledModule:
+        """Compiles the module at ``path`` (or loads its cached machine code) and links it.
+
+        Blocking (compiling takes up to seconds): call it from a worker thread. Concurrent
+        loads of one module compile it once.
+        """
+        if digest is None:
+            digest = "sha256:" + _sha256_file(path)
+        with self._lock:
+            gate = self._loading.setdefault((digest, settings), threading.Lock())
+        with gate:
+            return self._load(path, digest, settings)
+
+    def _load(self, path: Path, digest: str, settings: EngineSettings) -> CompiledModule:
+        slot = self.engine(settings)
+        cached = self.cache_path(digest, settings)
+        started = time.perf_counter()
+        module: wasmtime.Module | None = None
+        source = "cache"
+        if cached.is_file():
+            try:
+                module = wasmtime.Module.deserialize_file(slot.engine, str(cached))
+            except wasmtime.WasmtimeError as error:
+                _log.warning(
+                    "dropping unusable compiled-code cache file",
+                    extra={"path": str(cached), "error": str(error)},
+                )
+                cached.unlink(missing_ok=True)
+        if module is None:
+            source = "compiled"
+            module = _compile(slot.engine, path, digest)
+            with contextlib.suppress(OSError):
+                atomic.write_atomically(cached, bytes(module.serialize()))
+        try:
+            pre = slot.linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as error:
+            raise ModuleLoadError(
+                f"module {digest} cannot be linked: {_first_line(error)}"
+            ) from None
+        seconds = time.perf_counter() - started
+        if self.on_compile is not None:
+            self.on_compile(source, seconds)
+        exports = frozenset(export.name for export in module.exports)
+        return CompiledModule(digest, settings, slot.engine, module, pre, source, seconds, exports)
+
+
+def _compile(engine: wasmtime.Engine, path: Path, digest: str) -> wasmtime.Module:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ModuleLoadError(f"module file {path} cannot be read: {error.strerror}") from None
+    if data[:4] != b"\0asm":
+        raise ModuleLoadError(f"module {digest} is not a WebAssembly binary (bad magic number)")
+    if data[4:8] != b"\x01\0\0\0":
+        raise ModuleLoadError(
+            f"module {digest} is a WebAssembly component or an unknown version; "
+            "only core modules (WASI preview 1) are supported"
+        )
+    try:
+        return wasmtime.Module(engine, data)
+    except wasmtime.WasmtimeError as error:
+        raise ModuleLoadError(f"module {digest} does not compile: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:3]) if lines else type(error).__name__
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as error:
+        raise ModuleLoadError(f"module file {path} cannot be read: {error.strerror}") from None
+    return digest.hexdigest()
+
+
+def host_architecture() -> str:
+    """The node's architecture in Kubernetes' spelling (amd64, arm64)."""
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+if os.name != "posix":  # pragma: no cover - the agent runs on Linux
+    raise ImportError("the Wasm runtime needs a POSIX system")

@@ -1,0 +1,392 @@
+"""One run of a module in a fresh instance, seeing only what its spec grants.
+
+Deny by default: the guest gets exactly the arguments, environment variables and preopened
+directories of its `SandboxSpec` (read-only unless granted writable), the stdin bytes it is
+handed, and nothing of the host: no inherited environment, no host stdio, no sockets.
+
+Limits, enforced while it runs:
+
+- linear memory: the store's limiter makes ``memory.grow`` fail beyond ``memory_limit``;
+- deadline: at every epoch tick (`engine.TICK_SECONDS`) the store calls back into
+  `_on_epoch`, which traps the guest once its wall-clock deadline has passed, or once its
+  output has grown past ``max_output``; a guest asleep in ``poll_oneoff`` wakes by its deadline
+  (`hostcalls`);
+- fuel, when the spec sets it (the engine must meter fuel);
+- output: stdout and stderr go to per-thread memory files (``memfd``), checked each tick and
+  read once at the end, so nothing touches the disk and a flood is cut within one tick.
+
+Every call of `run` builds a new Store: nothing a request does is visible to the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from wasmfleet_agent.runtime import capi
+from wasmfleet_agent.runtime.errors import SandboxConfigError
+
+if TYPE_CHECKING:
+    from wasmfleet_agent.runtime.engine import CompiledModule
+
+__all__ = [
+    "Failure",
+    "Preopen",
+    "RunLimits",
+    "RunResult",
+    "SandboxSpec",
+    "current_deadline",
+    "run",
+]
+
+FailureKind = Literal[
+    "deadline", "output", "memory", "fuel", "stack", "trap", "exit", "instantiate"
+]
+_WASM_PAGE = 65536
+
+
+@dataclass(frozen=True)
+class Preopen:
+    """A host directory the guest sees at ``guest`` (read-only unless ``writable``)."""
+
+    host: Path
+    guest: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What a run may see; ``args[0]`` is the program name, as the guest reads it."""
+
+    args: tuple[str, ...] = ("module.wasm",)
+    env: tuple[tuple[str, str], ...] = ()
+    preopens: tuple[Preopen, ...] = ()
+    memory_limit: int = 64 << 20
+    fuel: int | None = None
+
+    def check(self) -> None:
+        """Raises `SandboxConfigError` for what cannot be granted (checked before any run)."""
+        for preopen in self.preopens:
+            if not preopen.host.is_dir():
+                raise SandboxConfigError(f"directory {preopen.host} to preopen does not exist")
+            if not preopen.guest.startswith("/"):
+                raise SandboxConfigError(f"guest path {preopen.guest!r} is not absolute")
+        for name, value in self.env:
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                raise SandboxConfigError(f"environment variable {name!r} is not valid")
+
+    @cached_property
+    def encoded(self) -> tuple[capi.EncodedStrings, capi.EncodedStrings, capi.EncodedStrings]:
+        """argv, env names and env values, encoded once for every run of this spec."""
+        return (
+            capi.EncodedStrings(self.args),
+            capi.EncodedStrings([name for name, _ in self.env]),
+            capi.EncodedStrings([value for _, value in self.env]),
+        )
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    deadline_seconds: float | None = 30.0
+    max_output: int = 16 << 20
+    """Largest stdout (and, separately, stderr) a run may write; not applied when streaming."""
+
+
+OutputSink = Callable[[str, bytes], None]
+"""Receives ``("stdout" | "stderr", bytes)`` as a streaming run writes."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int | None
+    """0 when the entry returned normally; the code given to ``proc_exit``; None on a failure."""
+    stdout: bytes
+    stderr: bytes
+    failure: Failure | None
+    seconds: float
+    instantiate_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.exit_code == 0
+
+
+@dataclass
+class _Watch:
+    deadline: float | None
+    fds: tuple[int, ...]
+    max_output: int
+    sink: OutputSink | None = None
+    offsets: dict[int, int] = field(default_factory=dict)
+    reason: FailureKind | None = None
+
+    def drain(self) -> None:
+        """Hands new output to the sink and frees what it has read.
+
+        Runs on the guest's thread while the guest is paused, so nothing writes meanwhile.
+        The guest's file offset keeps growing; truncating to zero leaves a hole before it,
+        which costs no memory.
+        """
+        assert self.sink is not None
+        for stream, fd in zip(("stdout", "stderr"), self.fds, strict=True):
+            start = self.offsets.get(fd, 0)
+            end = os.fstat(fd).st_size
+            if end > start:
+                self.sink(stream, os.pread(fd, end - start, start))
+                self.offsets[fd] = end
+                os.ftruncate(fd, 0)
+
+
+_local = threading.local()
+
+
+def current_deadline() -> float | None:
+    """The monotonic deadline of the run on this thread (for host functions)."""
+    watch: _Watch | None = getattr(_local, "watch", None)
+    return None if watch is None else watch.deadline
+
+
+_EpochCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+)
+_Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def _stop(reason: FailureKind, message: bytes) -> int:
+    watch: _Watch = _local.watch
+    watch.reason = reason
+    error = ffi.wasmtime_error_new(ctypes.create_string_buffer(message))
+    return ctypes.cast(error, ctypes.c_void_p).value or 0
+
+
+@_EpochCallback  # type: ignore[untyped-decorator]
+def _on_epoch(_context: Any, _data: Any, delta: Any, kind: Any) -> int:
+    watch: _Watch | None = getattr(_local, "watch", None)
+    if watch is not None:
+        if watch.deadline is not None and time.monotonic() >= watch.deadline:
+            return _stop("deadline", b"deadline exceeded")
+        if watch.sink is not None:
+            watch.drain()
+        else:
+            for fd in watch.fds:
+                if os.fstat(fd).st_size > watch.max_output:
+                    return _stop("output", b"output limit exceeded")
+    delta[0] = 1
+    kind[0] = 0  # continue
+    return 0
+
+
+@_Finalizer  # type: ignore[untyped-decorator]
+def _no_finalizer(_data: Any) -> None:
+    return None
+
+
+@dataclass
+class _Pipes:
+    """Two memory files per worker thread, reused (wasmtime truncates them on open)."""
+
+    stdout: int = field(default_factory=lambda: os.memfd_create("wasm-stdout", os.MFD_CLOEXEC))
+    stderr: int = field(default_factory=lambda: os.memfd_create("wasm-stderr", os.MFD_CLOEXEC))
+
+    @property
+    def stdout_path(self) -> bytes:
+        return b"/proc/self/fd/%d" % self.stdout
+
+    @property
+    def stderr_path(self) -> bytes:
+        return b"/proc/self/fd/%d" % self.stderr
+
+
+def _pipes() -> _Pipes:
+    pipes: _Pipes | None = getattr(_local, "pipes", None)
+    if pipes is None:
+        pipes = _local.pipes = _Pipes()
+    return pipes
+
+
+def _set_stdin(config: wasmtime.WasiConfig, data: bytes) -> None:
+    vector = ffi.wasm_byte_vec_t()
+    buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    ffi.wasm_byte_vec_new(vector, len(data), buffer)
+    # the configuration takes ownership of the vector's bytes
+    ffi.wasi_config_set_stdin_bytes(config.ptr(), ctypes.byref(vector))
+
+
+def _read(fd: int, limit: int) -> tuple[bytes, int]:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, min(size, limit), 0), size
+
+
+def _wasi_config(
+    spec: SandboxSpec,
+    extra_env: Sequence[tuple[str, str]],
+    stdin: bytes | None,
+    inherit_stdio: bool,
+    pipes: _Pipes,
+) -> wasmtime.WasiConfig:
+    config = wasmtime.WasiConfig()
+    argv, names, values = spec.encoded
+    capi.set_argv(config, argv)
+    if extra_env:
+        names = names.extended([name for name, _ in extra_env])
+        values = values.extended([value for _, value in extra_env])
+    if names.count:
+        capi.set_env(config, names, values)
+    for preopen in spec.preopens:
+        config.preopen_dir(str(preopen.host), preopen.guest, preopen.writable)
+    if inherit_stdio:
+        config.inherit_stdin()
+        config.inherit_stdout()
+        config.inherit_stderr()
+    else:
+        if stdin:
+            _set_stdin(config, stdin)
+        capi.set_stdio_file(config, "stdout", pipes.stdout_path)
+        capi.set_stdio_file(config, "stderr", pipes.stderr_path)
+    return config
+
+
+@contextlib.contextmanager
+def _watching(watch: _Watch) -> Iterator[None]:
+    _local.watch = watch
+    try:
+        yield
+    finally:
+        _local.watch = None
+
+
+def run(
+    compiled: CompiledModule,
+    spec: SandboxSpec,
+    *,
+    stdin: bytes | None = None,
+    extra_env: Sequence[tuple[str, str]] = (),
+    limits: RunLimits = RunLimits(),
+    inherit_stdio: bool = False,
+    sink: OutputSink | None = None,
+    entry: str = "_start",
+) -> RunResult:
+    """Runs ``entry`` of a fresh instance to completion on the calling thread (blocking).
+
+    Output is captured and returned (up to ``limits.max_output``), or passed to ``sink`` as it
+    is written (at every epoch tick, without a size limit), or, with ``inherit_stdio``, goes
+    to the agent's own stdio (the ``run`` command only).
+    """
+    started = time.perf_counter()
+    pipes = _pipes()
+    store = wasmtime.Store(compiled.engine)
+    try:
+        config = _wasi_config(spec, extra_env, stdin, inherit_stdio, pipes)
+    except wasmtime.WasmtimeError as error:
+        raise SandboxConfigError(str(error)) from None
+    store.set_wasi(config)
+    store.set_limits(memory_size=spec.memory_limit)
+    if compiled.settings.fuel:
+        store.set_fuel(spec.fuel if spec.fuel is not None else 2**62)
+    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _no_finalizer)
+    store.set_epoch_deadline(1)
+    deadline = None
+    if limits.deadline_seconds is not None:
+        deadline = time.monotonic() + limits.deadline_seconds
+    fds = () if inherit_stdio else (pipes.stdout, pipes.stderr)
+    watch = _Watch(deadline, fds, limits.max_output, sink)
+    exit_code: int | None = None
+    failure: Failure | None = None
+    instantiated = started
+    instance: ffi.wasmtime_instance_t | None = None
+    with _watching(watch):
+        try:
+            instance = capi.instantiate(compiled.pre, store)
+            instantiated = time.perf_counter()
+            if not capi.call_export(store, instance, entry.encode()):
+                raise SandboxConfigError(f"the module exports no function {entry!r}")
+            exit_code = 0
+        except wasmtime.ExitTrap as exit_trap:
+            exit_code = exit_trap.code
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
+            failure = _classify(error, watch, store, instance, spec)
+    if instantiated == started:
+        instantiated = time.perf_counter()
+    if inherit_stdio:
+        stdout = stderr = b""
+    elif sink is not None:
+        watch.drain()
+        stdout = stderr = b""
+    else:
+        stdout, stdout_size = _read(pipes.stdout, limits.max_output + 1)
+        stderr, _ = _read(pipes.stderr, min(limits.max_output, 64 << 10))
+        if failure is None and stdout_size > limits.max_output:
+            failure = Failure("output", f"wrote more than {limits.max_output} bytes")
+    del store
+    return RunResult(
+        exit_code=None if failure is not None else exit_code,
+        stdout=stdout[: limits.max_output],
+        stderr=stderr,
+        failure=failure,
+        seconds=time.perf_counter() - started,
+        instantiate_seconds=instantiated - started,
+    )
+
+
+def _classify(
+    error: wasmtime.Trap | wasmtime.WasmtimeError,
+    watch: _Watch,
+    store: wasmtime.Store,
+    instance: ffi.wasmtime_instance_t | None,
+    spec: SandboxSpec,
+) -> Failure:
+    if watch.reason == "deadline":
+        return Failure("deadline", "deadline exceeded")
+    if watch.reason == "output":
+        return Failure("output", "output limit exceeded")
+    message = _summary(error)
+    if instance is None:
+        if "memory" in message and ("limit" in message or "exceeds" in message):
+            return Failure(
+                "memory", f"the module needs more memory than its limit of {spec.memory_limit}"
+            )
+        return Failure("instantiate", f"instantiation failed: {message}")
+    code = error.trap_code if isinstance(error, wasmtime.Trap) else None
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return Failure("fuel", "fuel exhausted")
+    if code == wasmtime.TrapCode.STACK_OVERFLOW:
+        return Failure("stack", "stack overflow")
+    used = capi.memory_size(store, instance)
+    if used is not None and used + 2 * _WASM_PAGE * 16 >= spec.memory_limit:
+        return Failure(
+            "memory",
+            f"trap with linear memory at its limit ({used} of {spec.memory_limit} bytes): "
+            f"{message}",
+        )
+    return Failure("trap", f"trap: {message}")
+
+
+def _summary(error: Exception) -> str:
+    """The cause of a trap in one line, without the backtrace wasmtime prints first."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "Caused by:" in lines:
+        causes = lines[lines.index("Caused by:") + 1 :]
+        return "; ".join(re.sub(r"^\d+: ", "", cause) for cause in causes)
+    return lines[0] if lines else type(error).__name__

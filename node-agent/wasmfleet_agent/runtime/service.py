@@ -1,0 +1,204 @@
+"""What the agent runs: an HTTP service (a fresh instance per request) or a job.
+
+`HttpModule.execute` is the blocking body of one request: CGI variables and the body in, a
+response out, every failure mapped to a status:
+
+==========================  ======  ==============================================
+what happened               status  client sees
+==========================  ======  ==============================================
+deadline passed             504     ``module timed out``
+output over the limit       502     ``module response too large``
+invalid CGI output          502     ``module wrote an invalid response``
+memory limit reached        500     ``module ran out of memory``
+trap, stack, fuel, exit≠0   500     ``module failed``
+==========================  ======  ==============================================
+
+The detail (trap message, exit code) goes to the agent's log under an error id that the client
+also gets, never to the client: it may describe the module's internals.
+
+`run_job` runs a job once; `JobRunner` repeats it with exponential backoff until it succeeds
+or its retries are spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from wasmfleet_agent.runtime import cgi
+from wasmfleet_agent.runtime.engine import CompiledModule
+from wasmfleet_agent.runtime.sandbox import Failure, RunLimits, RunResult, SandboxSpec, run
+from wasmfleet_agent.server.http import HttpOutcome, IncomingRequest
+
+__all__ = ["HttpModule", "JobAttempt", "JobRunner", "run_job"]
+
+_log = logging.getLogger(__name__)
+
+_CLIENT_TEXT = {
+    "deadline": (504, "module timed out"),
+    "output": (502, "module response too large"),
+    "memory": (500, "module ran out of memory"),
+}
+_MAX_STDERR_LOGGED = 4096
+
+
+@dataclass
+class HttpModule:
+    """One HTTP service's module with its sandbox and limits; ``execute`` is thread-safe."""
+
+    name: str
+    compiled: CompiledModule
+    spec: SandboxSpec
+    limits: RunLimits
+    server_software: str = "wasmfleet"
+
+    def __post_init__(self) -> None:
+        kept = tuple((k, v) for k, v in self.spec.env if not cgi.reserved(k))
+        dropped = sorted({k for k, _ in self.spec.env} - {k for k, _ in kept})
+        if dropped:
+            _log.warning(
+                "ignoring environment variables the agent sets per request",
+                extra={"service": self.name, "variables": dropped},
+            )
+            self.spec = replace(self.spec, env=kept)
+        self.spec.check()
+
+    def execute(self, request: IncomingRequest) -> HttpOutcome:
+        variables = cgi.request_variables(
+            method=request.method,
+            path=request.path,
+            query=request.query,
+            headers=request.headers,
+            body_length=len(request.body),
+            remote_addr=request.remote_addr,
+            server_name=request.server_name,
+            server_port=request.server_port,
+            server_software=self.server_software,
+            scheme=request.scheme,
+        )
+        result = run(
+            self.compiled, self.spec, stdin=request.body, extra_env=variables, limits=self.limits
+        )
+        if result.stderr:
+            _log.info(
+                "module stderr",
+                extra={
+                    "service": self.name,
+                    "stderr": result.stderr[:_MAX_STDERR_LOGGED].decode("utf-8", "replace"),
+                },
+            )
+        return _outcome(result)
+
+
+def _outcome(result: RunResult) -> HttpOutcome:
+    timing = result.instantiate_seconds
+    if result.failure is not None:
+        status, text = _CLIENT_TEXT.get(result.failure.kind, (500, "module failed"))
+        return HttpOutcome(
+            status, error=f"{text}: {result.failure.detail}", instantiate_seconds=timing
+        )
+    if result.exit_code:
+        return HttpOutcome(
+            500,
+            error=f"module failed: exited with code {result.exit_code}",
+            instantiate_seconds=timing,
+        )
+    try:
+        response = cgi.parse_output(result.stdout)
+    except cgi.CgiError as error:
+        return HttpOutcome(
+            502, error=f"module wrote an invalid response: {error}", instantiate_seconds=timing
+        )
+    return HttpOutcome(response.status, response.headers, response.body, instantiate_seconds=timing)
+
+
+def run_job(
+    compiled: CompiledModule,
+    spec: SandboxSpec,
+    *,
+    timeout: float | None,
+    name: str,
+    inherit_stdio: bool = False,
+) -> RunResult:
+    """Runs a job once (blocking); output goes to the agent's log, line by line, labelled."""
+    lines = _LineLogger(name)
+    result = run(
+        compiled,
+        spec,
+        limits=RunLimits(deadline_seconds=timeout),
+        inherit_stdio=inherit_stdio,
+        sink=None if inherit_stdio else lines,
+    )
+    lines.flush()
+    return result
+
+
+class _LineLogger:
+    """Turns a job's output chunks into one log record per line."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.partial = {"stdout": b"", "stderr": b""}
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        *complete, rest = (self.partial[stream] + data).split(b"\n")
+        self.partial[stream] = rest[-65536:]
+        for line in complete:
+            self._emit(stream, line)
+
+    def flush(self) -> None:
+        for stream, rest in self.partial.items():
+            if rest:
+                self._emit(stream, rest)
+        self.partial = {"stdout": b"", "stderr": b""}
+
+    def _emit(self, stream: str, line: bytes) -> None:
+        _log.info(
+            line.decode("utf-8", "replace").rstrip("\r"),
+            extra={"service": self.name, "stream": stream},
+        )
+
+
+@dataclass(frozen=True)
+class JobAttempt:
+    attempt: int
+    exit_code: int | None
+    failure: Failure | None
+    seconds: float
+
+
+@dataclass
+class JobRunner:
+    """Runs a job until it succeeds, retrying failures with exponential backoff.
+
+    ``run_once`` runs one attempt (off the event loop); ``backoff`` doubles after each failure,
+    capped at ``max_backoff``; ``backoff_limit`` retries follow the first attempt.
+    """
+
+    run_once: Callable[[], Awaitable[RunResult]]
+    backoff_limit: int
+    backoff: float
+    max_backoff: float = 300.0
+    on_attempt: Callable[[JobAttempt], None] | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def run(self) -> list[JobAttempt]:
+        attempts: list[JobAttempt] = []
+        delay = self.backoff
+        for number in range(1, self.backoff_limit + 2):
+            started = time.perf_counter()
+            result = await self.run_once()
+            attempt = JobAttempt(
+                number, result.exit_code, result.failure, time.perf_counter() - started
+            )
+            attempts.append(attempt)
+            if self.on_attempt is not None:
+                self.on_attempt(attempt)
+            if result.ok or number > self.backoff_limit:
+                break
+            await self.sleep(delay)
+            delay = min(delay * 2, self.max_backoff)
+        return attempts

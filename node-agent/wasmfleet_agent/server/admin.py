@@ -1,0 +1,46 @@
+"""The agent's admin endpoints: ``/healthz``, ``/readyz`` and Prometheus ``/metrics``.
+
+They live on a port of their own so that a module, which owns every path of its service
+port, can never shadow them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from wasmfleet_agent.server.metrics import AgentMetrics
+
+__all__ = ["build_admin_app"]
+
+READY_CHECK: web.AppKey[Callable[[], tuple[bool, str]]] = web.AppKey("ready_check")
+METRICS: web.AppKey[AgentMetrics] = web.AppKey("metrics")
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    # Answering at all proves the event loop is alive: Wasm never runs on it.
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ready, detail = request.app[READY_CHECK]()
+    return web.Response(status=200 if ready else 503, text=f"{detail}\n")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def build_admin_app(
+    *, metrics: AgentMetrics, ready_check: Callable[[], tuple[bool, str]]
+) -> web.Application:
+    """``ready_check`` returns (ready, a sentence saying why or why not)."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app[READY_CHECK] = ready_check
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app

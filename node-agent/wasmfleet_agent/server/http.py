@@ -1,0 +1,169 @@
+"""One served module behind aiohttp: limits before the sandbox, Wasm off the event loop.
+
+`ServiceHandler` is the aiohttp handler of one module (one binding, or ``serve``'s module).
+It refuses what it will not run before any Wasm runs: beyond ``max_concurrency`` requests
+in flight it answers 503 at once, a body over the limit gets 413. Accepted requests run on a
+thread pool (wasmtime releases the GIL while guest code runs; the event loop never waits on
+Wasm), each on a fresh instance. Failures inside the sandbox (trap, timeout, memory, output
+limit) become that request's 5xx with an error id that is also in the log, so one bad
+request never affects another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from wasmfleet_agent.server.metrics import AgentMetrics
+
+__all__ = ["HttpLimits", "HttpOutcome", "IncomingRequest", "ServiceHandler"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IncomingRequest:
+    """What the module is told about a request (the WAGI/CGI inputs)."""
+
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    remote_addr: str
+    server_name: str
+    server_port: int
+    scheme: str = "http"
+
+
+@dataclass(frozen=True)
+class HttpOutcome:
+    """What to answer; ``error`` set means the module failed and ``status`` is a 5xx."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    error: str | None = None
+    instantiate_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_concurrency: int = 64
+    max_request_body: int = 1 << 20
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"}
+
+
+@dataclass
+class ServiceHandler:
+    """The aiohttp handler of one module; ``execute`` runs one request to completion."""
+
+    name: str
+    execute: Callable[[IncomingRequest], HttpOutcome]
+    limits: HttpLimits
+    pool: Executor
+    metrics: AgentMetrics
+    in_flight: int = field(default=0, init=False)
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        if self.in_flight >= self.limits.max_concurrency:
+            self.metrics.rejected.labels(self.name, "concurrency").inc()
+            return self._done(started, web.Response(status=503, text="over capacity\n"))
+        if (
+            request.content_length is not None
+            and request.content_length > self.limits.max_request_body
+        ):
+            self.metrics.rejected.labels(self.name, "body").inc()
+            return self._done(started, web.Response(status=413, text="request body too large\n"))
+        self.in_flight += 1
+        gauge = self.metrics.in_flight.labels(self.name)
+        gauge.inc()
+        try:
+            try:
+                body = await self._read_body(request)
+            except _BodyTooLargeError:
+                self.metrics.rejected.labels(self.name, "body").inc()
+                return self._done(
+                    started, web.Response(status=413, text="request body too large\n")
+                )
+            incoming = _incoming(request, body)
+            loop = asyncio.get_running_loop()
+            outcome = await loop.run_in_executor(self.pool, self.execute, incoming)
+        finally:
+            self.in_flight -= 1
+            gauge.dec()
+        self.metrics.instantiate_seconds.labels(self.name).observe(outcome.instantiate_seconds)
+        if outcome.error is not None:
+            error_id = uuid.uuid4().hex[:12]
+            log.warning(
+                "request failed",
+                extra={
+                    "service": self.name,
+                    "error_id": error_id,
+                    "status": outcome.status,
+                    "error": outcome.error,
+                    "path": request.path,
+                },
+            )
+            response = web.Response(
+                status=outcome.status,
+                text=f"{outcome.error.split(':', 1)[0]} (error id {error_id})\n",
+                headers={"x-wasmfleet-error-id": error_id},
+            )
+            return self._done(started, response)
+        headers = [(k, v) for k, v in outcome.headers if k.lower() not in _HOP_BY_HOP]
+        response = web.Response(status=outcome.status, body=outcome.body)
+        for key, value in headers:
+            if key.lower() == "content-type":
+                response.headers["Content-Type"] = value
+            else:
+                response.headers.add(key, value)
+        return self._done(started, response)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if not request.can_read_body:
+            return b""
+        chunks = []
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self.limits.max_request_body:
+                raise _BodyTooLargeError
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _done(self, started: float, response: web.Response) -> web.Response:
+        self.metrics.requests.labels(self.name, str(response.status)).inc()
+        self.metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
+        return response
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def _incoming(request: web.Request, body: bytes) -> IncomingRequest:
+    host = request.url.host or "localhost"
+    port = request.url.port or 80
+    peer = request.remote or ""
+    return IncomingRequest(
+        method=request.method,
+        path=request.path,
+        query=request.query_string,
+        headers=tuple((k, v) for k, v in request.headers.items()),
+        body=body,
+        remote_addr=peer,
+        server_name=host,
+        server_port=port,
+        scheme=request.scheme,
+    )

@@ -1,0 +1,107 @@
+"""Prometheus metrics of one agent process, in a registry of its own (no global state).
+
+Names follow Prometheus conventions (``wasmfleet_agent_*``, base units, ``_total`` for
+counters). Services are labelled ``namespace/name`` (or the module for a standalone
+``serve``); the label set is bounded by what the agent hosts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["AgentMetrics"]
+
+# Request latencies of interest run from tens of microseconds to the timeout.
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_COMPILE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class AgentMetrics:
+    """Every metric the agent exports."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "wasmfleet_agent_requests",
+            "HTTP requests served, by status code.",
+            ["service", "code"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "wasmfleet_agent_request_duration_seconds",
+            "Time from request received to response ready.",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.instantiate_seconds = Histogram(
+            "wasmfleet_agent_instantiate_seconds",
+            "Time to create a fresh instance for one request or run.",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "wasmfleet_agent_requests_in_flight",
+            "Requests running now.",
+            ["service"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "wasmfleet_agent_requests_rejected",
+            "Requests refused before running: over concurrency (503) or body limit (413).",
+            ["service", "reason"],
+            registry=r,
+        )
+        self.compile_seconds = Histogram(
+            "wasmfleet_agent_compile_seconds",
+            "Time to compile a module, or to load it from the compiled-code cache.",
+            ["source"],
+            buckets=_COMPILE_BUCKETS,
+            registry=r,
+        )
+        self.compile_cache = Counter(
+            "wasmfleet_agent_compile_cache",
+            "Compiled-code cache lookups.",
+            ["result"],
+            registry=r,
+        )
+        self.pulls = Counter(
+            "wasmfleet_agent_pulls",
+            "Module pulls, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.bindings = Gauge(
+            "wasmfleet_agent_bindings",
+            "Bindings hosted, by phase.",
+            ["phase"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format, for ``/metrics``."""
+        return generate_latest(self.registry)

@@ -1,0 +1,251 @@
+"""``wasmfleet-agent serve`` and ``run``: the runtime without a cluster.
+
+``serve`` pulls (or reads) one module, compiles it (or loads its cached machine code) and
+serves it over HTTP on ``--port``, with ``/healthz``, ``/readyz`` and ``/metrics`` on
+``--admin-port``. ``run`` runs a module to completion the way the wasmtime CLI does, with
+the terminal's stdio, and exits with the module's exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from aiohttp import web
+
+from wasmfleet_agent.oci import auth, errors
+from wasmfleet_agent.oci.client import ClientSettings, RegistryClient
+from wasmfleet_agent.oci.store import ModuleStore, PullPolicy
+from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, Runtime
+from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
+from wasmfleet_agent.runtime.loader import LocatedModule, locate
+from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
+from wasmfleet_agent.runtime.service import HttpModule, run_job
+from wasmfleet_agent.server.admin import build_admin_app
+from wasmfleet_agent.server.http import HttpLimits, ServiceHandler
+from wasmfleet_agent.server.metrics import AgentMetrics
+
+__all__ = ["TRAP_EXIT_CODE", "ModuleOptions", "run_module", "serve"]
+
+_log = logging.getLogger(__name__)
+
+TRAP_EXIT_CODE = 134
+"""Exit code of ``run`` when the module traps or times out (as the wasmtime CLI on Unix)."""
+
+
+@dataclass(frozen=True)
+class ModuleOptions:
+    """What both commands share: where the module is, how to fetch it, what it may see."""
+
+    source: str
+    cache_dir: Path
+    env: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[Preopen, ...] = ()
+    memory_limit: int = 64 << 20
+    fuel: int | None = None
+    pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+    insecure_registries: frozenset[str] = frozenset()
+    ca_file: Path | None = None
+    docker_config: Path | None = None
+    cache_max_bytes: int = 2 << 30
+
+
+@dataclass
+class _Loaded:
+    runtime: Runtime
+    store: ModuleStore
+    located: LocatedModule
+    compiled: CompiledModule
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
+
+
+def _credentials(options: ModuleOptions) -> auth.Credentials | None:
+    if options.docker_config is None or options.source.startswith(("/", "./", "../")):
+        return None
+    configs = auth.parse_docker_config(options.docker_config.read_bytes())
+    registry = options.source.split("/", 1)[0]
+    return auth.find_credentials(configs, registry=registry)
+
+
+async def _load(options: ModuleOptions, metrics: AgentMetrics) -> _Loaded:
+    settings = ClientSettings(
+        insecure_registries=options.insecure_registries, ca_file=options.ca_file
+    )
+
+    def observe(source: str, seconds: float) -> None:
+        metrics.compile_seconds.labels(source).observe(seconds)
+        metrics.compile_cache.labels("hit" if source == "cache" else "miss").inc()
+
+    runtime = Runtime(options.cache_dir / "compiled", on_compile=observe)
+    store = ModuleStore(
+        options.cache_dir / "modules",
+        options.cache_max_bytes,
+        client_factory=lambda: RegistryClient(settings=settings),
+    )
+    try:
+        located = await locate(
+            options.source,
+            store,
+            policy=options.pull_policy,
+            credentials=_credentials(options),
+        )
+    except BaseException:
+        metrics.pulls.labels("error").inc()
+        await store.close()
+        runtime.close()
+        raise
+    metrics.pulls.labels("cached" if located.cached else "pulled").inc()
+    engine = EngineSettings(fuel=options.fuel is not None)
+    try:
+        compiled = await asyncio.to_thread(runtime.load, located.path, located.digest, engine)
+    except BaseException:
+        await store.close()
+        runtime.close()
+        raise
+    _log.info(
+        "module ready",
+        extra={
+            "wasm_module": located.source,
+            "digest": located.digest,
+            "machine_code": compiled.source,
+            "seconds": round(compiled.seconds, 4),
+        },
+    )
+    return _Loaded(runtime, store, located, compiled, metrics)
+
+
+def _spec(options: ModuleOptions, args: tuple[str, ...]) -> SandboxSpec:
+    program = Path(options.source.split("@", 1)[0].rsplit("/", 1)[-1]).name or "module.wasm"
+    return SandboxSpec(
+        args=(program, *args),
+        env=options.env,
+        preopens=options.dirs,
+        memory_limit=options.memory_limit,
+        fuel=options.fuel,
+    )
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_port: int | None = None
+    timeout: float = 30.0
+    max_concurrency: int = 64
+    max_request_body: int = 1 << 20
+    max_response: int = 16 << 20
+
+
+async def serve(
+    options: ModuleOptions, serve_options: ServeOptions, stop: asyncio.Event | None = None
+) -> int:
+    """Serves the module until ``stop`` is set (or SIGTERM/SIGINT); returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    metrics = AgentMetrics()
+    ready = False
+    admin_runner: web.AppRunner | None = None
+    if serve_options.admin_port is not None:
+        admin = build_admin_app(
+            metrics=metrics,
+            ready_check=lambda: (ready, "serving" if ready else "loading the module"),
+        )
+        admin_runner = web.AppRunner(admin, access_log=None)
+        await admin_runner.setup()
+        await web.TCPSite(admin_runner, serve_options.host, serve_options.admin_port).start()
+    try:
+        loaded = await _load(options, metrics)
+    except (ModuleLoadError, errors.RegistryError, ValueError, OSError) as error:
+        print(f"wasmfleet-agent serve: {error}", file=sys.stderr)
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        return 1
+    name = options.source
+    try:
+        module = HttpModule(
+            name=name,
+            compiled=loaded.compiled,
+            spec=_spec(options, ()),
+            limits=RunLimits(
+                deadline_seconds=serve_options.timeout, max_output=serve_options.max_response
+            ),
+            server_software=f"wasmfleet-agent/{metadata.version('wasmfleet')}",
+        )
+    except SandboxConfigError as error:
+        print(f"wasmfleet-agent serve: {error}", file=sys.stderr)
+        return 1
+    pool = ThreadPoolExecutor(
+        max_workers=serve_options.max_concurrency, thread_name_prefix="wasm-request"
+    )
+    handler = ServiceHandler(
+        name=name,
+        execute=module.execute,
+        limits=HttpLimits(serve_options.max_concurrency, serve_options.max_request_body),
+        pool=pool,
+        metrics=metrics,
+    )
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, serve_options.host, serve_options.port).start()
+        ready = True
+        _log.info(
+            "serving",
+            extra={
+                "wasm_module": name,
+                "url": f"http://{serve_options.host}:{serve_options.port}/",
+            },
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        pool.shutdown(wait=False, cancel_futures=True)
+        await loaded.store.close()
+        loaded.runtime.close()
+    return 0
+
+
+async def run_module(
+    options: ModuleOptions, args: tuple[str, ...], deadline: float | None = None
+) -> int:
+    """Runs the module to completion with the terminal's stdio; the module's exit code."""
+    try:
+        loaded = await _load(options, AgentMetrics())
+    except (ModuleLoadError, errors.RegistryError, ValueError, OSError) as error:
+        print(f"wasmfleet-agent run: {error}", file=sys.stderr)
+        return 1
+    try:
+        spec = _spec(options, args)
+        spec.check()
+        result = await asyncio.to_thread(
+            run_job,
+            loaded.compiled,
+            spec,
+            timeout=deadline,
+            name=options.source,
+            inherit_stdio=True,
+        )
+    except SandboxConfigError as error:
+        print(f"wasmfleet-agent run: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await loaded.store.close()
+        loaded.runtime.close()
+    if result.failure is not None:
+        print(f"wasmfleet-agent run: {result.failure.detail}", file=sys.stderr)
+        return TRAP_EXIT_CODE
+    return result.exit_code or 0
