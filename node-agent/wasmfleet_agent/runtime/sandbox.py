@@ -175,27 +175,33 @@ _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
 def _stop(reason: FailureKind, message: bytes) -> int:
-    watch: _Watch = _local.watch
-    watch.reason = reason
+    watch: _Watch | None = getattr(_local, "watch", None)
+    if watch is not None:
+        watch.reason = reason
     error = ffi.wasmtime_error_new(ctypes.create_string_buffer(message))
     return ctypes.cast(error, ctypes.c_void_p).value or 0
 
 
 @_EpochCallback  # type: ignore[untyped-decorator]
 def _on_epoch(_context: Any, _data: Any, delta: Any, kind: Any) -> int:
-    watch: _Watch | None = getattr(_local, "watch", None)
-    if watch is not None:
-        if watch.deadline is not None and time.monotonic() >= watch.deadline:
-            return _stop("deadline", b"deadline exceeded")
-        if watch.sink is not None:
-            watch.drain()
-        else:
-            for fd in watch.fds:
-                if os.fstat(fd).st_size > watch.max_output:
-                    return _stop("output", b"output limit exceeded")
-    delta[0] = 1
-    kind[0] = 0  # continue
-    return 0
+    # An exception must not escape into C (ctypes would drop it and the guest would run on
+    # unchecked); anything unexpected stops this run, and only this run.
+    try:
+        watch: _Watch | None = getattr(_local, "watch", None)
+        if watch is not None:
+            if watch.deadline is not None and time.monotonic() >= watch.deadline:
+                return _stop("deadline", b"deadline exceeded")
+            if watch.sink is not None:
+                watch.drain()
+            else:
+                for fd in watch.fds:
+                    if os.fstat(fd).st_size > watch.max_output:
+                        return _stop("output", b"output limit exceeded")
+        delta[0] = 1
+        kind[0] = 0  # continue
+        return 0
+    except Exception:
+        return _stop("trap", b"the agent could not watch this run")
 
 
 @_Finalizer  # type: ignore[untyped-decorator]
