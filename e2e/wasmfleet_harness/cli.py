@@ -17,11 +17,13 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from wasmfleet_harness.binaries import REPO_ROOT, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane, ControlPlaneConfig
 from wasmfleet_harness.modules import build_all
+from wasmfleet_harness.processes import wait_until
 from wasmfleet_harness.registry import Registry
 
 __all__ = ["main"]
@@ -32,6 +34,10 @@ STATE_FILE = STATE_DIR / "state.json"
 
 def _step(message: str) -> None:
     print(f"==> {message}", flush=True)
+
+
+def _pid_gone(pid: int) -> bool:
+    return not _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -155,10 +161,9 @@ def cmd_down(_args: argparse.Namespace) -> int:
         if pid is None:
             continue
         os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _pid_alive(pid):
+        try:
+            wait_until(partial(_pid_gone, pid), timeout=10)
+        except TimeoutError:
             os.killpg(pid, signal.SIGKILL)
         print(f"stopped {name}")
     shutil.rmtree(STATE_DIR, ignore_errors=True)

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from wasmfleet_harness.agent import ServedModule, agent_command
-from wasmfleet_harness.processes import Workspace
+from wasmfleet_harness.processes import Workspace, wait_until
 
 DEADLINE = 0.5
 
@@ -185,16 +185,20 @@ async def test_limits_before_the_sandbox_answer_413_and_503(
 
     status, _, _ = await _get(http, probe_agent.url + "/echo", method="POST", data=chunks())
     assert status == 413
-    sleepers = [asyncio.create_task(_get(http, probe_agent.url + "/sleep?300")) for _ in range(16)]
-    rejected = 0
-    for _ in range(100):
-        status, _, _ = await _get(http, probe_agent.url + "/plain")
-        if status == 503:
-            rejected += 1
-            break
-        await asyncio.sleep(0.005)
+    sleepers = [asyncio.create_task(_get(http, probe_agent.url + "/sleep?400")) for _ in range(16)]
+    full = 'wasmfleet_agent_requests_in_flight{service="'
+    await asyncio.to_thread(
+        wait_until,
+        lambda: any(
+            line.startswith(full) and line.endswith(" 16.0")
+            for line in probe_agent.metrics().splitlines()
+        ),
+        timeout=10,
+        message="the 16 slow requests never were all in flight",
+    )
+    status, _, _ = await _get(http, probe_agent.url + "/plain")
+    assert status == 503
     answers = await asyncio.gather(*sleepers)
-    assert rejected == 1
     assert all(status == 200 for status, _, _ in answers)
 
 
