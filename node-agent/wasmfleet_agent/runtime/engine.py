@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import platform
 import threading
 import time
@@ -74,7 +73,6 @@ class CompiledModule:
     source: str
     """``compiled`` or ``cache``: where the machine code came from."""
     seconds: float
-    exports: frozenset[str]
 
 
 class _EngineSlot:
@@ -191,8 +189,7 @@ class Runtime:
         seconds = time.perf_counter() - started
         if self.on_compile is not None:
             self.on_compile(source, seconds)
-        exports = frozenset(export.name for export in module.exports)
-        return CompiledModule(digest, settings, slot.engine, module, pre, source, seconds, exports)
+        return CompiledModule(digest, settings, slot.engine, module, pre, source, seconds)
 
 
 def _compile(engine: wasmtime.Engine, path: Path, digest: str) -> wasmtime.Module:
@@ -228,13 +225,3 @@ def _sha256_file(path: Path) -> str:
     except OSError as error:
         raise ModuleLoadError(f"module file {path} cannot be read: {error.strerror}") from None
     return digest.hexdigest()
-
-
-def host_architecture() -> str:
-    """The node's architecture in Kubernetes' spelling (amd64, arm64)."""
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-
-
-if os.name != "posix":  # pragma: no cover - the agent runs on Linux
-    raise ImportError("the Wasm runtime needs a POSIX system")

@@ -74,25 +74,33 @@ class ServiceHandler:
     metrics: AgentMetrics
     in_flight: int = field(default=0, init=False)
 
+    def __post_init__(self) -> None:
+        # the label children are looked up once, not on every request
+        metrics, name = self.metrics, self.name
+        self._gauge = metrics.in_flight.labels(name)
+        self._latency = metrics.request_seconds.labels(name)
+        self._instantiate = metrics.instantiate_seconds.labels(name)
+        self._over_capacity = metrics.rejected.labels(name, "concurrency")
+        self._over_body = metrics.rejected.labels(name, "body")
+
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         if self.in_flight >= self.limits.max_concurrency:
-            self.metrics.rejected.labels(self.name, "concurrency").inc()
+            self._over_capacity.inc()
             return self._done(started, web.Response(status=503, text="over capacity\n"))
         if (
             request.content_length is not None
             and request.content_length > self.limits.max_request_body
         ):
-            self.metrics.rejected.labels(self.name, "body").inc()
+            self._over_body.inc()
             return self._done(started, web.Response(status=413, text="request body too large\n"))
         self.in_flight += 1
-        gauge = self.metrics.in_flight.labels(self.name)
-        gauge.inc()
+        self._gauge.inc()
         try:
             try:
                 body = await self._read_body(request)
             except _BodyTooLargeError:
-                self.metrics.rejected.labels(self.name, "body").inc()
+                self._over_body.inc()
                 return self._done(
                     started, web.Response(status=413, text="request body too large\n")
                 )
@@ -101,8 +109,8 @@ class ServiceHandler:
             outcome = await loop.run_in_executor(self.pool, self.execute, incoming)
         finally:
             self.in_flight -= 1
-            gauge.dec()
-        self.metrics.instantiate_seconds.labels(self.name).observe(outcome.instantiate_seconds)
+            self._gauge.dec()
+        self._instantiate.observe(outcome.instantiate_seconds)
         if outcome.error is not None:
             error_id = uuid.uuid4().hex[:12]
             log.warning(
@@ -144,7 +152,7 @@ class ServiceHandler:
 
     def _done(self, started: float, response: web.Response) -> web.Response:
         self.metrics.requests.labels(self.name, str(response.status)).inc()
-        self.metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
+        self._latency.observe(time.perf_counter() - started)
         return response
 
 
