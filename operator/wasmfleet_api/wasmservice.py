@@ -150,6 +150,9 @@ class WasmServiceStatus(KubeModel):
     """The .metadata.generation the operator last acted on."""
     digest: str | None = None
     """Digest of the module the current revision runs (sha256:...)."""
+    resolved_from: str | None = None
+    """The module reference (and re-resolve request) the digest was resolved from; the tag is
+    resolved again when either changes."""
     short_digest: str | None = None
     """The first 12 hex digits of the digest, for display."""
     revision: str | None = None

@@ -38,7 +38,7 @@ LABEL_SERVICE = "wasmfleet.dev/service"
 LABEL_REVISION = "wasmfleet.dev/revision"
 LABEL_NODE = "wasmfleet.dev/node"
 # Tells the built-in EndpointSlice controllers that these slices are ours to manage.
-MANAGED_BY = "wasmfleet.dev/operator"
+MANAGED_BY = "operator.wasmfleet.dev"
 _SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 _SERVICE_NAME = "kubernetes.io/service-name"
 

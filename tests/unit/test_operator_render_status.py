@@ -94,7 +94,7 @@ def test_endpoint_slices_group_by_port_and_are_marked_as_ours() -> None:
     assert [e["addresses"] for e in slices[0]["endpoints"]] == [["10.0.0.1"], ["10.0.0.2"]]
     labels = slices[0]["metadata"]["labels"]
     assert labels["kubernetes.io/service-name"] == "hello"
-    assert labels["endpointslice.kubernetes.io/managed-by"] == "wasmfleet.dev/operator"
+    assert labels["endpointslice.kubernetes.io/managed-by"] == "operator.wasmfleet.dev"
 
 
 def _condition(status: Any, type_: str) -> tuple[str, str]:
