@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+from wasmfleet_agent.oci.options import add_registry_options, registry_settings
 from wasmfleet_agent.oci.store import PullPolicy
 from wasmfleet_agent.runtime.sandbox import Preopen
 from wasmfleet_agent.standalone import ModuleOptions, ServeOptions, run_module, serve
@@ -80,14 +82,7 @@ def _module_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pull-policy", choices=[p.value for p in PullPolicy], default="IfNotPresent"
     )
-    parser.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="speak plain HTTP to this registry (loopback registries always may)",
-    )
-    parser.add_argument("--ca-file", type=Path, help="PEM bundle to trust for registries")
+    add_registry_options(parser)
     parser.add_argument(
         "--docker-config", type=Path, metavar="FILE", help="registry credentials (config.json)"
     )
@@ -144,7 +139,86 @@ def _parser() -> argparse.ArgumentParser:
     )
     run_parser.add_argument("--timeout", type=_duration, help="stop the module after this long")
     _module_arguments(run_parser)
+    _node_arguments(
+        commands.add_parser(
+            "node",
+            help="join a cluster: register, heartbeat, run this node's bindings",
+            description="Registers this node's WasmAgent, renews its heartbeat Lease and runs "
+            "every WasmBinding assigned to the node, reporting each one's status.",
+        )
+    )
     return parser
+
+
+def _node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME") or socket.gethostname(),
+        help="node this agent serves (default: $NODE_NAME, else the host name)",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("NODE_IP"),
+        required=not os.environ.get("NODE_IP"),
+        help="IP address replicas are served on (default: $NODE_IP)",
+    )
+    parser.add_argument(
+        "--netns",
+        type=Path,
+        help="open listening sockets in this network namespace (a local test host)",
+    )
+    parser.add_argument("--kubeconfig", type=Path, help="default: in-cluster service account")
+    parser.add_argument("--state-dir", type=Path, default=_default_cache())
+    parser.add_argument("--lease-namespace", default="wasmfleet-system")
+    parser.add_argument("--lease-duration", type=_duration, default="20s")
+    parser.add_argument("--capacity", type=int, default=256, help="most replicas hosted")
+    parser.add_argument("--admin-port", type=int, help="port of /healthz /readyz /metrics")
+    parser.add_argument("--admin-host", default="127.0.0.1")
+    parser.add_argument("--workers", type=int, default=64, help="threads running Wasm")
+    parser.add_argument(
+        "--drain", type=_duration, default="2s", help="keep serving a removed binding this long"
+    )
+    parser.add_argument(
+        "--config-refresh",
+        type=_duration,
+        default="10s",
+        help="how often referenced ConfigMaps and Secrets are read again",
+    )
+    add_registry_options(parser)
+    parser.add_argument("--log-format", choices=["json", "text"], default="json")
+    parser.add_argument("--log-level", default="info")
+
+
+def _node(args: argparse.Namespace) -> int:
+    from wasmfleet_agent.cluster.node import NodeOptions, run_node
+    from wasmfleet_agent.cluster.registration import AgentIdentity, kube_architecture
+    from wasmfleet_api.client import KubeConfig
+
+    kube = (
+        KubeConfig.from_kubeconfig(args.kubeconfig)
+        if args.kubeconfig is not None
+        else KubeConfig.in_cluster()
+    )
+    options = NodeOptions(
+        identity=AgentIdentity(
+            node_name=args.node_name,
+            address=args.address,
+            architecture=kube_architecture(),
+            lease_namespace=args.lease_namespace,
+            lease_duration_seconds=max(1, round(args.lease_duration)),
+            capacity=args.capacity,
+        ),
+        state_dir=args.state_dir,
+        kube=kube,
+        netns=args.netns,
+        registry=registry_settings(args),
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        workers=args.workers,
+        drain_seconds=args.drain,
+        config_refresh_seconds=args.config_refresh,
+    )
+    return asyncio.run(run_node(options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,8 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    default_level = "info" if args.command == "serve" else "warning"
+    default_level = "warning" if args.command == "run" else "info"
     logs.configure(level=args.log_level or default_level, json_format=args.log_format == "json")
+    if args.command == "node":
+        return _node(args)
     if args.command == "serve":
         serve_options = ServeOptions(
             host=args.host,

@@ -1,0 +1,157 @@
+"""Keeps what the agent runs equal to the WasmBindings assigned to its node.
+
+A list, then a watch from the list's resourceVersion, with a field selector on
+``spec.nodeName`` so the agent never sees other nodes' bindings; a watch that ends or
+expires (410 Gone) is followed by a fresh list. After every change the whole desired set is
+handed to the runner (level-based: `BindingRunner.sync` compares it with what runs), so a
+missed event costs nothing but a little delay. When the API server is unreachable the agent
+keeps running what it has and retries with backoff.
+
+Status flows the other way: the runner reports a binding's state, and `StatusWriter`
+applies it to the binding's status subresource, coalescing bursts so that only the latest
+state per binding is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import aiohttp
+
+from wasmfleet_api.base import API_VERSION
+from wasmfleet_api.binding import WasmBinding
+from wasmfleet_api.client import ApiError, KubeClient, resource_for
+
+__all__ = ["BindingRunner", "StatusWriter", "watch_bindings"]
+
+log = logging.getLogger(__name__)
+BINDINGS = resource_for(API_VERSION, "WasmBinding")
+
+
+class BindingRunner(Protocol):
+    """What runs bindings; `sync` receives the whole desired set, keyed namespace/name."""
+
+    async def sync(self, desired: Mapping[str, WasmBinding]) -> None: ...
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    return f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+
+
+def _parse(obj: Mapping[str, Any]) -> WasmBinding | None:
+    try:
+        return WasmBinding.model_validate(obj)
+    except ValueError as error:
+        # A binding the agent cannot read is reported, not fatal: the others keep running.
+        log.error("ignoring unreadable binding %s: %s", _key(obj), error)
+        return None
+
+
+async def watch_bindings(
+    kube: KubeClient,
+    *,
+    node_name: str,
+    runner: BindingRunner,
+    stop: asyncio.Event,
+    watch_timeout: int = 300,
+) -> None:
+    """Runs until ``stop`` is set, feeding the runner this node's bindings."""
+    selector = f"spec.nodeName={node_name}"
+    failures = 0
+    while not stop.is_set():
+        try:
+            listing = await kube.list(BINDINGS, field_selector=selector)
+            objects = {_key(o): o for o in listing["items"]}
+            await runner.sync(_parsed(objects))
+            version = listing["metadata"]["resourceVersion"]
+            failures = 0
+            while not stop.is_set():
+                async for kind, obj in kube.watch(
+                    BINDINGS,
+                    resource_version=version,
+                    field_selector=selector,
+                    timeout_seconds=watch_timeout,
+                ):
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if kind == "BOOKMARK":
+                        continue
+                    if kind == "DELETED":
+                        objects.pop(_key(obj), None)
+                    else:
+                        objects[_key(obj)] = obj
+                    await runner.sync(_parsed(objects))
+                    if stop.is_set():
+                        break
+        except ApiError as error:
+            if error.status != 410:  # 410: our resourceVersion is too old; relist at once
+                failures += 1
+                log.warning("binding watch failed (%s); keeping what runs", error)
+        except (OSError, TimeoutError, aiohttp.ClientError) as error:
+            failures += 1
+            log.warning("API server unreachable (%s); keeping what runs", error)
+        if failures:
+            delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
+def _parsed(objects: Mapping[str, Mapping[str, Any]]) -> dict[str, WasmBinding]:
+    parsed = {}
+    for key, obj in objects.items():
+        binding = _parse(obj)
+        if binding is not None:
+            parsed[key] = binding
+    return parsed
+
+
+class StatusWriter:
+    """Writes binding status, latest state wins, one writer task per agent."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._wake = asyncio.Event()
+
+    def report(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Queues ``status`` for the binding; replaces anything not yet written."""
+        self._pending[f"{namespace}/{name}"] = dict(status)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Writes queued status until ``stop``; failed writes are retried every second."""
+        while not stop.is_set():
+            waiter = asyncio.create_task(self._wake.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait(
+                {waiter, stopper},
+                timeout=1.0 if self._pending else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            waiter.cancel()
+            stopper.cancel()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        for key, status in batch.items():
+            namespace, name = key.split("/", 1)
+            body = {
+                "apiVersion": API_VERSION,
+                "kind": "WasmBinding",
+                "metadata": {"name": name, "namespace": namespace},
+                "status": status,
+            }
+            try:
+                await self._kube.apply_status(body)
+            except ApiError as error:
+                if not error.not_found:  # a deleted binding needs no status
+                    log.warning("status of %s not written: %s", key, error)
+                    self._pending.setdefault(key, status)
+            except (OSError, TimeoutError, aiohttp.ClientError) as error:
+                log.warning("status of %s not written: %s", key, error)
+                self._pending.setdefault(key, status)

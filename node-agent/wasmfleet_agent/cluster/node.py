@@ -1,0 +1,163 @@
+"""``wasmfleet-agent node``: the agent as a member of a cluster.
+
+Starts everything one node needs, in this order: the admin endpoints, the WasmAgent object
+(retried until the API server answers), the heartbeat Lease, the status writer, and the watch
+on this node's bindings, which drives the `NodeRunner`. On SIGTERM it stops serving, then
+stops the heartbeat; the operator notices the Lease lapse and moves the replicas.
+
+When the API server becomes unreachable the agent keeps serving every replica it has; it
+resumes watching, reporting and heartbeating when the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from wasmfleet_agent.cluster.bindings import StatusWriter, watch_bindings
+from wasmfleet_agent.cluster.registration import AgentIdentity, apply_agent, heartbeat
+from wasmfleet_agent.cluster.runner import NodeRunner, RunnerSettings
+from wasmfleet_agent.oci.client import ClientSettings, RegistryClient
+from wasmfleet_agent.oci.store import ModuleStore
+from wasmfleet_agent.runtime.engine import Runtime
+from wasmfleet_agent.server.admin import build_admin_app
+from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_api.client import ApiError, KubeClient, KubeConfig
+
+__all__ = ["NodeOptions", "run_node"]
+
+log = logging.getLogger(__name__)
+FIELD_MANAGER = "wasmfleet-agent"
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    identity: AgentIdentity
+    state_dir: Path
+    kube: KubeConfig
+    netns: Path | None = None
+    registry: ClientSettings = field(default_factory=ClientSettings)
+    cache_max_bytes: int = 2 << 30
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
+    workers: int = 64
+    drain_seconds: float = 2.0
+    config_refresh_seconds: float = 10.0
+
+
+async def _register(kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event) -> bool:
+    """Applies the WasmAgent, retrying with backoff; False if stopped first."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await apply_agent(kube, identity, allocated=0, ready=True)
+            return True
+        except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+            log.warning("registration failed (%s); retrying in %.1fs", error, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, 10.0)
+    return False
+
+
+async def _report_allocation(
+    kube: KubeClient, identity: AgentIdentity, runner: NodeRunner, stop: asyncio.Event
+) -> None:
+    """Keeps WasmAgent.status.allocated near the truth, at most one write per 10 s."""
+    reported = 0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=10.0)
+        allocated = len(runner.replicas)
+        if allocated != reported and not stop.is_set():
+            try:
+                await apply_agent(kube, identity, allocated=allocated, ready=True)
+                reported = allocated
+            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+                log.warning("agent status not written: %s", error)
+
+
+async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> int:
+    """Runs the agent until ``stop`` is set (or SIGTERM/SIGINT); returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    identity = options.identity
+    metrics = AgentMetrics()
+    runtime = Runtime(options.state_dir / "compiled")
+    store = ModuleStore(
+        options.state_dir / "modules",
+        options.cache_max_bytes,
+        client_factory=lambda: RegistryClient(settings=options.registry),
+    )
+    pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="wasm-request")
+    kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)
+    status = StatusWriter(kube)
+    runner = NodeRunner(
+        kube=kube,
+        settings=RunnerSettings(
+            address=identity.address,
+            netns=options.netns,
+            bindings_dir=options.state_dir / "bindings",
+            drain_seconds=options.drain_seconds,
+            config_refresh_seconds=options.config_refresh_seconds,
+        ),
+        runtime=runtime,
+        store=store,
+        pool=pool,
+        metrics=metrics,
+        status=status,
+    )
+    admin: web.AppRunner | None = None
+    if options.admin_port is not None:
+
+        def ready() -> tuple[bool, str]:
+            if runner.synced.is_set():
+                return True, f"serving {len(runner.replicas)} binding(s)"
+            return False, "waiting for the first list of bindings"
+
+        admin = web.AppRunner(build_admin_app(metrics=metrics, ready_check=ready), access_log=None)
+        await admin.setup()
+        await web.TCPSite(admin, options.admin_host, options.admin_port).start()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if await _register(kube, identity, stop):
+            log.info(
+                "agent registered",
+                extra={"node": identity.node_name, "address": identity.address},
+            )
+            tasks = [
+                asyncio.create_task(heartbeat(kube, identity, stop=stop), name="heartbeat"),
+                asyncio.create_task(status.run(stop), name="status"),
+                asyncio.create_task(
+                    watch_bindings(kube, node_name=identity.node_name, runner=runner, stop=stop),
+                    name="bindings",
+                ),
+                asyncio.create_task(
+                    _report_allocation(kube, identity, runner, stop), name="allocation"
+                ),
+            ]
+            await stop.wait()
+    finally:
+        stop.set()
+        await runner.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if admin is not None:
+            await admin.cleanup()
+        pool.shutdown(wait=False, cancel_futures=True)
+        await store.close()
+        runtime.close()
+        await kube.close()
+    return 0

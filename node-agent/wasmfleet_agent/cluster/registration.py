@@ -1,0 +1,130 @@
+"""An agent announces itself (its WasmAgent) and proves it is alive (its Lease).
+
+The WasmAgent carries what the scheduler needs and changes rarely; the heartbeat is a
+coordination.k8s.io Lease renewed every third of its duration, so liveness costs one small
+write per agent per few seconds and never wakes watchers of WasmAgents. Both are written
+with server-side apply, so a restarted agent simply re-applies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from wasmfleet_api.base import API_VERSION
+from wasmfleet_api.client import KubeClient
+
+__all__ = [
+    "LEASE_LABEL",
+    "AgentIdentity",
+    "apply_agent",
+    "heartbeat",
+    "kube_architecture",
+    "render_agent",
+    "render_lease",
+]
+
+log = logging.getLogger(__name__)
+LEASE_LABEL = "wasmfleet.dev/agent"
+_MACHINE_TO_KUBE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def kube_architecture(machine: str | None = None) -> str:
+    """This machine's architecture as Kubernetes names it (amd64, arm64)."""
+    raw = (machine or platform.machine()).lower()
+    return _MACHINE_TO_KUBE.get(raw, raw)
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """What an agent says about itself."""
+
+    node_name: str
+    address: str
+    architecture: str
+    lease_namespace: str = "wasmfleet-system"
+    lease_duration_seconds: int = 20
+    capacity: int = 256
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def render_agent(identity: AgentIdentity, *, allocated: int, ready: bool) -> dict[str, Any]:
+    """The WasmAgent object of this agent, status included."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "WasmAgent",
+        "metadata": {"name": identity.node_name, "labels": {LEASE_LABEL: "true"}},
+        "spec": {"nodeName": identity.node_name, "leaseNamespace": identity.lease_namespace},
+        "status": {
+            "architecture": identity.architecture,
+            "os": platform.system().lower(),
+            "agentVersion": metadata.version("wasmfleet"),
+            "wasmtimeVersion": metadata.version("wasmtime"),
+            "address": identity.address,
+            "capacity": {"services": identity.capacity},
+            "allocated": allocated,
+            "leaseDurationSeconds": identity.lease_duration_seconds,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "reason": "AgentReady" if ready else "AgentStarting",
+                    "message": "the agent serves its bindings" if ready else "starting",
+                    "lastTransitionTime": _now()[:19] + "Z",
+                }
+            ],
+        },
+    }
+
+
+def render_lease(identity: AgentIdentity, *, renew_time: str | None = None) -> dict[str, Any]:
+    """The heartbeat Lease, named after the node, renewed now (or at ``renew_time``)."""
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": identity.node_name,
+            "namespace": identity.lease_namespace,
+            "labels": {LEASE_LABEL: "true"},
+        },
+        "spec": {
+            "holderIdentity": identity.node_name,
+            "leaseDurationSeconds": identity.lease_duration_seconds,
+            "renewTime": renew_time or _now(),
+        },
+    }
+
+
+async def apply_agent(
+    kube: KubeClient, identity: AgentIdentity, *, allocated: int, ready: bool
+) -> None:
+    body = render_agent(identity, allocated=allocated, ready=ready)
+    spec_only: Mapping[str, Any] = {k: v for k, v in body.items() if k != "status"}
+    await kube.apply(spec_only)
+    await kube.apply_status(body)
+
+
+async def heartbeat(kube: KubeClient, identity: AgentIdentity, *, stop: asyncio.Event) -> None:
+    """Renews the Lease every third of its duration until ``stop`` is set.
+
+    A failed renewal is logged and retried at the next tick; the agent keeps serving what it
+    has while the API server is unreachable.
+    """
+    interval = identity.lease_duration_seconds / 3
+    while not stop.is_set():
+        try:
+            await kube.apply(render_lease(identity))
+        except Exception as error:
+            log.warning("lease renewal failed: %s", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
