@@ -1,0 +1,168 @@
+"""The operator's view of the nodes: agents, their heartbeats, Node labels, and load.
+
+Fed by watch events (WasmAgents, agent Leases, Nodes, WasmBindings), read by the reconciler
+through `node_infos` and `readiness`. Liveness is judged as Kubernetes' node lifecycle
+controller judges it: by when *this* process last saw a Lease's renewTime change (a monotonic
+clock), never by comparing the agent's clock with ours. An agent is NotReady once its Lease
+has not changed for ``leaseDurationSeconds``; it is lost (its replicas move) once it has
+been NotReady for longer than the grace period.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wasmfleet_operator.planner import NodeInfo, Taint
+
+__all__ = ["Fleet", "Liveness"]
+
+ARCH_LABEL = "kubernetes.io/arch"
+
+
+@dataclass(frozen=True)
+class Liveness:
+    ready: bool
+    lost: bool
+
+
+@dataclass
+class _Heartbeat:
+    renew_time: str
+    duration: float
+    observed: float
+
+
+@dataclass
+class Fleet:
+    """Everything the scheduler knows about nodes; updated from watch events."""
+
+    grace_period: float = 40.0
+    clock: Any = time.monotonic
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    heartbeats: dict[str, _Heartbeat] = field(default_factory=dict)
+    first_seen: dict[str, float] = field(default_factory=dict)
+    binding_nodes: dict[str, str] = field(default_factory=dict)
+
+    # ---- updates -----------------------------------------------------------------
+
+    def update_agent(self, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
+        name = obj["metadata"]["name"]
+        if deleted:
+            self.agents.pop(name, None)
+            self.first_seen.pop(name, None)
+            return
+        self.agents[name] = dict(obj)
+        self.first_seen.setdefault(name, self.clock())
+
+    def update_node(self, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
+        name = obj["metadata"]["name"]
+        if deleted:
+            self.nodes.pop(name, None)
+        else:
+            self.nodes[name] = dict(obj)
+
+    def update_lease(self, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
+        name = obj["metadata"]["name"]
+        if deleted:
+            self.heartbeats.pop(name, None)
+            return
+        spec = obj.get("spec") or {}
+        renew = str(spec.get("renewTime") or "")
+        duration = float(spec.get("leaseDurationSeconds") or 20)
+        known = self.heartbeats.get(name)
+        if known is None or known.renew_time != renew:
+            self.heartbeats[name] = _Heartbeat(renew, duration, self.clock())
+        else:
+            known.duration = duration
+
+    def update_binding(self, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
+        metadata = obj["metadata"]
+        key = f"{metadata['namespace']}/{metadata['name']}"
+        if deleted:
+            self.binding_nodes.pop(key, None)
+        else:
+            self.binding_nodes[key] = str((obj.get("spec") or {}).get("nodeName", ""))
+
+    # ---- reads -------------------------------------------------------------------
+
+    def liveness(self, name: str, now: float | None = None) -> Liveness:
+        """Whether the agent ``name`` is Ready, and whether it is lost."""
+        now = self.clock() if now is None else now
+        if name not in self.agents:
+            return Liveness(ready=False, lost=True)
+        beat = self.heartbeats.get(name)
+        if beat is None:
+            since = self.first_seen.get(name, now)
+            return Liveness(ready=False, lost=now - since > 60 + self.grace_period)
+        silent = now - beat.observed
+        return Liveness(
+            ready=silent <= beat.duration, lost=silent > beat.duration + self.grace_period
+        )
+
+    def liveness_all(self, now: float | None = None) -> dict[str, Liveness]:
+        """Every agent's liveness, with the full-disruption guard applied.
+
+        When every agent at once looks silent, the likelier cause is this operator's own view
+        (its watch stalled, the API server or etcd was down) rather than every node dying
+        together; then no agent is declared lost, as Kubernetes' node lifecycle controller
+        stops evicting in a full disruption. Endpoints still follow readiness.
+        """
+        now = self.clock() if now is None else now
+        everyone = {name: self.liveness(name, now) for name in self.agents}
+        if len(everyone) > 1 and not any(live.ready for live in everyone.values()):
+            return {name: Liveness(ready=False, lost=False) for name in everyone}
+        return everyone
+
+    def address(self, name: str) -> str:
+        return str((self.agents.get(name, {}).get("status") or {}).get("address", ""))
+
+    def architecture(self, name: str) -> str:
+        labels = (self.nodes.get(name, {}).get("metadata") or {}).get("labels") or {}
+        if ARCH_LABEL in labels:
+            return str(labels[ARCH_LABEL])
+        return str((self.agents.get(name, {}).get("status") or {}).get("architecture", ""))
+
+    def node_infos(self, now: float | None = None) -> list[NodeInfo]:
+        now = self.clock() if now is None else now
+        load = Counter(self.binding_nodes.values())
+        liveness = self.liveness_all(now)
+        infos = []
+        for name, agent in sorted(self.agents.items()):
+            node = self.nodes.get(name, {})
+            labels = dict((node.get("metadata") or {}).get("labels") or {})
+            arch = self.architecture(name)
+            labels.setdefault(ARCH_LABEL, arch)
+            node_spec = node.get("spec") or {}
+            taints = tuple(
+                Taint(
+                    key=str(t.get("key", "")),
+                    value=str(t.get("value", "")),
+                    effect=str(t.get("effect", "NoSchedule")),
+                )
+                for t in node_spec.get("taints") or []
+            )
+            status = agent.get("status") or {}
+            capacity = int((status.get("capacity") or {}).get("services", 256))
+            live = liveness[name]
+            infos.append(
+                NodeInfo(
+                    name=name,
+                    arch=arch,
+                    labels=labels,
+                    taints=taints,
+                    ready=live.ready,
+                    lost=live.lost,
+                    schedulable=not (
+                        (agent.get("spec") or {}).get("unschedulable")
+                        or node_spec.get("unschedulable")
+                    ),
+                    capacity=capacity,
+                    allocated=load[name],
+                )
+            )
+        return infos

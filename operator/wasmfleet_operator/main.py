@@ -1,0 +1,279 @@
+"""The operator process: leader election, then kopf's watches feeding the reconciler.
+
+kopf watches the five kinds the operator reads (WasmServices, WasmBindings, WasmAgents, the
+agents' heartbeat Leases and Nodes) with its reconnecting list-and-watch streams; every event
+only updates a cache and queues the affected WasmServices. The reconcile workers, a fleet
+monitor (which notices heartbeats that lapse, an event no watch delivers) and a periodic
+resync do the work. Everything starts only once this replica holds the leader Lease, and the
+caches are filled from a full list before the first pass, so a fresh leader never mistakes a
+node it has not heard of yet for a lost one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from wasmfleet_agent.oci.client import ClientSettings
+from wasmfleet_api.base import API_VERSION, GROUP, VERSION
+from wasmfleet_api.client import KubeClient, KubeConfig, resource_for
+from wasmfleet_operator.fleet import Fleet, Liveness
+from wasmfleet_operator.leader import LeaderElector, LostLeadershipError
+from wasmfleet_operator.reconciler import Reconciler, ReconcilerSettings
+from wasmfleet_operator.resolver import Resolver
+
+__all__ = ["OperatorOptions", "run_operator"]
+
+log = logging.getLogger(__name__)
+FIELD_MANAGER = "wasmfleet-operator"
+AGENT_LEASE_LABEL = "wasmfleet.dev/agent"
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    kube: KubeConfig
+    kubeconfig_path: str | None = None
+    namespace: str = "wasmfleet-system"
+    """Where the leader Lease and the agents' heartbeat Leases live."""
+    leader_lease: str = "wasmfleet-operator"
+    leader_lease_duration: float = 15.0
+    leader_retry: float = 2.0
+    node_grace_period: float = 40.0
+    workers: int = 4
+    resync_seconds: float = 60.0
+    monitor_seconds: float = 1.0
+    registry: ClientSettings = field(default_factory=ClientSettings)
+    health_port: int | None = None
+    identity: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+
+
+def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.OperatorRegistry:
+    """The kopf handlers: each event updates a cache and queues work, nothing more."""
+    registry = kopf.OperatorRegistry()
+    fleet = reconciler.fleet
+
+    def deleted(event: Mapping[str, Any]) -> bool:
+        return event.get("type") == "DELETED"
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # our Events are written by the reconciler
+        settings.scanning.disabled = True  # no CRD-wide permissions needed
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.peering.standalone = True  # leadership is our Lease, not kopf peering
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return _connection_info(options.kubeconfig_path)
+
+    @kopf.on.event(GROUP, VERSION, "wasmservices", registry=registry)
+    def on_service(event: Mapping[str, Any], **_: Any) -> None:
+        reconciler.on_service(event["object"], deleted=deleted(event))
+
+    @kopf.on.event(GROUP, VERSION, "wasmbindings", registry=registry)
+    def on_binding(event: Mapping[str, Any], **_: Any) -> None:
+        reconciler.on_binding(event["object"], deleted=deleted(event))
+
+    @kopf.on.event(GROUP, VERSION, "wasmagents", registry=registry)
+    def on_agent(event: Mapping[str, Any], **_: Any) -> None:
+        fleet.update_agent(event["object"], deleted=deleted(event))
+        reconciler.enqueue_all()
+
+    @kopf.on.event(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        labels={AGENT_LEASE_LABEL: "true"},
+        registry=registry,
+    )
+    def on_lease(event: Mapping[str, Any], **_: Any) -> None:
+        if event["object"]["metadata"].get("namespace") == options.namespace:
+            fleet.update_lease(event["object"], deleted=deleted(event))
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    def on_node(event: Mapping[str, Any], **_: Any) -> None:
+        obj = event["object"]
+        before = fleet.nodes.get(obj["metadata"]["name"], {})
+        fleet.update_node(obj, deleted=deleted(event))
+        if _scheduling_view(before) != _scheduling_view(obj) or deleted(event):
+            reconciler.enqueue_all()
+
+    return registry
+
+
+def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same kubeconfig (or service account) as our client."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    token = configuration.api_key.get("authorization")
+    if token is not None and token.lower().startswith("bearer "):
+        token = token[len("bearer ") :]
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        scheme="Bearer" if token else None,
+        token=token,
+    )
+
+
+def _scheduling_view(node: Mapping[str, Any]) -> Any:
+    return (
+        (node.get("metadata") or {}).get("labels"),
+        (node.get("spec") or {}).get("taints"),
+        (node.get("spec") or {}).get("unschedulable"),
+    )
+
+
+async def _prime(kube: KubeClient, reconciler: Reconciler, namespace: str) -> None:
+    """Fills every cache from a full list before the first reconcile pass."""
+    fleet = reconciler.fleet
+    listings: list[tuple[str, Callable[[Mapping[str, Any]], None], dict[str, str]]] = [
+        ("WasmAgent", lambda o: fleet.update_agent(o), {}),
+        ("Node", lambda o: fleet.update_node(o), {}),
+        ("Lease", lambda o: fleet.update_lease(o), {"label_selector": f"{AGENT_LEASE_LABEL}=true"}),
+        ("WasmBinding", lambda o: fleet.update_binding(o), {}),
+        ("WasmService", lambda o: reconciler.on_service(o, deleted=False), {}),
+    ]
+    for kind, update, query in listings:
+        api_version = {
+            "Node": "v1",
+            "Lease": "coordination.k8s.io/v1",
+        }.get(kind, API_VERSION)
+        resource = resource_for(api_version, kind)
+        ns = namespace if kind == "Lease" else None
+        listing = await kube.list(resource, namespace=ns, **query)
+        for obj in listing["items"]:
+            obj.setdefault("apiVersion", api_version)
+            obj.setdefault("kind", kind)
+            update(obj)
+
+
+async def _monitor(reconciler: Reconciler, options: OperatorOptions) -> None:
+    """Queues the services on agents whose liveness changed; resyncs everything now and then."""
+    fleet = reconciler.fleet
+    known: dict[str, Liveness] = {}
+    loop = asyncio.get_running_loop()
+    next_resync = loop.time() + options.resync_seconds
+    while True:
+        await asyncio.sleep(options.monitor_seconds)
+        current = fleet.liveness_all()
+        changed = {n for n in current.keys() | known.keys() if current.get(n) != known.get(n)}
+        if changed:
+            for name in sorted(changed):
+                log.info(
+                    "agent liveness changed",
+                    extra={
+                        "node": name,
+                        "ready": current[name].ready if name in current else False,
+                        "lost": current[name].lost if name in current else True,
+                    },
+                )
+            reconciler.enqueue_all()
+        known = current
+        if loop.time() >= next_resync:
+            reconciler.resync()
+            next_resync = loop.time() + options.resync_seconds
+
+
+async def run_operator(options: OperatorOptions) -> int:
+    """Runs until SIGTERM (0) or until leadership is lost (1)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)
+    elector = LeaderElector(
+        kube,
+        options.namespace,
+        options.leader_lease,
+        options.identity,
+        duration=options.leader_lease_duration,
+        retry=options.leader_retry,
+    )
+    resolver = Resolver(kube, options.registry)
+    code = 0
+    try:
+        if not await elector.acquire(stop):
+            return 0
+        reconciler = Reconciler(
+            kube,
+            resolver,
+            Fleet(grace_period=options.node_grace_period),
+            ReconcilerSettings(identity=options.identity),
+        )
+        await _prime(kube, reconciler, options.namespace)
+        log.info(
+            "leading; caches filled",
+            extra={
+                "services": len(reconciler.services),
+                "agents": len(reconciler.fleet.agents),
+            },
+        )
+        # Created before kopf starts: kopf cancels every task created after its own start.
+        tasks = [
+            asyncio.create_task(reconciler.worker(), name=f"worker-{i}")
+            for i in range(options.workers)
+        ]
+        holder = asyncio.create_task(elector.hold(), name="leader")
+        monitor = asyncio.create_task(_monitor(reconciler, options), name="monitor")
+        stop_waiter = asyncio.create_task(stop.wait(), name="stop")
+        kopf_stop = asyncio.Event()
+        liveness = (
+            f"http://127.0.0.1:{options.health_port}/healthz"
+            if options.health_port is not None
+            else None
+        )
+        operator = asyncio.create_task(
+            kopf.operator(
+                registry=build_registry(reconciler, options),
+                clusterwide=True,
+                standalone=True,
+                stop_flag=kopf_stop,
+                liveness_endpoint=liveness,
+            ),
+            name="kopf",
+        )
+        done, _ = await asyncio.wait(
+            {operator, holder, stop_waiter}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if holder in done:
+            error = holder.exception()
+            log.error("leadership lost; exiting", extra={"error": str(error)})
+            code = 1
+        kopf_stop.set()
+        for task in (*tasks, holder, monitor, stop_waiter):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(operator, timeout=10)
+        await asyncio.gather(*tasks, holder, monitor, stop_waiter, return_exceptions=True)
+        reconciler.queue.close()
+        if code == 0:
+            await elector.release()
+    except LostLeadershipError:
+        code = 1
+    finally:
+        await resolver.close()
+        await kube.close()
+    return code

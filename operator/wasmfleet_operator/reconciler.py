@@ -1,0 +1,433 @@
+"""One reconcile pass for one WasmService: observe, plan, act, report.
+
+`Reconciler.reconcile` is level-based. It reads the service (from the watch cache), its
+bindings (a fresh, consistent list from the API server, so a binding created a moment ago
+is never missed and never placed twice) and the fleet, asks the pure planner for the next
+step, and carries it out in the order that keeps traffic flowing:
+
+1. EndpointSlices are written first, without the replicas about to be removed, so that
+   clients stop choosing them while their agents still serve (the agents drain);
+2. then bindings are deleted and created (names are deterministic per service, revision and
+   node, so creating one that exists is a no-op, never a duplicate);
+3. last the status, with an Event for each condition that changed.
+
+Writes that would change nothing are skipped, so a pass over a settled service costs one list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from wasmfleet_api.base import API_VERSION
+from wasmfleet_api.client import ApiError, KubeClient, resource_for
+from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
+from wasmfleet_api.workload import WorkloadSpec
+from wasmfleet_operator.fleet import Fleet
+from wasmfleet_operator.planner import Plan, Replica, plan_placements
+from wasmfleet_operator.render import (
+    Endpoint,
+    render_binding,
+    render_endpoint_slices,
+    render_revision,
+    render_selector,
+    render_service,
+)
+from wasmfleet_operator.resolver import ResolveError, Resolver
+from wasmfleet_operator.status import (
+    Observed,
+    ObservedReplica,
+    compute_status,
+    condition_events,
+)
+from wasmfleet_operator.workqueue import WorkQueue
+
+__all__ = ["RESOLVE_ANNOTATION", "Reconciler", "ReconcilerSettings"]
+
+log = logging.getLogger(__name__)
+
+BINDINGS = resource_for(API_VERSION, "WasmBinding")
+SERVICES = resource_for("v1", "Service")
+SLICES = resource_for("discovery.k8s.io/v1", "EndpointSlice")
+RESOLVE_ANNOTATION = "wasmfleet.dev/resolve"
+"""Set or change this annotation's value to resolve the module's tag again (a rollout if it
+moved), e.g. ``kubectl annotate wsvc NAME wasmfleet.dev/resolve="$(date +%s)" --overwrite``."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _micro_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _fingerprint(objects: Any) -> str:
+    return hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    identity: str = "wasmfleet-operator"
+    cluster_domain: str = "cluster.local"
+    resolve_retry_seconds: float = 10.0
+
+
+class Reconciler:
+    """Holds the caches the watch handlers fill and the work queue the workers drain."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        resolver: Resolver,
+        fleet: Fleet,
+        settings: ReconcilerSettings | None = None,
+    ) -> None:
+        self.kube = kube
+        self.resolver = resolver
+        self.fleet = fleet
+        self.settings = settings or ReconcilerSettings()
+        self.services: dict[str, dict[str, Any]] = {}
+        self.queue = WorkQueue()
+        # What was last written per (kind, service key); cleared on every resync.
+        self._written: dict[tuple[str, str], str] = {}
+        self.passes = 0
+
+    # ---- cache updates from watch events -------------------------------------------
+
+    def on_service(self, obj: Mapping[str, Any], *, deleted: bool) -> None:
+        key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        if deleted:
+            self.services.pop(key, None)
+            for kind in ("Service", "EndpointSlice"):
+                self._written.pop((kind, key), None)
+        else:
+            self.services[key] = dict(obj)
+        self.queue.add(key)
+
+    def on_binding(self, obj: Mapping[str, Any], *, deleted: bool) -> None:
+        self.fleet.update_binding(obj, deleted=deleted)
+        service = (obj.get("spec") or {}).get("serviceName")
+        if service:
+            self.queue.add(f"{obj['metadata']['namespace']}/{service}")
+
+    def enqueue_all(self) -> None:
+        for key in self.services:
+            self.queue.add(key)
+
+    def resync(self) -> None:
+        self._written.clear()
+        self.enqueue_all()
+
+    # ---- workers -------------------------------------------------------------------
+
+    async def worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+                log.warning("reconcile failed; retrying", extra={"key": key, "error": str(error)})
+                self.queue.add_after(key, 2.0)
+            except Exception:
+                log.exception("reconcile crashed; retrying", extra={"key": key})
+                self.queue.add_after(key, 5.0)
+            finally:
+                self.queue.done(key)
+
+    # ---- one pass ------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> None:
+        self.passes += 1
+        body = self.services.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # ownerReferences let the garbage collector remove what it owned
+        try:
+            service = WasmService.model_validate(body)
+        except ValidationError as error:
+            await self._report_invalid(body, error)
+            return
+        namespace, name = key.split("/", 1)
+        metadata = service.metadata
+        previous = service.status
+
+        digest, resolved_from, resolve_error = await self._digest(service, previous)
+        listing = await self.kube.list(
+            BINDINGS, namespace=namespace, label_selector=render_selector(name)
+        )
+        uid = metadata.get("uid")
+        bindings = [
+            b
+            for b in listing["items"]
+            if any(o.get("uid") == uid for o in b["metadata"].get("ownerReferences") or [])
+        ]
+        liveness = self.fleet.liveness_all()
+
+        def serving(binding: Mapping[str, Any]) -> bool:
+            node = binding["spec"]["nodeName"]
+            live = liveness.get(node)
+            return bool((binding.get("status") or {}).get("ready")) and bool(live and live.ready)
+
+        replicas = [
+            Replica(
+                name=b["metadata"]["name"],
+                node=b["spec"]["nodeName"],
+                revision=b["spec"]["revision"],
+                ready=serving(b),
+            )
+            for b in bindings
+        ]
+        if digest is not None:
+            revision = render_revision(_workload(service), digest)
+            plan = plan_placements(
+                desired=service.spec.replicas,
+                revision=revision,
+                placement=service.spec.placement,
+                strategy=service.spec.strategy,
+                nodes=self.fleet.node_infos(),
+                replicas=replicas,
+            )
+        else:
+            # Without a digest there is no new revision: keep what runs, report why.
+            revision = previous.revision if previous and previous.revision else ""
+            plan = Plan()
+        removing = set(plan.delete)
+
+        url = None
+        if service.spec.http is not None:
+            endpoints = []
+            for b in bindings:
+                status = b.get("status") or {}
+                if b["metadata"]["name"] in removing or not serving(b) or not status.get("port"):
+                    continue
+                address = status.get("address") or self.fleet.address(b["spec"]["nodeName"])
+                endpoints.append(Endpoint(address, int(status["port"]), b["spec"]["nodeName"]))
+            await self._write_owned(
+                "Service", key, SERVICES, [render_service(service)], render_selector(name)
+            )
+            await self._write_owned(
+                "EndpointSlice",
+                key,
+                SLICES,
+                render_endpoint_slices(service, endpoints),
+                render_selector(name),
+            )
+            port = service.spec.http.port
+            url = f"http://{name}.{namespace}.svc.{self.settings.cluster_domain}" + (
+                "" if port == 80 else f":{port}"
+            )
+
+        for binding_name in plan.delete:
+            await self.kube.delete(BINDINGS, binding_name, namespace)
+            self.fleet.binding_nodes.pop(f"{namespace}/{binding_name}", None)
+        created = []
+        for placed in plan.create:
+            assert digest is not None
+            body_ = render_binding(
+                service, node=placed.node, revision=placed.revision, digest=digest
+            )
+            await self.kube.apply(body_)
+            self.fleet.binding_nodes[f"{namespace}/{body_['metadata']['name']}"] = placed.node
+            created.append(body_)
+        if plan.create or plan.delete:
+            log.info(
+                "placements changed",
+                extra={
+                    "service": key,
+                    "revision": revision,
+                    "created": [f"{c['spec']['nodeName']}" for c in created],
+                    "deleted": list(plan.delete),
+                },
+            )
+
+        observed = [
+            ObservedReplica(
+                name=b["metadata"]["name"],
+                node=b["spec"]["nodeName"],
+                arch=self.fleet.architecture(b["spec"]["nodeName"]),
+                revision=b["spec"]["revision"],
+                phase=_phase(b, liveness),
+                ready=serving(b),
+                message=str((b.get("status") or {}).get("lastError") or ""),
+            )
+            for b in bindings
+            if b["metadata"]["name"] not in removing
+        ] + [
+            ObservedReplica(
+                name=c["metadata"]["name"],
+                node=c["spec"]["nodeName"],
+                arch=self.fleet.architecture(c["spec"]["nodeName"]),
+                revision=c["spec"]["revision"],
+                phase="Pending",
+                ready=False,
+            )
+            for c in created
+        ]
+        status = compute_status(
+            Observed(
+                generation=int(metadata.get("generation") or 0),
+                desired=service.spec.replicas,
+                revision=revision,
+                digest=digest or (previous.digest if previous else None),
+                replicas=observed,
+                url=url,
+                selector=render_selector(name),
+                unplaced=plan.unplaced,
+                unschedulable_reason=plan.unschedulable_reason,
+                resolve_error=(resolve_error.reason, resolve_error.message)
+                if resolve_error
+                else None,
+            ),
+            previous=previous,
+            now=_now(),
+        )
+        status = status.model_copy(update={"resolved_from": resolved_from})
+        await self._write_status(service, previous, status)
+        if resolve_error is not None:
+            self.queue.add_after(key, self.settings.resolve_retry_seconds)
+
+    async def _digest(
+        self, service: WasmService, previous: WasmServiceStatus | None
+    ) -> tuple[str | None, str | None, ResolveError | None]:
+        """(digest, what it was resolved from, the error if resolving failed)."""
+        module = service.spec.module
+        token = (service.metadata.get("annotations") or {}).get(RESOLVE_ANNOTATION, "")
+        wanted = module.image + (f"#{token}" if token else "")
+        if previous is not None and previous.digest and previous.resolved_from == wanted:
+            return previous.digest, wanted, None
+        try:
+            digest = await self.resolver.resolve(
+                service.metadata["namespace"], module.image, module.pull_secrets
+            )
+        except ResolveError as error:
+            log.warning(
+                "module not resolved",
+                extra={"service": service.metadata["name"], "reason": error.reason},
+            )
+            keep = previous.resolved_from if previous is not None else None
+            return None, keep, error
+        return digest, wanted, None
+
+    async def _write_owned(
+        self,
+        kind: str,
+        key: str,
+        resource: Any,
+        objects: Sequence[Mapping[str, Any]],
+        selector: str,
+    ) -> None:
+        """Makes the objects of ``kind`` this service owns exactly ``objects``."""
+        fingerprint = _fingerprint(objects)
+        if self._written.get((kind, key)) == fingerprint:
+            return
+        namespace = key.split("/", 1)[0]
+        existing = await self.kube.list(resource, namespace=namespace, label_selector=selector)
+        for obj in objects:
+            await self.kube.apply(obj)
+        wanted = {o["metadata"]["name"] for o in objects}
+        for obj in existing["items"]:
+            if obj["metadata"]["name"] not in wanted:
+                await self.kube.delete(resource, obj["metadata"]["name"], namespace)
+        self._written[(kind, key)] = fingerprint
+
+    async def _write_status(
+        self, service: WasmService, previous: WasmServiceStatus | None, status: WasmServiceStatus
+    ) -> None:
+        rendered = status.to_kube()
+        if previous is not None and previous.to_kube() == rendered:
+            return
+        metadata = service.metadata
+        await self.kube.apply_status(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "WasmService",
+                "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
+                "status": rendered,
+            }
+        )
+        for event in condition_events(previous, status):
+            await self._event(service, event.type, event.reason, event.message)
+
+    async def _event(self, service: WasmService, type_: str, reason: str, note: str) -> None:
+        metadata = service.metadata
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": metadata["namespace"],
+            },
+            "eventTime": _micro_now(),
+            "reportingController": "wasmfleet.dev/operator",
+            "reportingInstance": self.settings.identity[:128],
+            "action": "Reconcile",
+            "type": type_,
+            "reason": reason,
+            "note": note[:1024],
+            "regarding": {
+                "apiVersion": API_VERSION,
+                "kind": "WasmService",
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata.get("uid"),
+            },
+        }
+        try:
+            await self.kube.create(body)
+        except ApiError as error:  # an event is best effort; never fail a pass over it
+            log.warning("event not recorded: %s", error)
+
+    async def _report_invalid(self, body: Mapping[str, Any], error: ValidationError) -> None:
+        metadata = body["metadata"]
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
+        )
+        conditions = (body.get("status") or {}).get("conditions") or []
+        if any(
+            c.get("reason") == "InvalidSpec" and c.get("message") == problems[:1024]
+            for c in conditions
+        ):
+            return
+        log.warning("invalid WasmService", extra={"service": metadata["name"], "error": problems})
+        condition = {
+            "type": "Ready",
+            "status": "False",
+            "reason": "InvalidSpec",
+            "message": problems[:1024],
+            "lastTransitionTime": _now(),
+            "observedGeneration": metadata.get("generation"),
+        }
+        await self.kube.apply_status(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "WasmService",
+                "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
+                "status": {"conditions": [condition]},
+            }
+        )
+
+
+def _workload(service: WasmService) -> WorkloadSpec:
+    return WorkloadSpec.model_validate(
+        service.spec.model_dump(include=set(WorkloadSpec.model_fields))
+    )
+
+
+def _phase(binding: Mapping[str, Any], liveness: Mapping[str, Any]) -> str:
+    live = liveness.get(binding["spec"]["nodeName"])
+    phase = str((binding.get("status") or {}).get("phase") or "Pending")
+    if live is None or not live.ready:
+        return "NodeNotReady" if phase != "Pending" else phase
+    return phase

@@ -1,0 +1,95 @@
+"""The operator's node view and its work queue, driven by a fake clock and real asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from wasmfleet_operator.fleet import Fleet
+from wasmfleet_operator.workqueue import WorkQueue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _agent(name: str, arch: str = "amd64", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {"nodeName": name},
+        "status": {"architecture": arch, "address": "10.0.0.1", **status},
+    }
+
+
+def _lease(name: str, renew: str, duration: int = 3) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "wasmfleet-system"},
+        "spec": {"renewTime": renew, "leaseDurationSeconds": duration},
+    }
+
+
+def test_liveness_follows_when_the_lease_last_changed_not_its_timestamp() -> None:
+    clock = Clock()
+    fleet = Fleet(grace_period=4, clock=clock)
+    fleet.update_agent(_agent("a"))
+    assert not fleet.liveness("a").ready  # no heartbeat yet
+    # A renewTime far in the past still counts as fresh when we first see it change.
+    fleet.update_lease(_lease("a", "2001-01-01T00:00:00.000000Z"))
+    assert fleet.liveness("a").ready
+    clock.now += 2.9
+    fleet.update_lease(_lease("a", "2001-01-01T00:00:00.000000Z"))  # the same renewal again
+    clock.now += 0.2
+    assert not fleet.liveness("a").ready
+    assert not fleet.liveness("a").lost
+    clock.now += 4
+    assert fleet.liveness("a").lost
+    fleet.update_lease(_lease("a", "2001-01-01T00:00:05.000000Z"))  # it renews again
+    assert fleet.liveness("a").ready
+    assert not fleet.liveness("a").lost
+
+
+def test_an_unknown_agent_is_lost_and_node_labels_win_over_the_agents_own_architecture() -> None:
+    fleet = Fleet(clock=Clock())
+    assert fleet.liveness("ghost").lost
+    fleet.update_agent(_agent("a", arch="amd64", capacity={"services": 7}))
+    fleet.update_node(
+        {
+            "metadata": {"name": "a", "labels": {"kubernetes.io/arch": "arm64", "disk": "ssd"}},
+            "spec": {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]},
+        }
+    )
+    fleet.update_binding({"metadata": {"namespace": "n", "name": "b1"}, "spec": {"nodeName": "a"}})
+    (info,) = fleet.node_infos()
+    assert info.arch == "arm64"
+    assert info.labels["disk"] == "ssd"
+    assert info.taints[0].key == "dedicated"
+    assert (info.capacity, info.allocated) == (7, 1)
+    fleet.update_binding(
+        {"metadata": {"namespace": "n", "name": "b1"}, "spec": {"nodeName": "a"}}, deleted=True
+    )
+    assert fleet.node_infos()[0].allocated == 0
+
+
+async def test_the_work_queue_never_hands_one_key_to_two_workers() -> None:
+    queue = WorkQueue()
+    queue.add("x")
+    queue.add("x")
+    queue.add("y")
+    assert len(queue) == 2
+    first = await queue.get()
+    queue.add(first)  # changed while being worked on: queued again only after done
+    second = await queue.get()
+    assert {first, second} == {"x", "y"}
+    assert len(queue) == 0
+    queue.done(first)
+    assert len(queue) == 1
+    assert await asyncio.wait_for(queue.get(), 1) == first
+    queue.done(first)
+    queue.done(second)
+    queue.add_after("z", 0.01)
+    assert await asyncio.wait_for(queue.get(), 1) == "z"
+    queue.close()
