@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -17,12 +18,24 @@ from pathlib import Path
 
 from wasmfleet_harness.processes import ManagedProcess, free_port, wait_until
 
-__all__ = ["ServedModule", "agent_command", "wasmtime_cli"]
+__all__ = ["ServedModule", "agent_command", "push_module", "wasmtime_cli"]
 
 
 def agent_command() -> list[str]:
     """The agent's command line, from the interpreter running the tests."""
     return [sys.executable, "-m", "wasmfleet_agent.cli"]
+
+
+def push_module(module: Path, ref: str, *extra: str) -> str:
+    """``wasmfleet push MODULE REF``; returns what it prints (the manifest digest)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "wasmfleet_agent.push_cli", "push", str(module), ref, *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 def wasmtime_cli() -> Path:

@@ -165,7 +165,15 @@ class ControlPlane:
         )
 
     def kubectl_json(self, *args: str) -> Any:
-        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+        out = self.kubectl(*args, "-o", "json").stdout
+        return json.loads(out) if out.strip() else None
+
+    def kubectl_apply(self, *objects: Any) -> None:
+        """Server-side applies ``objects`` (dicts) as the admin."""
+        for obj in objects:
+            self.kubectl(
+                "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(obj)
+            )
 
     def kubeconfig_for_token(self, token: str, path: Path) -> Path:
         """Writes a kubeconfig that authenticates with a bearer ``token`` (e.g. an SA's)."""

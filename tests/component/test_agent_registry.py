@@ -12,20 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from wasmfleet_harness.agent import ServedModule, agent_command
+from wasmfleet_harness.agent import ServedModule, agent_command, push_module
 from wasmfleet_harness.processes import Workspace
 from wasmfleet_harness.registry import BasicAuth, Registry
-
-
-def _push(module: Path, ref: str, *extra: str) -> str:
-    done = subprocess.run(
-        [*agent_command()[:-1], "wasmfleet_agent.push_cli", "push", str(module), ref, *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return done.stdout.strip()
 
 
 def _body(url: str) -> str:
@@ -47,7 +36,7 @@ def test_serves_by_tag_and_by_digest(
     workspace: Workspace, registry: Registry, wasm_modules: dict[str, Path]
 ) -> None:
     repository = _repository(registry, "hello-c")
-    digest = _push(wasm_modules["hello-c"], f"{repository}:1.0")
+    digest = push_module(wasm_modules["hello-c"], f"{repository}:1.0")
     assert digest.startswith("sha256:")
     for source in (f"{repository}:1.0", f"{repository}@{digest}"):
         directory = workspace.subdir(f"by-{source[-6:]}")
@@ -59,7 +48,7 @@ def test_a_wrong_digest_is_refused(
     tmp_path: Path, registry: Registry, wasm_modules: dict[str, Path]
 ) -> None:
     repository = _repository(registry, "hello-rust")
-    _push(wasm_modules["hello-rust"], f"{repository}:1.0")
+    push_module(wasm_modules["hello-rust"], f"{repository}:1.0")
     done = subprocess.run(
         [
             *agent_command(),
@@ -91,7 +80,7 @@ def test_private_registries_with_docker_config_credentials(
     directory = workspace.subdir(f"private-{kind}")
     config = _docker_config(directory / "config.json", registry, registry_basic_auth)
     repository = _repository(registry, "hello-go")
-    _push(wasm_modules["hello-go"], f"{repository}:1.0", "--docker-config", str(config))
+    push_module(wasm_modules["hello-go"], f"{repository}:1.0", "--docker-config", str(config))
     anonymous = subprocess.run(
         [*agent_command(), "run", "--cache-dir", str(directory / "anon"), f"{repository}:1.0"],
         capture_output=True,
@@ -115,7 +104,7 @@ def test_a_restart_serves_from_the_caches_with_the_registry_stopped(
     own_registry.start()
     try:
         repository = _repository(own_registry, "hello-rust")
-        _push(wasm_modules["hello-rust"], f"{repository}:1.0")
+        push_module(wasm_modules["hello-rust"], f"{repository}:1.0")
         cache = directory / "cache"
         with ServedModule(directory / "first", f"{repository}:1.0", cache_dir=cache) as first:
             assert "Rust" in _body(first.url + "/")

@@ -1,0 +1,463 @@
+"""The whole system: operator and three agents on the real control plane and a real registry.
+
+Three agents run as local processes, each at an address of its own in a network namespace,
+registered as nodes ``amd64-a``, ``amd64-b`` (kubernetes.io/arch=amd64) and ``arm64-a``
+(arm64). Modules are built from source and pushed to the registry; requests go to the
+addresses and ports in each Service's EndpointSlices.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from wasmfleet_harness.agent import push_module
+from wasmfleet_harness.binaries import REPO_ROOT
+from wasmfleet_harness.controlplane import ControlPlane
+from wasmfleet_harness.fleet import EndpointClient, LocalFleet, Target, endpoints_of
+from wasmfleet_harness.netns import netns_available
+from wasmfleet_harness.processes import Workspace, wait_until
+from wasmfleet_harness.registry import Registry
+
+pytestmark = pytest.mark.skipif(
+    not netns_available(), reason="agents need network namespaces (root and iproute2)"
+)
+
+NODES = {"amd64-a": "amd64", "amd64-b": "amd64", "arm64-a": "arm64"}
+EXAMPLE_HOST = "localhost:5001"
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    wasmfleet_crds: ControlPlane, workspace: Workspace, registry: Registry
+) -> Iterator[LocalFleet]:
+    local = LocalFleet(wasmfleet_crds, workspace.subdir("fleet"))
+    try:
+        for node, arch in NODES.items():
+            local.add_agent(node, labels={"kubernetes.io/arch": arch})
+        local.start_operator("operator-1")
+        wait_until(
+            lambda: local.leader() is not None,
+            timeout=30,
+            message=lambda: "no operator became leader\n" + local.logs(),
+        )
+        yield local
+    finally:
+        local.close()
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def _service(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = plane.kubectl_json("get", "wasmservice", "-n", namespace, name)
+    return found
+
+
+def _condition(service: dict[str, Any], kind: str) -> dict[str, Any]:
+    for condition in (service.get("status") or {}).get("conditions") or []:
+        if condition["type"] == kind:
+            return dict(condition)
+    return {}
+
+
+def _bindings(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    listing = plane.kubectl_json(
+        "get", "wasmbindings", "-n", namespace, "-l", f"wasmfleet.dev/service={name}"
+    )
+    items: list[dict[str, Any]] = listing["items"]
+    return items
+
+
+def _wait_ready(
+    fleet: LocalFleet, namespace: str, name: str, replicas: int, timeout: float = 60
+) -> dict[str, Any]:
+    plane = fleet.plane
+    seen: dict[str, Any] = {}
+
+    def ready() -> bool:
+        service = _service(plane, namespace, name)
+        seen.update(service)
+        status = service.get("status") or {}
+        return (
+            _condition(service, "Ready").get("status") == "True"
+            and status.get("readyReplicas") == replicas
+            and status.get("updatedReplicas") == replicas
+            and status.get("replicas") == replicas
+            and status.get("observedGeneration") == service["metadata"]["generation"]
+        )
+
+    wait_until(
+        ready,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"{namespace}/{name} not ready: {seen.get('status')}\n{fleet.logs()}",
+    )
+    return seen
+
+
+def _get(target: Target, path: str = "/") -> str:
+    url = f"http://{target.address}:{target.port}{path}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode()).strip()
+
+
+def _apply_yaml(plane: ControlPlane, namespace: str, text: str) -> None:
+    plane.kubectl("apply", "-n", namespace, "-f", "-", input=text)
+
+
+def _wasm_service(name: str, image: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "wasmfleet.dev/v1alpha1",
+        "kind": "WasmService",
+        "metadata": {"name": name},
+        "spec": {"module": {"image": image}, **spec},
+    }
+
+
+def _apply(plane: ControlPlane, namespace: str, obj: dict[str, Any]) -> None:
+    _apply_yaml(plane, namespace, yaml.safe_dump(obj))
+
+
+def _push_example(modules: dict[str, Path], registry: Registry, name: str) -> str:
+    image = f"{registry.host}/wasmfleet/examples/{name}:1.0"
+    push_module(modules[name], image)
+    return image
+
+
+# ---- the examples --------------------------------------------------------------------------
+
+EXPECTED = {
+    "hello-rust": "Hello from a Rust Wasm microservice!",
+    "hello-go": "Hello from a Go Wasm microservice!",
+    "hello-c": "Hello from a C Wasm microservice!",
+    "greeter": "Hello, Wasmfleet!",
+}
+
+
+def test_the_examples_reach_ready_and_every_endpoint_answers(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    names = ["hello-rust", "hello-go", "hello-c", "greeter", "wordcount-job"]
+    for name in names:
+        _push_example(wasm_modules, registry, name)
+        manifest = (REPO_ROOT / "examples" / name / "wasmservice.yaml").read_text()
+        _apply_yaml(plane, namespace, manifest.replace(EXAMPLE_HOST, registry.host))
+
+    for name in ("hello-rust", "hello-go", "hello-c", "greeter"):
+        service = _wait_ready(fleet, namespace, name, service_replicas(name))
+        targets = endpoints_of(plane, namespace, name)
+        assert len(targets) == service_replicas(name)
+        assert len({t.node for t in targets}) == len(targets), "one replica per node"
+        for target in targets:
+            assert EXPECTED[name] in _get(target), (name, target)
+        assert service["status"]["url"].startswith(f"http://{name}.{namespace}.svc")
+        assert service["status"]["digest"].startswith("sha256:")
+    _wait_ready(fleet, namespace, "wordcount", 1)
+    (job,) = _bindings(plane, namespace, "wordcount")
+    assert job["status"]["phase"] == "Succeeded"
+    assert job["status"]["exitCode"] == 0
+
+    table = plane.kubectl("get", "wasmservices", "-n", namespace).stdout
+    lines = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert lines["hello-rust"][1] == "2/2", table
+    assert lines["hello-rust"][2] == "AllReplicasReady", table
+    assert lines["wordcount"][1] == "1/1", table
+
+
+def service_replicas(name: str) -> int:
+    manifest = (REPO_ROOT / "examples" / name / "wasmservice.yaml").read_text()
+    for document in yaml.safe_load_all(manifest):
+        if document and document.get("kind") == "WasmService":
+            return int(document["spec"].get("replicas", 1))
+    raise AssertionError(name)
+
+
+def test_a_config_map_change_reaches_the_module_without_a_new_revision(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    _push_example(wasm_modules, registry, "greeter")
+    manifest = (REPO_ROOT / "examples" / "greeter" / "wasmservice.yaml").read_text()
+    _apply_yaml(plane, namespace, manifest.replace(EXAMPLE_HOST, registry.host))
+    before = _wait_ready(fleet, namespace, "greeter", 2)
+    targets = endpoints_of(plane, namespace, "greeter")
+    plane.kubectl(
+        "patch", "configmap", "-n", namespace, "greeter-config", "-p", '{"data":{"name":"Ops"}}'
+    )
+    wait_until(
+        lambda: all(_get(t) == "Hello, Ops!" for t in targets),
+        timeout=20,
+        interval=0.2,
+        message="the new ConfigMap value never reached the module",
+    )
+    after = _service(plane, namespace, "greeter")
+    assert after["status"]["revision"] == before["status"]["revision"]
+
+
+# ---- scheduling ------------------------------------------------------------------------
+
+
+def test_placement_honours_architecture_spread_and_reports_unschedulable(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    image = _push_example(wasm_modules, registry, "hello-c")
+    _apply(
+        plane,
+        namespace,
+        _wasm_service(
+            "arm-only", image, replicas=1, http={}, placement={"architectures": ["arm64"]}
+        ),
+    )
+    _apply(plane, namespace, _wasm_service("everywhere", image, replicas=3, http={}))
+    _apply(
+        plane,
+        namespace,
+        _wasm_service(
+            "nowhere", image, replicas=1, http={}, placement={"nodeSelector": {"disk": "ssd"}}
+        ),
+    )
+    arm = _wait_ready(fleet, namespace, "arm-only", 1)
+    assert [p["node"] for p in arm["status"]["placements"]] == ["arm64-a"]
+    assert arm["status"]["placements"][0]["arch"] == "arm64"
+    everywhere = _wait_ready(fleet, namespace, "everywhere", 3)
+    assert sorted(p["node"] for p in everywhere["status"]["placements"]) == sorted(NODES)
+
+    def unschedulable() -> bool:
+        ready = _condition(_service(plane, namespace, "nowhere"), "Ready")
+        return ready.get("reason") == "Unschedulable"
+
+    wait_until(unschedulable, timeout=30, interval=0.2, message="no Unschedulable condition")
+    ready = _condition(_service(plane, namespace, "nowhere"), "Ready")
+    assert ready["status"] == "False"
+    assert "not matching nodeSelector" in ready["message"]
+    assert _bindings(plane, namespace, "nowhere") == []
+
+    def event_recorded() -> bool:
+        events = plane.kubectl_json(
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            namespace,
+            "--field-selector",
+            "regarding.name=nowhere",
+        )
+        return any(e.get("reason") == "Unschedulable" for e in events["items"])
+
+    wait_until(event_recorded, timeout=30, interval=0.2, message="no Unschedulable event")
+
+
+# ---- rollout -------------------------------------------------------------------------------
+
+
+def test_a_re_resolved_tag_rolls_out_without_a_failed_request(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    image = f"{registry.host}/{namespace}/moving:stable"
+    first = push_module(wasm_modules["hello-c"], image)
+    _apply(plane, namespace, _wasm_service("moving", image, replicas=2, http={}))
+    before = _wait_ready(fleet, namespace, "moving", 2)
+    assert before["status"]["digest"] == first
+
+    client = EndpointClient(plane, namespace, "moving")
+    client.start(max_requests=20_000)
+    try:
+        wait_until(lambda: client.result.ok >= 20, timeout=30, message="client not answered")
+        second = push_module(wasm_modules["hello-rust"], image)
+        assert second != first
+        plane.kubectl(
+            "annotate",
+            "wasmservice",
+            "-n",
+            namespace,
+            "moving",
+            f"wasmfleet.dev/resolve={time.time()}",
+            "--overwrite",
+        )
+
+        def rolled_out() -> bool:
+            service = _service(plane, namespace, "moving")
+            status = service.get("status") or {}
+            return (
+                status.get("digest") == second
+                and status.get("updatedReplicas") == 2
+                and status.get("replicas") == 2
+                and status.get("readyReplicas") == 2
+            )
+
+        wait_until(rolled_out, timeout=60, interval=0.2, message=lambda: fleet.logs())
+        wait_until(
+            lambda: all("Rust" in _get(t) for t in endpoints_of(plane, namespace, "moving")),
+            timeout=30,
+            message="old endpoints still listed",
+        )
+        count = client.result.ok
+        wait_until(lambda: client.result.ok >= count + 20, timeout=30, message="client stalled")
+    finally:
+        result = client.stop()
+    assert result.failed == 0, result.errors[:10]
+    bodies = " ".join(result.bodies)
+    assert "C Wasm" in bodies
+    assert "Rust Wasm" in bodies
+
+
+def test_scale_to_zero_and_back(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    image = _push_example(wasm_modules, registry, "hello-go")
+    _apply(plane, namespace, _wasm_service("scaled", image, replicas=2, http={}))
+    _wait_ready(fleet, namespace, "scaled", 2)
+
+    plane.kubectl("scale", "wasmservice", "-n", namespace, "scaled", "--replicas=0")
+    wait_until(
+        lambda: (
+            _condition(_service(plane, namespace, "scaled"), "Ready").get("reason")
+            == "ScaledToZero"
+        ),
+        timeout=30,
+        interval=0.2,
+        message="not scaled to zero",
+    )
+    assert _bindings(plane, namespace, "scaled") == []
+    assert endpoints_of(plane, namespace, "scaled") == []
+    assert _service(plane, namespace, "scaled")["status"]["ready"] == "0/0"
+
+    plane.kubectl("scale", "wasmservice", "-n", namespace, "scaled", "--replicas=2")
+    _wait_ready(fleet, namespace, "scaled", 2)
+    targets = endpoints_of(plane, namespace, "scaled")
+    assert len(targets) == 2
+    assert all("Go Wasm" in _get(t) for t in targets)
+
+
+def test_deleting_a_service_removes_its_objects_and_agents_stop_serving(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    image = _push_example(wasm_modules, registry, "hello-c")
+    _apply(plane, namespace, _wasm_service("doomed", image, replicas=2, http={}))
+    _wait_ready(fleet, namespace, "doomed", 2)
+    targets = endpoints_of(plane, namespace, "doomed")
+    assert all("C Wasm" in _get(t) for t in targets)
+
+    plane.kubectl("delete", "wasmservice", "-n", namespace, "doomed")
+
+    def gone() -> bool:
+        left = [
+            plane.kubectl("get", kind, "-n", namespace, "-l", selector, "-o", "name").stdout.strip()
+            for kind, selector in (
+                ("wasmbindings", "wasmfleet.dev/service=doomed"),
+                ("services", "wasmfleet.dev/service=doomed"),
+                ("endpointslices", "kubernetes.io/service-name=doomed"),
+            )
+        ]
+        return not any(left)
+
+    wait_until(gone, timeout=30, interval=0.2, message="owned objects left behind")
+
+    def refused(target: Target) -> bool:
+        try:
+            _get(target)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return True
+        return False
+
+    wait_until(
+        lambda: all(refused(t) for t in targets),
+        timeout=30,
+        interval=0.2,
+        message="an agent still serves the deleted service",
+    )
+
+
+# ---- failures ------------------------------------------------------------------------------
+
+
+def test_an_operator_killed_mid_rollout_converges_without_duplicates(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    image = _push_example(wasm_modules, registry, "hello-rust")
+    spec = {"replicas": 3, "http": {}, "strategy": {"maxSurge": 1, "maxUnavailable": 0}}
+    _apply(plane, namespace, _wasm_service("restarted", image, **spec))
+    before = _wait_ready(fleet, namespace, "restarted", 3)
+    old_revision = before["status"]["revision"]
+
+    _apply(
+        plane,
+        namespace,
+        _wasm_service("restarted", image, **spec, env=[{"name": "ROLL", "value": "2"}]),
+    )
+    wait_until(
+        lambda: any(
+            b["spec"]["revision"] != old_revision for b in _bindings(plane, namespace, "restarted")
+        ),
+        timeout=30,
+        interval=0.05,
+        message="the rollout never started",
+    )
+    for operator in fleet.operators:
+        operator.process.kill()
+    fleet.start_operator(f"operator-{len(fleet.operators) + 1}")
+
+    after = _wait_ready(fleet, namespace, "restarted", 3, timeout=90)
+    assert after["status"]["revision"] != old_revision
+    bindings = _bindings(plane, namespace, "restarted")
+    assert len(bindings) == 3
+    assert len({b["spec"]["nodeName"] for b in bindings}) == 3
+    assert {b["spec"]["revision"] for b in bindings} == {after["status"]["revision"]}
+
+
+def test_an_agent_killed_loses_its_replicas_to_the_others_without_failed_requests(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    image = _push_example(wasm_modules, registry, "hello-c")
+    _apply(plane, namespace, _wasm_service("survivor", image, replicas=2, http={}))
+    before = _wait_ready(fleet, namespace, "survivor", 2)
+    victim = sorted(p["node"] for p in before["status"]["placements"])[0]
+
+    client = EndpointClient(plane, namespace, "survivor")
+    client.start(max_requests=20_000)
+    try:
+        wait_until(lambda: client.result.ok >= 20, timeout=30, message="client not answered")
+        killed_at = time.monotonic()
+        fleet.kill_agent(victim)
+
+        def moved() -> bool:
+            status = _service(plane, namespace, "survivor").get("status") or {}
+            nodes = [p["node"] for p in status.get("placements", [])]
+            return victim not in nodes and status.get("readyReplicas") == 2
+
+        wait_until(moved, timeout=60, interval=0.2, message=lambda: fleet.logs())
+        moved_after = time.monotonic() - killed_at
+        count = client.result.ok
+        wait_until(lambda: client.result.ok >= count + 20, timeout=30, message="client stalled")
+    finally:
+        result = client.stop()
+    # Lease 3 s + grace 4 s, then the move itself, within 10 s more.
+    assert moved_after <= 3 + 4 + 10, moved_after
+    assert result.failed == 0, result.errors[:10]
+    targets = endpoints_of(plane, namespace, "survivor")
+    assert victim not in {t.node for t in targets}
+    assert len(targets) == 2
+
+    # The agent comes back, finds its binding gone, and serves nothing of it.
+    fleet.start_agent(victim)
+    wait_until(
+        lambda: all(
+            b["spec"]["nodeName"] != victim for b in _bindings(plane, namespace, "survivor")
+        ),
+        timeout=10,
+        message="the returning agent got its old binding back",
+    )
