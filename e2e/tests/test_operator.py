@@ -8,6 +8,8 @@ addresses and ports in each Service's EndpointSlices.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +26,7 @@ from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.fleet import EndpointClient, LocalFleet, Target, endpoints_of
 from wasmfleet_harness.netns import netns_available
 from wasmfleet_harness.processes import Workspace, wait_until
-from wasmfleet_harness.registry import Registry
+from wasmfleet_harness.registry import BasicAuth, Registry
 
 pytestmark = pytest.mark.skipif(
     not netns_available(), reason="agents need network namespaces (root and iproute2)"
@@ -43,6 +45,7 @@ def fleet(
         for node, arch in NODES.items():
             local.add_agent(node, labels={"kubernetes.io/arch": arch})
         local.start_operator("operator-1")
+        local.start_operator("operator-2")  # a standby: waits for the leader Lease
         wait_until(
             lambda: local.leader() is not None,
             timeout=30,
@@ -383,7 +386,7 @@ def test_deleting_a_service_removes_its_objects_and_agents_stop_serving(
 # ---- failures ------------------------------------------------------------------------------
 
 
-def test_an_operator_killed_mid_rollout_converges_without_duplicates(
+def test_the_leader_killed_mid_rollout_hands_over_and_converges_without_duplicates(
     fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
 ) -> None:
     plane = fleet.plane
@@ -392,6 +395,11 @@ def test_an_operator_killed_mid_rollout_converges_without_duplicates(
     _apply(plane, namespace, _wasm_service("restarted", image, **spec))
     before = _wait_ready(fleet, namespace, "restarted", 3)
     old_revision = before["status"]["revision"]
+    leader = fleet.leader()
+    assert leader is not None
+    running = [o for o in fleet.operators if o.process.alive()]
+    assert len(running) == 2, "a leader and a standby"
+    (leading,) = [o for o in running if leader.split("-")[-2] == str(o.process.pid)]
 
     _apply(
         plane,
@@ -406,16 +414,127 @@ def test_an_operator_killed_mid_rollout_converges_without_duplicates(
         interval=0.05,
         message="the rollout never started",
     )
-    for operator in fleet.operators:
-        operator.process.kill()
-    fleet.start_operator(f"operator-{len(fleet.operators) + 1}")
-
+    leading.process.kill()
+    # The standby takes the Lease once it lapses, and finishes the rollout.
+    wait_until(
+        lambda: fleet.leader() not in (None, leader),
+        timeout=30,
+        interval=0.2,
+        message=lambda: "the standby never took over\n" + fleet.logs(),
+    )
     after = _wait_ready(fleet, namespace, "restarted", 3, timeout=90)
     assert after["status"]["revision"] != old_revision
     bindings = _bindings(plane, namespace, "restarted")
     assert len(bindings) == 3
     assert len({b["spec"]["nodeName"] for b in bindings}) == 3
     assert {b["spec"]["revision"] for b in bindings} == {after["status"]["revision"]}
+    # The killed one comes back as the new standby.
+    fleet.start_operator(f"operator-{len(fleet.operators) + 1}")
+
+
+def test_failures_are_reported_as_conditions_and_events(
+    fleet: LocalFleet, namespace: str, registry: Registry, workspace: Workspace
+) -> None:
+    plane = fleet.plane
+    missing = f"{registry.host}/{namespace}/missing:1.0"
+    _apply(plane, namespace, _wasm_service("missing", missing, replicas=1, http={}))
+    broken = workspace.subdir(f"broken-{namespace}") / "broken.wasm"
+    broken.write_bytes(b"\0asm\x01\0\0\0this is not a module")
+    broken_image = f"{registry.host}/{namespace}/broken:1.0"
+    push_module(broken, broken_image)
+    _apply(plane, namespace, _wasm_service("broken", broken_image, replicas=1, http={}))
+
+    def reason(name: str, expected: str) -> bool:
+        service = _service(plane, namespace, name)
+        return _condition(service, "Degraded").get("reason") == expected
+
+    wait_until(
+        lambda: reason("missing", "ModuleNotFound"),
+        timeout=30,
+        interval=0.2,
+        message=lambda: str(_service(plane, namespace, "missing").get("status")),
+    )
+    wait_until(
+        lambda: reason("broken", "CrashLooping"),
+        timeout=30,
+        interval=0.2,
+        message=lambda: str(_service(plane, namespace, "broken").get("status")),
+    )
+    broken_status = _service(plane, namespace, "broken")["status"]
+    assert broken_status["placements"][0]["phase"] == "CrashLoopBackOff"
+    assert broken_status["placements"][0]["message"]
+    events = plane.kubectl_json("get", "events.events.k8s.io", "-n", namespace)["items"]
+    reasons = {(e["regarding"]["name"], e["reason"], e["type"]) for e in events}
+    assert ("missing", "ModuleNotFound", "Warning") in reasons
+    assert ("broken", "CrashLooping", "Warning") in reasons
+
+
+def test_pull_secrets_and_secret_values_reach_the_agents_and_changes_apply_live(
+    fleet: LocalFleet,
+    namespace: str,
+    registry_with_basic_auth: Registry,
+    registry_basic_auth: BasicAuth,
+    wasm_modules: dict[str, Path],
+    workspace: Workspace,
+) -> None:
+    plane = fleet.plane
+    registry = registry_with_basic_auth
+    auth = base64.b64encode(
+        f"{registry_basic_auth.username}:{registry_basic_auth.password}".encode()
+    ).decode()
+    docker_config = json.dumps({"auths": {registry.host: {"auth": auth}}})
+    config_file = workspace.subdir(f"auth-{namespace}") / "config.json"
+    config_file.write_text(docker_config)
+    image = f"{registry.host}/{namespace}/probe:1.0"
+    push_module(wasm_modules["probe"], image, "--docker-config", str(config_file))
+    plane.kubectl_apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "pull", "namespace": namespace},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(docker_config.encode()).decode()},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "app", "namespace": namespace},
+            "stringData": {"token": "first-value"},
+        },
+    )
+    service = _wasm_service("private", image, replicas=2, http={})
+    service["spec"]["module"]["pullSecrets"] = [{"name": "pull"}]
+    service["spec"]["env"] = [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "app", "key": "token"}}}
+    ]
+    _apply(plane, namespace, service)
+    before = _wait_ready(fleet, namespace, "private", 2)
+    targets = endpoints_of(plane, namespace, "private")
+    assert all("TOKEN=first-value" in _get(t, "/env") for t in targets)
+
+    plane.kubectl(
+        "patch", "secret", "-n", namespace, "app", "-p", '{"stringData":{"token":"second-value"}}'
+    )
+    wait_until(
+        lambda: all("TOKEN=second-value" in _get(t, "/env") for t in targets),
+        timeout=20,
+        interval=0.2,
+        message="the new Secret value never reached the module",
+    )
+    assert (
+        _service(plane, namespace, "private")["status"]["revision"]
+        == (before["status"]["revision"])
+    )
+    # Nothing the operator or the agents wrote carries the secret value.
+    written = json.dumps(
+        [_service(plane, namespace, "private"), _bindings(plane, namespace, "private")]
+    ) + json.dumps(plane.kubectl_json("get", "events.events.k8s.io", "-n", namespace))
+    assert "second-value" not in written
+    assert "first-value" not in written
+    assert all(
+        "second-value" not in path.read_text(errors="replace")
+        for path in (fleet.workdir / "logs").glob("*.log")
+    )
 
 
 def test_an_agent_killed_loses_its_replicas_to_the_others_without_failed_requests(

@@ -1,10 +1,13 @@
 """``wasmfleet-dev``: the local environment behind the README's first command.
 
-``up`` starts a real control plane (etcd, kube-apiserver, kube-controller-manager) and a real
-OCI registry on loopback, detached from the terminal, with their state and logs in
-``.wasmfleet/`` at the repository root; it builds the example modules from source and shows
-them working. ``down`` stops everything ``up`` started and removes that state. ``status``
-says what is running.
+``up`` starts, detached from the terminal, a real control plane (etcd, kube-apiserver,
+kube-controller-manager), a real OCI registry on loopback (on port 5001, the one the examples
+name, when it is free), three agents registered as nodes amd64-a, amd64-b and arm64-a, each
+at an address of its own in a network namespace, and the operator. It builds the example
+modules from source, pushes them, applies ``examples/*/wasmservice.yaml``, waits until every
+WasmService is Ready and shows ``kubectl get wasmservices``, a request to every endpoint and
+the job's output. State and logs are in ``.wasmfleet/`` at the repository root. ``down``
+stops everything ``up`` started and removes that state; ``status`` says what is running.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import shutil
 import signal
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 
+from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.binaries import REPO_ROOT, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane, ControlPlaneConfig
+from wasmfleet_harness.fleet import LocalFleet, endpoints_of
 from wasmfleet_harness.modules import build_all
+from wasmfleet_harness.netns import NetworkHosts, netns_available, remove_host
 from wasmfleet_harness.processes import wait_until
 from wasmfleet_harness.registry import Registry
 
@@ -62,35 +68,38 @@ def _running_pids(state: dict[str, object]) -> dict[str, int]:
     return {str(name): int(pid) for name, pid in pids.items() if _pid_alive(int(pid))}
 
 
-def _run_module(path: Path) -> str:
-    # Imported here: wasmtime is only needed for the demonstration, not for starting servers.
-    import tempfile
+EXAMPLES = ("hello-rust", "hello-go", "hello-c", "greeter", "wordcount-job")
+EXAMPLE_REGISTRY = "localhost:5001"
+NODES = {"amd64-a": "amd64", "amd64-b": "amd64", "arm64-a": "arm64"}
 
-    import wasmtime
 
-    engine = wasmtime.Engine()
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    store = wasmtime.Store(engine)
-    with tempfile.NamedTemporaryFile() as out:
-        wasi = wasmtime.WasiConfig()
-        wasi.stdout_file = out.name
-        store.set_wasi(wasi)
-        instance = linker.instantiate(store, wasmtime.Module.from_file(engine, str(path)))
-        start = instance.exports(store)["_start"]
-        assert isinstance(start, wasmtime.Func)
+def _registry_port() -> int | None:
+    """5001, the port the examples name, when it is free; any free port otherwise."""
+    import socket
+
+    with socket.socket() as probe:
         try:
-            start(store)
-        except wasmtime.ExitTrap as exit_trap:
-            if exit_trap.code != 0:
-                raise
-        return Path(out.name).read_text().strip()
+            probe.bind(("127.0.0.1", 5001))
+        except OSError:
+            return None
+    return 5001
+
+
+def _save_state(state: dict[str, object]) -> None:
+    STATE_FILE.write_text(json.dumps(state, indent=2))
 
 
 def cmd_up(_args: argparse.Namespace) -> int:
     state = _load_state()
     if state is not None and _running_pids(state):
         print(f"already up (state in {STATE_DIR}); run `make down` first", file=sys.stderr)
+        return 1
+    if not netns_available():
+        print(
+            "make up gives each agent an address of its own in a network namespace, which "
+            "needs root and iproute2; run it as root",
+            file=sys.stderr,
+        )
         return 1
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     STATE_DIR.mkdir(parents=True)
@@ -109,45 +118,95 @@ def cmd_up(_args: argparse.Namespace) -> int:
     )
     plane.start()
     print(f"    ready in {time.monotonic() - started:.1f}s at {plane.server}")
-    _step("starting the OCI registry")
-    registry = Registry(STATE_DIR / "registry", tie_to_parent=False)
-    try:
-        registry.start()
-    except BaseException:
-        plane.stop()
-        raise
-
-    pids = {
-        name: plane.process(name).pid
+    pids: dict[str, int] = {
+        name: plane.process(name).pid or 0
         for name in ("etcd", "kube-apiserver", "kube-controller-manager")
     }
-    pids["registry"] = registry.process.pid
-    STATE_FILE.write_text(
-        json.dumps(
-            {
-                "pids": pids,
-                "kubeconfig": str(plane.kubeconfig),
-                "server": plane.server,
-                "registry": registry.url,
-            },
-            indent=2,
-        )
+    state = {"pids": pids, "kubeconfig": str(plane.kubeconfig), "server": plane.server}
+    _save_state(state)
+
+    _step("starting the OCI registry")
+    registry = Registry(STATE_DIR / "registry", tie_to_parent=False, port=_registry_port())
+    registry.start()
+    pids["registry"] = registry.process.pid or 0
+    state["registry"] = registry.url
+    _save_state(state)
+
+    _step("installing the CRDs")
+    plane.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    plane.kubectl(
+        "wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=wasmfleet"
     )
 
-    _step("the cluster answers")
-    print(plane.kubectl("get", "namespaces").stdout, end="")
-    _step("the example modules run under wasmtime")
-    for name, path in modules.items():
-        if name.startswith("hello-"):
-            print(f"    {name:12} {_run_module(path)}")
+    _step("starting three agents (nodes amd64-a, amd64-b, arm64-a) and the operator")
+    fleet = LocalFleet(
+        plane, STATE_DIR / "fleet", hosts=NetworkHosts(prefix="wfdev"), tie_to_parent=False
+    )
+    state["netns"] = []
+    for node, arch in NODES.items():
+        agent = fleet.add_agent(node, labels={"kubernetes.io/arch": arch})
+        pids[f"agent-{node}"] = agent.process.pid or 0
+        state["netns"] = [h.name for h in fleet.hosts.hosts]
+        _save_state(state)
+    operator = fleet.start_operator("operator")
+    pids["operator"] = operator.process.pid or 0
+    _save_state(state)
+
+    _step("pushing the example modules to the registry")
+    for name in EXAMPLES:
+        reference = f"{registry.host}/wasmfleet/examples/{name}:1.0"
+        print(f"    {reference}  {push_module(modules[name], reference)}")
+
+    _step("applying examples/*/wasmservice.yaml")
+    for name in EXAMPLES:
+        manifest = (REPO_ROOT / "examples" / name / "wasmservice.yaml").read_text()
+        if registry.port != 5001:
+            manifest = manifest.replace(EXAMPLE_REGISTRY, registry.host)
+        plane.kubectl("apply", "-n", "default", "-f", "-", input=manifest)
+
+    _step("waiting until every WasmService is Ready")
+    plane.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        "wasmservices",
+        "--all",
+        "-n",
+        "default",
+        "--timeout=180s",
+        timeout=200,
+    )
+    print(plane.kubectl("get", "wasmservices", "-n", "default").stdout, end="")
+    _step("a request to every endpoint of every Service")
+    for name in EXAMPLES:
+        for target in endpoints_of(plane, "default", name.removesuffix("-job")):
+            url = f"http://{target.address}:{target.port}/"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read().decode(errors="replace").strip()
+            print(f"    {name:10} {target.node:8} {url:28} {body}")
+    _step("the wordcount job's output, from its agent's log")
+    for line in _job_output(fleet, "default/wordcount"):
+        print(f"    {line}")
 
     print()
     print(f"Up. State and logs: {STATE_DIR}")
     print(f"  export KUBECONFIG={plane.kubeconfig}")
-    print(f"  {binaries.kubectl} get namespaces")
+    print(f"  {binaries.kubectl} get wasmservices,wasmbindings,wasmagents")
     print(f"  curl {registry.url}/v2/_catalog")
     print("Stop with: make down")
     return 0
+
+
+def _job_output(fleet: LocalFleet, service: str) -> list[str]:
+    lines = []
+    for log in sorted((fleet.workdir / "logs").glob("agent-*.log")):
+        for raw in log.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if record.get("service") == service and record.get("stream") == "stdout":
+                lines.append(str(record.get("message", "")))
+    return lines
 
 
 def cmd_down(_args: argparse.Namespace) -> int:
@@ -155,8 +214,10 @@ def cmd_down(_args: argparse.Namespace) -> int:
     if state is None:
         print("nothing is up")
         return 0
-    # Stop in reverse order of start so the API server never loses etcd under a client.
-    for name in ("registry", "kube-controller-manager", "kube-apiserver", "etcd"):
+    # Stop in reverse order of start: the operator and agents first, etcd last.
+    pids = state.get("pids", {})
+    assert isinstance(pids, dict)
+    for name in reversed(list(pids)):
         pid = _running_pids(state).get(name)
         if pid is None:
             continue
@@ -166,6 +227,10 @@ def cmd_down(_args: argparse.Namespace) -> int:
         except TimeoutError:
             os.killpg(pid, signal.SIGKILL)
         print(f"stopped {name}")
+    hosts = state.get("netns", [])
+    assert isinstance(hosts, list)
+    for host in hosts:
+        remove_host(str(host))
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     return 0
 

@@ -63,6 +63,7 @@ class LocalFleet:
     agents: dict[str, AgentProcess] = field(default_factory=dict)
     operators: list[OperatorProcess] = field(default_factory=list)
     operator_args: Sequence[str] = ()
+    tie_to_parent: bool = True
 
     def __post_init__(self) -> None:
         self.plane.kubectl_apply(
@@ -121,6 +122,7 @@ class LocalFleet:
                 str(admin_port),
             ],
             log_path=self.workdir / "logs" / f"agent-{node}.log",
+            tie_to_parent=self.tie_to_parent,
         )
         agent = AgentProcess(node, host, process, admin_port)
         self.agents[node] = agent
@@ -169,6 +171,7 @@ class LocalFleet:
                 *self.operator_args,
             ],
             log_path=self.workdir / "logs" / f"{name}.log",
+            tie_to_parent=self.tie_to_parent,
         )
         process.start()
         operator = OperatorProcess(name, process)

@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NetworkHosts", "TestHost", "netns_available"]
+__all__ = ["NetworkHosts", "TestHost", "netns_available", "remove_host"]
 
 _NETNS_DIR = Path("/run/netns")
 _NAME = re.compile(r"^wf(\d+)h(\d+)$")
@@ -64,12 +64,20 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     return nets
 
 
+def remove_host(name: str) -> None:
+    """Removes the namespace ``name`` and its link, if they exist."""
+    _ip("netns", "del", name, check=False)
+    _ip("link", "del", f"{name}r", check=False)
+
+
 class NetworkHosts:
     """Creates and removes `TestHost`s for one run."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, prefix: str | None = None) -> None:
+        """``prefix`` names the namespaces (default ``wf<pid>``, swept once that pid is gone);
+        a fixed prefix such as ``wfdev`` is for hosts that outlive the process making them."""
         self.hosts: list[TestHost] = []
-        self._pid = os.getpid()
+        self._prefix = prefix if prefix is not None else f"wf{os.getpid()}"
         self._sweep()
         self._block = self._free_block()
 
@@ -104,7 +112,7 @@ class NetworkHosts:
         index = len(self.hosts)
         subnet = list(self._block.subnets(new_prefix=30))[index]
         peer, address = (str(a) for a in list(subnet.hosts())[:2])
-        name = f"wf{self._pid}h{index}"
+        name = f"{self._prefix}h{index}"
         root_end, host_end = f"{name}r", f"{name}n"
         if len(root_end) > 15:
             raise RuntimeError(f"interface name {root_end} too long")
@@ -127,8 +135,7 @@ class NetworkHosts:
 
     def close(self) -> None:
         for host in self.hosts:
-            _ip("netns", "del", host.name, check=False)
-            _ip("link", "del", f"{host.name}r", check=False)
+            remove_host(host.name)
         self.hosts.clear()
 
     def __enter__(self) -> NetworkHosts:

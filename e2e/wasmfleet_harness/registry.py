@@ -61,6 +61,7 @@ class Registry:
         tls: RegistryTls | None = None,
         tie_to_parent: bool = True,
         name: str = "registry",
+        port: int | None = None,
     ) -> None:
         if auth is not None and token_server is not None:
             raise ValueError("a registry uses either basic auth or a token server, not both")
@@ -69,7 +70,7 @@ class Registry:
         self.token_server = token_server
         self.tls = tls
         self.name = name
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"{'https' if tls else 'http'}://{self.host}"
         self.storage = workdir / "storage"

@@ -14,7 +14,13 @@ from typing import Any
 
 __all__ = ["JsonFormatter", "configure"]
 
-_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# kopf attaches its whole settings object and a routing flag to its records; neither helps.
+_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "settings",
+    "k8s_skip",
+}
 
 
 class JsonFormatter(logging.Formatter):

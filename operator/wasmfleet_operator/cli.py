@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logs.configure(level=args.log_level, json_format=args.log_format == "json")
+    # One line per watch event ("Handler ... succeeded") is noise; failures still show.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from wasmfleet_api.client import KubeConfig
     from wasmfleet_operator.main import OperatorOptions, run_operator
 

@@ -247,8 +247,8 @@ class Reconciler:
                 extra={
                     "service": key,
                     "revision": revision,
-                    "created": [f"{c['spec']['nodeName']}" for c in created],
-                    "deleted": list(plan.delete),
+                    "placed_on": [str(c["spec"]["nodeName"]) for c in created],
+                    "removed": list(plan.delete),
                 },
             )
 

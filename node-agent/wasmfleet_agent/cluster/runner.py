@@ -190,7 +190,11 @@ class NodeRunner:
             level,
             "replica %s",
             to.value,
-            extra={"binding": replica.key, **({"error": error} if error else {})},
+            extra={
+                "binding": replica.key,
+                **({"error": error} if error else {}),
+                **({"port": replica.port} if to is State.READY else {}),
+            },
         )
 
     def _report(self, replica: Replica) -> None:
