@@ -206,6 +206,8 @@ class Reconciler:
         removing = set(plan.delete)
 
         url = None
+        services: list[dict[str, Any]] = []
+        slices: list[dict[str, Any]] = []
         if service.spec.http is not None:
             endpoints = []
             for b in bindings:
@@ -214,20 +216,16 @@ class Reconciler:
                     continue
                 address = status.get("address") or self.fleet.address(b["spec"]["nodeName"])
                 endpoints.append(Endpoint(address, int(status["port"]), b["spec"]["nodeName"]))
-            await self._write_owned(
-                "Service", key, SERVICES, [render_service(service)], render_selector(name)
-            )
-            await self._write_owned(
-                "EndpointSlice",
-                key,
-                SLICES,
-                render_endpoint_slices(service, endpoints),
-                render_selector(name),
-            )
+            services = [render_service(service)]
+            slices = render_endpoint_slices(service, endpoints)
             port = service.spec.http.port
             url = f"http://{name}.{namespace}.svc.{self.settings.cluster_domain}" + (
                 "" if port == 80 else f":{port}"
             )
+        # A job has no Service; one that was an http service before loses it.
+        selector = render_selector(name)
+        await self._write_owned("Service", key, SERVICES, services, selector, uid)
+        await self._write_owned("EndpointSlice", key, SLICES, slices, selector, uid)
 
         for binding_name in plan.delete:
             await self.kube.delete(BINDINGS, binding_name, namespace)
@@ -327,8 +325,13 @@ class Reconciler:
         resource: Any,
         objects: Sequence[Mapping[str, Any]],
         selector: str,
+        owner_uid: str | None,
     ) -> None:
-        """Makes the objects of ``kind`` this service owns exactly ``objects``."""
+        """Makes the objects of ``kind`` this service owns exactly ``objects``.
+
+        Only objects whose ownerReferences name this service are ever deleted, whatever
+        labels anything else carries.
+        """
         fingerprint = _fingerprint(objects)
         if self._written.get((kind, key)) == fingerprint:
             return
@@ -338,7 +341,9 @@ class Reconciler:
             await self.kube.apply(obj)
         wanted = {o["metadata"]["name"] for o in objects}
         for obj in existing["items"]:
-            if obj["metadata"]["name"] not in wanted:
+            owners = obj["metadata"].get("ownerReferences") or []
+            owned = any(o.get("uid") == owner_uid for o in owners)
+            if obj["metadata"]["name"] not in wanted and owned:
                 await self.kube.delete(resource, obj["metadata"]["name"], namespace)
         self._written[(kind, key)] = fingerprint
 
