@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ import yaml
 
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.binaries import REPO_ROOT
+from wasmfleet_harness.chart import run_as_chart_identities
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.fleet import EndpointClient, LocalFleet, Target, endpoints_of
 from wasmfleet_harness.netns import netns_available
@@ -36,11 +38,29 @@ NODES = {"amd64-a": "amd64", "amd64-b": "amd64", "arm64-a": "arm64"}
 EXAMPLE_HOST = "localhost:5001"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["admin", "chart-rbac"])
 def fleet(
-    wasmfleet_crds: ControlPlane, workspace: Workspace, registry: Registry
+    request: pytest.FixtureRequest,
+    wasmfleet_crds: ControlPlane,
+    workspace: Workspace,
+    registry: Registry,
 ) -> Iterator[LocalFleet]:
-    local = LocalFleet(wasmfleet_crds, workspace.subdir("fleet"))
+    """Three agents and two operators; run once as the cluster admin, once as exactly the
+    ServiceAccounts and RBAC rules the Helm chart creates (tokens from the API server)."""
+    workdir = workspace.subdir(f"fleet-{request.param}")
+    if request.param == "admin":
+        local = LocalFleet(wasmfleet_crds, workdir)
+    else:
+        identities = run_as_chart_identities(
+            wasmfleet_crds, workdir / "identities", namespace="wasmfleet-rbac"
+        )
+        local = LocalFleet(
+            wasmfleet_crds,
+            workdir,
+            namespace=identities.namespace,
+            agent_kubeconfig=identities.agent,
+            operator_kubeconfig=identities.operator,
+        )
     try:
         for node, arch in NODES.items():
             local.add_agent(node, labels={"kubernetes.io/arch": arch})
@@ -580,3 +600,35 @@ def test_an_agent_killed_loses_its_replicas_to_the_others_without_failed_request
         timeout=10,
         message="the returning agent got its old binding back",
     )
+
+
+def test_the_operators_report_their_role_and_metrics(fleet: LocalFleet) -> None:
+    running = [o for o in fleet.operators if o.process.alive()]
+    roles = sorted(o.get("/readyz").strip() for o in running)
+    assert roles == ["leader", "standby"]
+    (leader,) = [o for o in running if o.get("/readyz").strip() == "leader"]
+    metrics = leader.get("/metrics")
+    assert "wasmfleet_operator_leader 1.0" in metrics
+    assert 'wasmfleet_operator_reconciles_total{result="ok"}' in metrics
+    wait_until(
+        lambda: 'wasmfleet_operator_agents{state="ready"} 3.0' in leader.get("/metrics"),
+        timeout=20,
+        interval=0.2,
+        message=lambda: "\n".join(
+            line for line in leader.get("/metrics").splitlines() if "agents{" in line
+        ),
+    )
+
+
+def test_no_process_was_refused_by_the_api_server(fleet: LocalFleet) -> None:
+    """Run last in the module: RBAC refused nothing the operator or the agents did.
+
+    (A 403 for writing into a namespace being deleted is not a permission problem.)"""
+    denial = re.compile(r'cannot [a-z]+ resource \\"')
+    refused = [
+        line
+        for log in sorted((fleet.workdir / "logs").glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if denial.search(line)
+    ]
+    assert refused == []

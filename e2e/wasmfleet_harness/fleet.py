@@ -51,6 +51,13 @@ class AgentProcess:
 class OperatorProcess:
     name: str
     process: ManagedProcess
+    health_port: int
+
+    def get(self, path: str) -> str:
+        """GETs ``path`` (/healthz, /readyz, /metrics) from this operator."""
+        url = f"http://127.0.0.1:{self.health_port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
 
 
 @dataclass
@@ -64,10 +71,15 @@ class LocalFleet:
     operators: list[OperatorProcess] = field(default_factory=list)
     operator_args: Sequence[str] = ()
     tie_to_parent: bool = True
+    namespace: str = SYSTEM_NAMESPACE
+    """Where the operator's and the agents' Leases live (the chart's release namespace)."""
+    agent_kubeconfig: Path | None = None
+    operator_kubeconfig: Path | None = None
+    """Identities the processes use; the admin's when unset (see `chart_identities`)."""
 
     def __post_init__(self) -> None:
         self.plane.kubectl_apply(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
         )
 
     # ---- agents --------------------------------------------------------------------
@@ -107,11 +119,11 @@ class LocalFleet:
                 "--netns",
                 str(host.netns),
                 "--kubeconfig",
-                str(self.plane.kubeconfig),
+                str(self.agent_kubeconfig or self.plane.kubeconfig),
                 "--state-dir",
                 str(self.workdir / "agents" / node),
                 "--lease-namespace",
-                SYSTEM_NAMESPACE,
+                self.namespace,
                 "--lease-duration",
                 AGENT_LEASE,
                 "--drain",
@@ -151,6 +163,7 @@ class LocalFleet:
     # ---- operators -----------------------------------------------------------------
 
     def start_operator(self, name: str = "operator") -> OperatorProcess:
+        health_port = free_port()
         process = ManagedProcess(
             name,
             [
@@ -159,9 +172,13 @@ class LocalFleet:
                 "wasmfleet_operator.cli",
                 "run",
                 "--kubeconfig",
-                str(self.plane.kubeconfig),
+                str(self.operator_kubeconfig or self.plane.kubeconfig),
                 "--namespace",
-                SYSTEM_NAMESPACE,
+                self.namespace,
+                "--health-port",
+                str(health_port),
+                "--health-host",
+                "127.0.0.1",
                 "--leader-lease-duration",
                 OPERATOR_LEASE,
                 "--leader-retry",
@@ -174,13 +191,13 @@ class LocalFleet:
             tie_to_parent=self.tie_to_parent,
         )
         process.start()
-        operator = OperatorProcess(name, process)
+        operator = OperatorProcess(name, process, health_port)
         self.operators.append(operator)
         return operator
 
     def leader(self) -> str | None:
         lease = self.plane.kubectl_json(
-            "get", "lease", "-n", SYSTEM_NAMESPACE, "wasmfleet-operator", "--ignore-not-found"
+            "get", "lease", "-n", self.namespace, "wasmfleet-operator", "--ignore-not-found"
         )
         return (lease or {}).get("spec", {}).get("holderIdentity") or None
 
@@ -198,6 +215,11 @@ class LocalFleet:
         for agent in self.agents.values():
             agent.process.stop(grace=10)
         self.hosts.close()
+        # The next fleet of the session registers nodes of the same names afresh.
+        if self.agents and self.tie_to_parent:
+            names = sorted(self.agents)
+            self.plane.kubectl("delete", "wasmagents", *names, "--ignore-not-found", check=False)
+            self.plane.kubectl("delete", "nodes", *names, "--ignore-not-found", check=False)
 
 
 @dataclass(frozen=True)

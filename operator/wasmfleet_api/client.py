@@ -25,6 +25,7 @@ __all__ = [
     "KubeClient",
     "KubeConfig",
     "Resource",
+    "load_configuration",
     "resource_for",
 ]
 
@@ -98,6 +99,23 @@ def resource_for(api_version: str, kind: str) -> Resource:
         raise ValueError(f"the client does not know {kind}.{api_version}") from None
 
 
+def load_configuration(path: str | Path | None = None) -> tuple[Any, str | None]:
+    """A kubeconfig resolved by the kubernetes package (contexts, exec plugins, embedded
+    data), as its Configuration and the bearer token, if the user has one."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(
+        config_file=str(path) if path is not None else None,
+        client_configuration=configuration,
+    )
+    keys = configuration.api_key
+    token = keys.get("BearerToken") or keys.get("authorization")
+    if token is not None and token.lower().startswith("bearer "):
+        token = token[len("bearer ") :]
+    return configuration, token
+
+
 @dataclass(frozen=True)
 class KubeConfig:
     """Where the API server is and how to authenticate to it."""
@@ -109,20 +127,10 @@ class KubeConfig:
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path | None = None) -> KubeConfig:
-        # The kubernetes package resolves contexts, exec plugins and embedded data for us.
-        from kubernetes import client, config
-
-        configuration = client.Configuration()
-        config.load_kube_config(
-            config_file=str(path) if path is not None else None,
-            client_configuration=configuration,
-        )
+        configuration, token = load_configuration(path)
         context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
         if configuration.cert_file:
             context.load_cert_chain(configuration.cert_file, configuration.key_file)
-        token = configuration.api_key.get("authorization")
-        if token is not None and token.lower().startswith("bearer "):
-            token = token[len("bearer ") :]
         return cls(server=configuration.host, ssl_context=context, token=token)
 
     @classmethod

@@ -27,7 +27,10 @@ from wasmfleet_api.wasmservice import WasmService
 __all__ = ["KINDS", "render_all", "render_crd", "render_schema", "render_yaml", "write_all"]
 
 KINDS: tuple[type[KubeObject], ...] = (WasmService, WasmBinding, WasmAgent)
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "crds"
+_REPO = Path(__file__).resolve().parents[2]
+DEFAULT_OUTPUT = _REPO / "crds"
+CHART_OUTPUT = _REPO / "charts" / "wasmfleet" / "crds"
+"""The Helm chart carries the same CRDs (Helm installs its crds/ before anything else)."""
 
 # Keys copied from pydantic's schema as they are, in this order (a tuple: set order would
 # vary between runs); everything else is translated or dropped.
@@ -245,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--output", type=Path, action="append", help="directory to write (repeatable)"
     )
     args = parser.parse_args(argv)
-    for directory in args.output or [DEFAULT_OUTPUT]:
+    for directory in args.output or [DEFAULT_OUTPUT, CHART_OUTPUT]:
         for path in write_all(directory):
             print(path)
     return 0

@@ -55,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=4, help="concurrent reconcile passes")
     run.add_argument("--resync", type=_duration, default="60s")
     add_registry_options(run)
-    run.add_argument("--health-port", type=int, help="serve /healthz on this port")
+    run.add_argument(
+        "--health-port", type=int, help="serve /healthz, /readyz and /metrics on this port"
+    )
+    run.add_argument("--health-host", default="0.0.0.0", help="address of those endpoints")
     run.add_argument("--log-format", choices=["json", "text"], default="json")
     run.add_argument("--log-level", default="info")
     return parser
@@ -95,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resync_seconds=args.resync,
         registry=registry_settings(args),
         health_port=args.health_port,
+        health_host=args.health_host,
     )
     return asyncio.run(run_operator(options))
 

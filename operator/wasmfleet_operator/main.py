@@ -26,9 +26,10 @@ import kopf
 
 from wasmfleet_agent.oci.client import ClientSettings
 from wasmfleet_api.base import API_VERSION, GROUP, VERSION
-from wasmfleet_api.client import KubeClient, KubeConfig, resource_for
+from wasmfleet_api.client import KubeClient, KubeConfig, load_configuration, resource_for
 from wasmfleet_operator.fleet import Fleet, Liveness
 from wasmfleet_operator.leader import LeaderElector, LostLeadershipError
+from wasmfleet_operator.metrics import OperatorMetrics, serve_health
 from wasmfleet_operator.reconciler import Reconciler, ReconcilerSettings
 from wasmfleet_operator.resolver import Resolver
 
@@ -54,6 +55,7 @@ class OperatorOptions:
     monitor_seconds: float = 1.0
     registry: ClientSettings = field(default_factory=ClientSettings)
     health_port: int | None = None
+    health_host: str = "0.0.0.0"
     identity: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -116,16 +118,18 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
 
 def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
     """kopf's credentials from the same kubeconfig (or service account) as our client."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
     if kubeconfig is not None:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        configuration, token = load_configuration(kubeconfig)
     else:
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)
-    token = configuration.api_key.get("authorization")
-    if token is not None and token.lower().startswith("bearer "):
-        token = token[len("bearer ") :]
+        token = configuration.api_key.get("BearerToken") or configuration.api_key.get(
+            "authorization"
+        )
+        if token is not None and token.lower().startswith("bearer "):
+            token = token[len("bearer ") :]
     return kopf.ConnectionInfo(
         server=configuration.host,
         ca_path=configuration.ssl_ca_cert,
@@ -178,6 +182,13 @@ async def _monitor(reconciler: Reconciler, options: OperatorOptions) -> None:
     while True:
         await asyncio.sleep(options.monitor_seconds)
         current = fleet.liveness_all()
+        if reconciler.metrics is not None:
+            states = {"ready": 0, "notready": 0, "lost": 0}
+            for live in current.values():
+                states["ready" if live.ready else "lost" if live.lost else "notready"] += 1
+            for state, count in states.items():
+                reconciler.metrics.agents.labels(state).set(count)
+            reconciler.metrics.queue_depth.set(len(reconciler.queue))
         changed = {n for n in current.keys() | known.keys() if current.get(n) != known.get(n)}
         if changed:
             for name in sorted(changed):
@@ -213,15 +224,25 @@ async def run_operator(options: OperatorOptions) -> int:
         retry=options.leader_retry,
     )
     resolver = Resolver(kube, options.registry)
+    metrics = OperatorMetrics()
+    role = ["standby"]
+    health = (
+        await serve_health(metrics, options.health_port, lambda: role[0], options.health_host)
+        if options.health_port is not None
+        else None
+    )
     code = 0
     try:
         if not await elector.acquire(stop):
             return 0
+        role[0] = "leader"
+        metrics.leader.set(1)
         reconciler = Reconciler(
             kube,
             resolver,
             Fleet(grace_period=options.node_grace_period),
             ReconcilerSettings(identity=options.identity),
+            metrics=metrics,
         )
         await _prime(kube, reconciler, options.namespace)
         log.info(
@@ -240,18 +261,12 @@ async def run_operator(options: OperatorOptions) -> int:
         monitor = asyncio.create_task(_monitor(reconciler, options), name="monitor")
         stop_waiter = asyncio.create_task(stop.wait(), name="stop")
         kopf_stop = asyncio.Event()
-        liveness = (
-            f"http://127.0.0.1:{options.health_port}/healthz"
-            if options.health_port is not None
-            else None
-        )
         operator = asyncio.create_task(
             kopf.operator(
                 registry=build_registry(reconciler, options),
                 clusterwide=True,
                 standalone=True,
                 stop_flag=kopf_stop,
-                liveness_endpoint=liveness,
             ),
             name="kopf",
         )
@@ -274,6 +289,9 @@ async def run_operator(options: OperatorOptions) -> int:
     except LostLeadershipError:
         code = 1
     finally:
+        metrics.leader.set(0)
+        if health is not None:
+            await health.cleanup()
         await resolver.close()
         await kube.close()
     return code

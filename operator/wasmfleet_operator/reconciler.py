@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from wasmfleet_api.client import ApiError, KubeClient, resource_for
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
 from wasmfleet_api.workload import WorkloadSpec
 from wasmfleet_operator.fleet import Fleet
+from wasmfleet_operator.metrics import OperatorMetrics
 from wasmfleet_operator.planner import Plan, Replica, plan_placements
 from wasmfleet_operator.render import (
     Endpoint,
@@ -92,6 +94,7 @@ class Reconciler:
         resolver: Resolver,
         fleet: Fleet,
         settings: ReconcilerSettings | None = None,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.kube = kube
         self.resolver = resolver
@@ -102,6 +105,7 @@ class Reconciler:
         # What was last written per (kind, service key); cleared on every resync.
         self._written: dict[tuple[str, str], str] = {}
         self.passes = 0
+        self.metrics = metrics
 
     # ---- cache updates from watch events -------------------------------------------
 
@@ -134,18 +138,25 @@ class Reconciler:
     async def worker(self) -> None:
         while True:
             key = await self.queue.get()
+            started = time.perf_counter()
+            result = "ok"
             try:
                 await self.reconcile(key)
             except asyncio.CancelledError:
                 raise
             except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+                result = "retry"
                 log.warning("reconcile failed; retrying", extra={"key": key, "error": str(error)})
                 self.queue.add_after(key, 2.0)
             except Exception:
+                result = "error"
                 log.exception("reconcile crashed; retrying", extra={"key": key})
                 self.queue.add_after(key, 5.0)
             finally:
                 self.queue.done(key)
+                if self.metrics is not None:
+                    self.metrics.reconciles.labels(result).inc()
+                    self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     # ---- one pass ------------------------------------------------------------------
 
@@ -239,6 +250,9 @@ class Reconciler:
             await self.kube.apply(body_)
             self.fleet.binding_nodes[f"{namespace}/{body_['metadata']['name']}"] = placed.node
             created.append(body_)
+        if self.metrics is not None:
+            self.metrics.placements.labels("create").inc(len(created))
+            self.metrics.placements.labels("delete").inc(len(plan.delete))
         if plan.create or plan.delete:
             log.info(
                 "placements changed",
