@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from wasmfleet_harness.agent import push_module
+from wasmfleet_harness.argocd import argocd_health
 from wasmfleet_harness.binaries import REPO_ROOT
 from wasmfleet_harness.chart import run_as_chart_identities
 from wasmfleet_harness.controlplane import ControlPlane
@@ -618,6 +619,70 @@ def test_the_operators_report_their_role_and_metrics(fleet: LocalFleet) -> None:
             line for line in leader.get("/metrics").splitlines() if "agents{" in line
         ),
     )
+
+
+def test_the_argocd_health_check_judges_live_services(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    """The Lua health check, run on objects read from the API server at each stage."""
+    plane = fleet.plane
+    image = _push_example(wasm_modules, registry, "hello-c")
+    seen: dict[str, list[str]] = {}
+
+    def record(name: str) -> str:
+        status, message = argocd_health(_service(plane, namespace, name))
+        seen.setdefault(name, []).append(status)
+        assert message
+        return status
+
+    created = json.loads(
+        plane.kubectl(
+            "create",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "-f",
+            "-",
+            input=json.dumps(_wasm_service("health", image, replicas=2, http={})),
+        ).stdout
+    )
+    assert argocd_health(created)[0] == "Progressing"  # as created: no status yet
+    wait_until(lambda: record("health") == "Healthy", timeout=60, interval=0.05)
+    assert seen["health"][0] == "Progressing"
+
+    # A rollout: Progressing while the new revision comes up, Healthy when it has.
+    plane.kubectl(
+        "patch",
+        "wasmservice",
+        "-n",
+        namespace,
+        "health",
+        "--type=merge",
+        "-p",
+        '{"spec": {"env": [{"name": "ROLL", "value": "2"}]}}',
+    )
+    seen["health"].clear()
+    wait_until(
+        lambda: (
+            record("health") == "Healthy"
+            and _service(plane, namespace, "health")["status"]["updatedReplicas"] == 2
+            and len(_bindings(plane, namespace, "health")) == 2
+        ),
+        timeout=60,
+        interval=0.02,
+    )
+    assert "Progressing" in seen["health"]
+    assert "Degraded" not in seen["health"]
+
+    plane.kubectl("scale", "wasmservice", "-n", namespace, "health", "--replicas=0")
+    wait_until(lambda: record("health") == "Suspended", timeout=30, interval=0.1)
+
+    missing = f"{registry.host}/{namespace}/missing:1.0"
+    _apply(plane, namespace, _wasm_service("unhealthy", missing, replicas=1, http={}))
+    wait_until(lambda: record("unhealthy") == "Degraded", timeout=30, interval=0.1)
+    _, message = argocd_health(_service(plane, namespace, "unhealthy"))
+    assert message.startswith("ModuleNotFound")
 
 
 def test_no_process_was_refused_by_the_api_server(fleet: LocalFleet) -> None:
