@@ -4,7 +4,9 @@ Targets (each a server on loopback, started and stopped here):
 
 - ``bare``: a bare aiohttp handler, the ceiling of a Python front end on this machine;
 - ``agent/<module>``: ``wasmfleet-agent serve`` with a hello module (Rust, Go, C), a fresh
-  Wasm instance per request;
+  Wasm instance per request, answered by the agent process itself;
+- ``workers/<module>``: the same with ``--processes N`` (N = the number of cores): worker
+  processes accepting on one socket;
 - ``spawn/<module>``: the native wasmtime CLI spawned per request (the process model).
 
 Each target is loaded with ``wrk`` at concurrency 1, 8 and 64 for a fixed, short duration;
@@ -84,23 +86,24 @@ def targets(modules: Sequence[str]) -> list[tuple[str, list[str]]]:
     chosen: list[tuple[str, list[str]]] = [
         ("bare", [python, str(REPO / "bench/servers/bare_aiohttp.py"), "--port", "{port}"])
     ]
+    cores = os.cpu_count() or 1
     for module in modules:
         path = str(MODULES / f"{module}.wasm")
-        chosen.append(
-            (
-                f"agent/{module}",
-                [
-                    str(BIN / "wasmfleet-agent"),
-                    "serve",
-                    "--module",
-                    path,
-                    "--port",
-                    "{port}",
-                    "--cache-dir",
-                    str(OUT / "agent-cache"),
-                ],
-            )
-        )
+        serve = [
+            str(BIN / "wasmfleet-agent"),
+            "serve",
+            "--module",
+            path,
+            "--port",
+            "{port}",
+            "--cache-dir",
+            str(OUT / "agent-cache"),
+            "--max-concurrency",
+            "256",
+        ]
+        chosen.append((f"agent/{module}", serve))
+        if cores > 1:
+            chosen.append((f"workers/{module}", [*serve, "--processes", str(cores)]))
     cli = wasmtime_cli()
     if cli is not None:
         for module in modules:
@@ -208,7 +211,8 @@ def render_table(results: Sequence[Result]) -> str:
         module = r.target.split("/", 1)[-1]
         spawn = by_key.get((f"spawn/{module}", r.concurrency))
         ratio_bare = f"{r.rps / bare.rps:.2f}x" if bare and r.target != "bare" else ""
-        ratio_spawn = f"{r.rps / spawn.rps:.1f}x" if spawn and r.target.startswith("agent/") else ""
+        served = r.target.startswith(("agent/", "workers/"))
+        ratio_spawn = f"{r.rps / spawn.rps:.1f}x" if spawn and served else ""
         lines.append(
             f"| {r.target} | {r.concurrency} | {r.p50_us:.0f} µs | {r.p99_us:.0f} µs "
             f"| {r.rps:.0f} | {ratio_bare} | {ratio_spawn} |"

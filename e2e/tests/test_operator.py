@@ -64,7 +64,9 @@ def fleet(
         )
     try:
         for node, arch in NODES.items():
-            local.add_agent(node, labels={"kubernetes.io/arch": arch})
+            # amd64-b answers requests in two worker processes: every scenario covers both
+            processes = 2 if node == "amd64-b" else 1
+            local.add_agent(node, labels={"kubernetes.io/arch": arch}, processes=processes)
         local.start_operator("operator-1")
         local.start_operator("operator-2")  # a standby: waits for the leader Lease
         wait_until(
@@ -419,7 +421,7 @@ def test_the_leader_killed_mid_rollout_hands_over_and_converges_without_duplicat
     leader = fleet.leader()
     assert leader is not None
     running = [o for o in fleet.operators if o.process.alive()]
-    assert len(running) == 2, "a leader and a standby"
+    assert len(running) == 2, "a leader and a standby\n" + fleet.logs()
     (leading,) = [o for o in running if leader.split("-")[-2] == str(o.process.pid)]
 
     _apply(

@@ -144,7 +144,9 @@ def cmd_up(_args: argparse.Namespace) -> int:
     )
     state["netns"] = []
     for node, arch in NODES.items():
-        agent = fleet.add_agent(node, labels={"kubernetes.io/arch": arch})
+        # amd64-b answers requests in two worker processes (`--processes 2`)
+        processes = 2 if node == "amd64-b" else 1
+        agent = fleet.add_agent(node, labels={"kubernetes.io/arch": arch}, processes=processes)
         pids[f"agent-{node}"] = agent.process.pid or 0
         state["netns"] = [h.name for h in fleet.hosts.hosts]
         _save_state(state)

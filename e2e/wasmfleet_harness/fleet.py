@@ -84,8 +84,13 @@ class LocalFleet:
 
     # ---- agents --------------------------------------------------------------------
 
-    def add_agent(self, node: str, *, labels: Mapping[str, str]) -> AgentProcess:
-        """Registers ``node`` with ``labels`` and starts its agent at an address of its own."""
+    def add_agent(
+        self, node: str, *, labels: Mapping[str, str], processes: int = 1
+    ) -> AgentProcess:
+        """Registers ``node`` with ``labels`` and starts its agent at an address of its own.
+
+        ``processes`` above 1 has the agent answer requests in that many worker processes.
+        """
         host = self.hosts.add()
         self.plane.kubectl_apply(
             {
@@ -132,6 +137,8 @@ class LocalFleet:
                 "1s",
                 "--admin-port",
                 str(admin_port),
+                "--processes",
+                str(processes),
             ],
             log_path=self.workdir / "logs" / f"agent-{node}.log",
             tie_to_parent=self.tie_to_parent,

@@ -54,6 +54,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _default_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "wasmfleet" / "agent"
@@ -126,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--max-concurrency", type=int, default=64)
     serve_parser.add_argument("--max-request-body", type=_quantity, default="1Mi")
     serve_parser.add_argument("--max-response", type=_quantity, default="16Mi")
+    serve_parser.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="processes answering requests (more than 1: worker processes, one per core)",
+    )
     _module_arguments(serve_parser)
     run_parser = commands.add_parser(
         "run",
@@ -176,6 +192,12 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--workers", type=int, default=64, help="threads running Wasm")
     parser.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="processes answering requests (more than 1: worker processes, one per core)",
+    )
+    parser.add_argument(
         "--drain", type=_duration, default="2s", help="keep serving a removed binding this long"
     )
     parser.add_argument(
@@ -215,6 +237,7 @@ def _node(args: argparse.Namespace) -> int:
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         workers=args.workers,
+        processes=args.processes,
         drain_seconds=args.drain,
         config_refresh_seconds=args.config_refresh,
     )
@@ -251,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_concurrency=args.max_concurrency,
             max_request_body=args.max_request_body,
             max_response=args.max_response,
+            processes=args.processes,
         )
         return asyncio.run(serve(_options(args), serve_options))
     if args.command != "run" and module_args:

@@ -31,6 +31,9 @@ from wasmfleet_agent.runtime.service import HttpModule, run_job
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.http import HttpLimits, ServiceHandler
 from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.orders import ServeOrder
+from wasmfleet_agent.server.workers import WorkerError, WorkerPool
+from wasmfleet_agent.sockets import bind_in_namespace
 
 __all__ = ["TRAP_EXIT_CODE", "ModuleOptions", "run_module", "serve"]
 
@@ -141,6 +144,8 @@ class ServeOptions:
     max_concurrency: int = 64
     max_request_body: int = 1 << 20
     max_response: int = 16 << 20
+    processes: int = 1
+    """Processes answering requests: 1 is this one; more starts that many worker processes."""
 
 
 async def serve(
@@ -153,12 +158,23 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     metrics = AgentMetrics()
-    ready = False
+    ready = asyncio.Event()
+    workers: WorkerPool | None = None
+    if serve_options.processes > 1:
+        workers = WorkerPool(
+            serve_options.processes,
+            cache_dir=options.cache_dir / "compiled",
+            threads=serve_options.max_concurrency,
+        )
     admin_runner: web.AppRunner | None = None
     if serve_options.admin_port is not None:
         admin = build_admin_app(
             metrics=metrics,
-            ready_check=lambda: (ready, "serving" if ready else "loading the module"),
+            ready_check=lambda: (
+                ready.is_set(),
+                "serving" if ready.is_set() else "loading the module",
+            ),
+            other_metrics=workers.metrics if workers is not None else None,
         )
         admin_runner = web.AppRunner(admin, access_log=None)
         await admin_runner.setup()
@@ -184,15 +200,16 @@ async def serve(
     except SandboxConfigError as error:
         print(f"wasmfleet-agent serve: {error}", file=sys.stderr)
         return 1
+    limits = HttpLimits(serve_options.max_concurrency, serve_options.max_request_body)
+    if workers is not None:
+        return await _serve_in_workers(
+            workers, loaded, module, limits, serve_options, admin_runner, stop, ready
+        )
     pool = ThreadPoolExecutor(
         max_workers=serve_options.max_concurrency, thread_name_prefix="wasm-request"
     )
     handler = ServiceHandler(
-        name=name,
-        execute=module.execute,
-        limits=HttpLimits(serve_options.max_concurrency, serve_options.max_request_body),
-        pool=pool,
-        metrics=metrics,
+        name=name, execute=module.execute, limits=limits, pool=pool, metrics=metrics
     )
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
@@ -200,7 +217,7 @@ async def serve(
     await runner.setup()
     try:
         await web.TCPSite(runner, serve_options.host, serve_options.port).start()
-        ready = True
+        ready.set()
         _log.info(
             "serving",
             extra={
@@ -214,6 +231,53 @@ async def serve(
         if admin_runner is not None:
             await admin_runner.cleanup()
         pool.shutdown(wait=False, cancel_futures=True)
+        await loaded.store.close()
+        loaded.runtime.close()
+    return 0
+
+
+async def _serve_in_workers(
+    workers: WorkerPool,
+    loaded: _Loaded,
+    module: HttpModule,
+    limits: HttpLimits,
+    serve_options: ServeOptions,
+    admin_runner: web.AppRunner | None,
+    stop: asyncio.Event,
+    ready: asyncio.Event,
+) -> int:
+    order = ServeOrder(
+        key=module.name,
+        name=module.name,
+        module_path=loaded.located.path,
+        digest=loaded.located.digest,
+        fuel=module.spec.fuel is not None,
+        spec=module.spec,
+        limits=module.limits,
+        http=limits,
+        server_software=module.server_software,
+    )
+    try:
+        await workers.start()
+        listener = bind_in_namespace(None, serve_options.host, serve_options.port)
+        await workers.serve(order, listener)
+        _log.info(
+            "serving",
+            extra={
+                "wasm_module": module.name,
+                "url": f"http://{serve_options.host}:{serve_options.port}/",
+                "processes": workers.pids,
+            },
+        )
+        ready.set()
+        await stop.wait()
+    except (WorkerError, OSError) as error:
+        print(f"wasmfleet-agent serve: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await workers.close()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         await loaded.store.close()
         loaded.runtime.close()
     return 0

@@ -17,10 +17,14 @@ from wasmfleet_harness.processes import Workspace, wait_until
 DEADLINE = 0.5
 
 
-@pytest.fixture(scope="module")
-def probe_agent(workspace: Workspace, wasm_modules: dict[str, Path]) -> Iterator[ServedModule]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def probe_agent(
+    request: pytest.FixtureRequest, workspace: Workspace, wasm_modules: dict[str, Path]
+) -> Iterator[ServedModule]:
+    """The probe served by the agent itself, and by two worker processes: the same contract."""
+    processes = int(request.param)
     served = ServedModule(
-        workspace.subdir("serve-probe"),
+        workspace.subdir(f"serve-probe-{processes}"),
         wasm_modules["probe"],
         extra=[
             "--timeout",
@@ -35,8 +39,10 @@ def probe_agent(workspace: Workspace, wasm_modules: dict[str, Path]) -> Iterator
             "16Mi",
             "--env",
             "GIVEN=yes",
+            "--processes",
+            str(processes),
         ],
-        name="agent-probe",
+        name=f"agent-probe-{processes}",
     )
     with served:
         yield served

@@ -30,6 +30,7 @@ from wasmfleet_agent.oci.store import ModuleStore
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.workers import WorkerPool
 from wasmfleet_api.client import ApiError, KubeClient, KubeConfig
 
 __all__ = ["NodeOptions", "run_node"]
@@ -49,6 +50,7 @@ class NodeOptions:
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
     workers: int = 64
+    processes: int = 1
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
 
@@ -101,6 +103,16 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         client_factory=lambda: RegistryClient(settings=options.registry),
     )
     pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="wasm-request")
+    workers: WorkerPool | None = None
+    if options.processes > 1:
+        workers = WorkerPool(
+            options.processes,
+            cache_dir=options.state_dir / "compiled",
+            threads=options.workers,
+            # room for every replica plus a rollout's new ones beside them
+            max_services=2 * identity.capacity + 16,
+        )
+        await workers.start()
     kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)
     status = StatusWriter(kube)
     runner = NodeRunner(
@@ -117,6 +129,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         pool=pool,
         metrics=metrics,
         status=status,
+        workers=workers,
     )
     admin: web.AppRunner | None = None
     if options.admin_port is not None:
@@ -126,7 +139,12 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
                 return True, f"serving {len(runner.replicas)} binding(s)"
             return False, "waiting for the first list of bindings"
 
-        admin = web.AppRunner(build_admin_app(metrics=metrics, ready_check=ready), access_log=None)
+        app = build_admin_app(
+            metrics=metrics,
+            ready_check=ready,
+            other_metrics=workers.metrics if workers is not None else None,
+        )
+        admin = web.AppRunner(app, access_log=None)
         await admin.setup()
         await web.TCPSite(admin, options.admin_host, options.admin_port).start()
     tasks: list[asyncio.Task[None]] = []
@@ -151,6 +169,8 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
     finally:
         stop.set()
         await runner.close()
+        if workers is not None:
+            await workers.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

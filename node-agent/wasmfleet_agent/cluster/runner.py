@@ -44,6 +44,8 @@ from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, RunResult, Sandb
 from wasmfleet_agent.runtime.service import HttpModule, JobAttempt, JobRunner, run_job
 from wasmfleet_agent.server.http import HttpLimits, ServiceHandler
 from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.orders import ServeOrder
+from wasmfleet_agent.server.workers import WorkerError, WorkerPool, WorkerSite
 from wasmfleet_agent.sockets import bind_in_namespace
 from wasmfleet_api.binding import WasmBinding
 from wasmfleet_api.client import KubeClient
@@ -78,7 +80,7 @@ class Replica:
     module_digest: str | None = None
     config_fingerprint: str = ""
     task: asyncio.Task[None] | None = None
-    site: web.AppRunner | None = None
+    site: web.AppRunner | WorkerSite | None = None
     handler: ServiceHandler | None = None
     pinned: str | None = None
 
@@ -108,8 +110,10 @@ class NodeRunner:
         pool: Executor,
         metrics: AgentMetrics,
         status: StatusWriter,
+        workers: WorkerPool | None = None,
     ) -> None:
         self.kube = kube
+        self.workers = workers
         self.settings = settings
         self.runtime = runtime
         self.store = store
@@ -276,7 +280,12 @@ class NodeRunner:
                 continue
             replica.config_fingerprint = config.fingerprint
             if workload.http is not None:
-                await self._serve(replica, compiled, spec)
+                try:
+                    await self._serve(replica, compiled, spec, path)
+                except WorkerError as error:
+                    self._move(replica, State.CRASH_LOOP_BACKOFF, error=str(error))
+                    await asyncio.sleep(self._backoff(replica))
+                    continue
             else:
                 await self._run_job(replica, compiled, spec)
             return
@@ -318,11 +327,21 @@ class NodeRunner:
 
     # ---- http --------------------------------------------------------------------
 
-    async def _serve(self, replica: Replica, compiled: CompiledModule, spec: SandboxSpec) -> None:
+    async def _serve(
+        self, replica: Replica, compiled: CompiledModule, spec: SandboxSpec, path: Path
+    ) -> None:
         http = replica.binding.spec.workload.http
         assert http is not None
         module = self._http_module(replica, compiled, spec)
-        if replica.site is None:
+        if self.workers is not None:
+            order = self._order(replica, module, path)
+            if replica.site is None:
+                sock = bind_in_namespace(self.settings.netns, self.settings.address, 0)
+                replica.port = int(sock.getsockname()[1])
+                replica.site = await self.workers.serve(order, sock)
+            else:
+                await self.workers.update(order)
+        elif replica.site is None:
             handler = ServiceHandler(
                 name=replica.label,
                 execute=module.execute,
@@ -342,7 +361,22 @@ class NodeRunner:
             assert replica.handler is not None
             replica.handler.execute = module.execute
         self._move(replica, State.READY)
-        await self._watch_config(replica, compiled)
+        await self._watch_config(replica, compiled, path)
+
+    def _order(self, replica: Replica, module: HttpModule, path: Path) -> ServeOrder:
+        http = replica.binding.spec.workload.http
+        assert http is not None
+        return ServeOrder(
+            key=replica.key,
+            name=module.name,
+            module_path=path,
+            digest=module.compiled.digest,
+            fuel=module.compiled.settings.fuel,
+            spec=module.spec,
+            limits=module.limits,
+            http=HttpLimits(http.max_concurrency, parse_quantity(http.max_request_body_size)),
+            server_software=module.server_software,
+        )
 
     def _http_module(
         self, replica: Replica, compiled: CompiledModule, spec: SandboxSpec
@@ -360,7 +394,7 @@ class NodeRunner:
             server_software=f"wasmfleet-agent/{metadata.version('wasmfleet')}",
         )
 
-    async def _watch_config(self, replica: Replica, compiled: CompiledModule) -> None:
+    async def _watch_config(self, replica: Replica, compiled: CompiledModule, path: Path) -> None:
         """While serving: re-reads ConfigMaps and Secrets; new values reach new instances."""
         workload = replica.binding.spec.workload
         while True:
@@ -384,8 +418,11 @@ class NodeRunner:
             except SandboxConfigError as failure:
                 log.warning("new configuration refused", extra={"error": str(failure)})
                 continue
-            assert replica.handler is not None
-            replica.handler.execute = module.execute
+            if self.workers is not None:
+                await self.workers.update(self._order(replica, module, path))
+            else:
+                assert replica.handler is not None
+                replica.handler.execute = module.execute
             replica.config_fingerprint = config.fingerprint
             log.info("configuration changed; new instances see it", extra={"binding": replica.key})
 

@@ -6,16 +6,19 @@ port, can never shadow them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.metrics import AgentMetrics, Snapshot
 
 __all__ = ["build_admin_app"]
 
 READY_CHECK: web.AppKey[Callable[[], tuple[bool, str]]] = web.AppKey("ready_check")
 METRICS: web.AppKey[AgentMetrics] = web.AppKey("metrics")
+OTHER_METRICS: web.AppKey[Callable[[], Awaitable[list[Snapshot]]] | None] = web.AppKey(
+    "other_metrics"
+)
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -29,16 +32,22 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
+    others = request.app[OTHER_METRICS]
+    body = request.app[METRICS].render(await others() if others is not None else ())
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
 def build_admin_app(
-    *, metrics: AgentMetrics, ready_check: Callable[[], tuple[bool, str]]
+    *,
+    metrics: AgentMetrics,
+    ready_check: Callable[[], tuple[bool, str]],
+    other_metrics: Callable[[], Awaitable[list[Snapshot]]] | None = None,
 ) -> web.Application:
-    """``ready_check`` returns (ready, a sentence saying why or why not)."""
+    """``ready_check`` returns (ready, a sentence saying why or why not); ``other_metrics``
+    gathers the worker processes' metrics, merged into this process's on ``/metrics``."""
     app = web.Application()
     app[METRICS] = metrics
+    app[OTHER_METRICS] = other_metrics
     app[READY_CHECK] = ready_check
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from wasmfleet_agent.server.inflight import ServiceCells
 from wasmfleet_agent.server.metrics import AgentMetrics
 
 __all__ = ["HttpLimits", "HttpOutcome", "IncomingRequest", "ServiceHandler"]
@@ -72,6 +73,8 @@ class ServiceHandler:
     limits: HttpLimits
     pool: Executor
     metrics: AgentMetrics
+    shared: ServiceCells | None = None
+    """The service's in-flight counts across worker processes (None: this process only)."""
     in_flight: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -85,7 +88,9 @@ class ServiceHandler:
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        if self.in_flight >= self.limits.max_concurrency:
+        shared = self.shared
+        busy = self.in_flight if shared is None else shared.total()
+        if busy >= self.limits.max_concurrency:
             self._over_capacity.inc()
             return self._done(started, web.Response(status=503, text="over capacity\n"))
         if (
@@ -95,6 +100,8 @@ class ServiceHandler:
             self._over_body.inc()
             return self._done(started, web.Response(status=413, text="request body too large\n"))
         self.in_flight += 1
+        if shared is not None:
+            shared.add(1)
         self._gauge.inc()
         try:
             try:
@@ -109,6 +116,8 @@ class ServiceHandler:
             outcome = await loop.run_in_executor(self.pool, self.execute, incoming)
         finally:
             self.in_flight -= 1
+            if shared is not None:
+                shared.add(-1)
             self._gauge.dec()
         self._instantiate.observe(outcome.instantiate_seconds)
         if outcome.error is not None:

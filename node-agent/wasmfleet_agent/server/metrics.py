@@ -7,11 +7,18 @@ counters). Services are labelled ``namespace/name`` (or the module for a standal
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["AgentMetrics"]
+__all__ = ["AgentMetrics", "Snapshot", "snapshot"]
+
+Snapshot = list[dict[str, Any]]
+"""A registry's metrics as plain data, to cross from a worker process to the agent."""
 
 # Request latencies of interest run from tens of microseconds to the timeout.
 _LATENCY_BUCKETS = (
@@ -102,6 +109,58 @@ class AgentMetrics:
             registry=r,
         )
 
-    def render(self) -> bytes:
-        """The text exposition format, for ``/metrics``."""
-        return generate_latest(self.registry)
+    def render(self, others: Sequence[Snapshot] = ()) -> bytes:
+        """The text exposition format, for ``/metrics``.
+
+        ``others`` are the snapshots of the agent's worker processes: each sample is summed
+        with the same sample of this process (creation times take the earliest), so a
+        service's counters and histograms cover every process that served it.
+        """
+        if not others:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_Merged([snapshot(self.registry), *others]))
+        return generate_latest(merged)
+
+
+def snapshot(registry: CollectorRegistry) -> Snapshot:
+    """Every metric family of ``registry`` with its samples, as JSON-ready data."""
+    return [
+        {
+            "name": family.name,
+            "documentation": family.documentation,
+            "type": family.type,
+            "unit": family.unit,
+            "samples": [[s.name, s.labels, s.value] for s in family.samples],
+        }
+        for family in registry.collect()
+    ]
+
+
+class _Merged(Collector):
+    def __init__(self, snapshots: Iterable[Snapshot]) -> None:
+        self.families: dict[str, Metric] = {}
+        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for families in snapshots:
+            for family in families:
+                name = family["name"]
+                if name not in self.families:
+                    self.families[name] = Metric(
+                        name, family["documentation"], family["type"], family["unit"]
+                    )
+                    sums[name] = {}
+                values = sums[name]
+                for sample_name, labels, value in family["samples"]:
+                    key = (sample_name, tuple(sorted(labels.items())))
+                    if key not in values:
+                        values[key] = value
+                    elif sample_name.endswith("_created"):
+                        values[key] = min(values[key], value)
+                    else:
+                        values[key] += value
+        for name, values in sums.items():
+            for (sample_name, labels), value in values.items():
+                self.families[name].add_sample(sample_name, dict(labels), value)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families.values()

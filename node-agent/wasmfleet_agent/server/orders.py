@@ -1,0 +1,136 @@
+"""What a request-worker process is told to serve, and the wire format between the processes.
+
+The agent's main process decides what runs; its worker processes (`workers`) only answer
+requests. An `ServeOrder` carries everything a worker needs to serve one module on a listening
+socket it receives alongside: where the module file is (the worker loads the machine code
+from the shared compiled-code cache), the sandbox spec, the limits.
+
+Messages are JSON, framed by a 4-byte big-endian length. A listening socket travels as
+``SCM_RIGHTS`` on a one-byte message that follows the order announcing it; the reader reads
+exact lengths, so the descriptor is never consumed by a read-ahead.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import socket
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
+from wasmfleet_agent.server.http import HttpLimits
+
+__all__ = ["ServeOrder", "read_message", "receive_fd", "send_fd", "write_message"]
+
+_HEADER = struct.Struct(">I")
+MAX_MESSAGE = 64 << 20
+
+
+@dataclass(frozen=True)
+class ServeOrder:
+    key: str
+    name: str
+    module_path: Path
+    digest: str
+    fuel: bool
+    spec: SandboxSpec
+    limits: RunLimits
+    http: HttpLimits
+    server_software: str
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "key": self.key,
+            "name": self.name,
+            "module_path": str(self.module_path),
+            "digest": self.digest,
+            "fuel": self.fuel,
+            "spec": {
+                "args": list(spec.args),
+                "env": [list(pair) for pair in spec.env],
+                "preopens": [[str(p.host), p.guest, p.writable] for p in spec.preopens],
+                "memory_limit": spec.memory_limit,
+                "fuel": spec.fuel,
+            },
+            "limits": asdict(self.limits),
+            "http": asdict(self.http),
+            "server_software": self.server_software,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServeOrder:
+        spec = data["spec"]
+        return cls(
+            key=data["key"],
+            name=data["name"],
+            module_path=Path(data["module_path"]),
+            digest=data["digest"],
+            fuel=bool(data["fuel"]),
+            spec=SandboxSpec(
+                args=tuple(spec["args"]),
+                env=tuple((str(k), str(v)) for k, v in spec["env"]),
+                preopens=tuple(
+                    Preopen(host=Path(host), guest=guest, writable=bool(writable))
+                    for host, guest, writable in spec["preopens"]
+                ),
+                memory_limit=int(spec["memory_limit"]),
+                fuel=spec["fuel"],
+            ),
+            limits=RunLimits(**data["limits"]),
+            http=HttpLimits(**data["http"]),
+            server_software=data["server_software"],
+        )
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    return _HEADER.pack(len(payload)) + payload
+
+
+def write_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    """Sends one message on a blocking socket."""
+    sock.sendall(encode(message))
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise EOFError("the other process closed the channel")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_message(sock: socket.socket) -> dict[str, Any]:
+    """Reads one message from a blocking socket; EOFError when the peer is gone."""
+    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
+    if size > MAX_MESSAGE:
+        raise ValueError(f"message of {size} bytes is over the limit")
+    message: dict[str, Any] = json.loads(_read_exactly(sock, size))
+    return message
+
+
+def send_fd(sock: socket.socket, fd: int) -> None:
+    socket.send_fds(sock, [b"F"], [fd])
+
+
+def receive_fd(sock: socket.socket) -> int:
+    """Receives the descriptor sent by `send_fd` (a one-byte message carrying it)."""
+    fds = array.array("i")
+    data, ancillary, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+    if data != b"F":
+        raise ValueError("expected a descriptor on the channel")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    if len(fds) != 1:
+        for extra in fds:
+            socket.close(extra)
+        raise ValueError("expected exactly one descriptor on the channel")
+    return fds[0]
