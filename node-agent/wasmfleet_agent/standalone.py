@@ -82,11 +82,7 @@ async def _load(options: ModuleOptions, metrics: AgentMetrics) -> _Loaded:
         insecure_registries=options.insecure_registries, ca_file=options.ca_file
     )
 
-    def observe(source: str, seconds: float) -> None:
-        metrics.compile_seconds.labels(source).observe(seconds)
-        metrics.compile_cache.labels("hit" if source == "cache" else "miss").inc()
-
-    runtime = Runtime(options.cache_dir / "compiled", on_compile=observe)
+    runtime = Runtime(options.cache_dir / "compiled", on_compile=metrics.observe_load)
     store = ModuleStore(
         options.cache_dir / "modules",
         options.cache_max_bytes,

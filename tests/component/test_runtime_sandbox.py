@@ -87,6 +87,12 @@ def test_modules_that_cannot_run_are_refused_with_a_clear_reason(
     )
     with pytest.raises(ModuleLoadError, match="launch_missiles"):
         runtime.load(unknown_import)
+    reactor = tmp_path / "reactor.wasm"
+    reactor.write_bytes(
+        wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_initialize")))')
+    )
+    with pytest.raises(ModuleLoadError, match="exports no _start function"):
+        runtime.load(reactor)
 
 
 def test_the_guest_sees_only_what_its_spec_grants(

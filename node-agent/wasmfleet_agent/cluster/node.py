@@ -96,7 +96,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             loop.add_signal_handler(signum, stop.set)
     identity = options.identity
     metrics = AgentMetrics()
-    runtime = Runtime(options.state_dir / "compiled")
+    runtime = Runtime(options.state_dir / "compiled", on_compile=metrics.observe_load)
     store = ModuleStore(
         options.state_dir / "modules",
         options.cache_max_bytes,

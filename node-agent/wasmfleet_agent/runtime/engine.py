@@ -180,6 +180,14 @@ class Runtime:
             module = _compile(slot.engine, path, digest)
             with contextlib.suppress(OSError):
                 atomic.write_atomically(cached, bytes(module.serialize()))
+        if not any(
+            export.name == "_start" and isinstance(export.type, wasmtime.FuncType)
+            for export in module.exports
+        ):
+            raise ModuleLoadError(
+                f"module {digest} exports no _start function: it is not a WASI command "
+                "(a reactor or library module cannot be run)"
+            )
         try:
             pre = slot.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as error:

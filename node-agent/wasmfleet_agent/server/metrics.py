@@ -109,6 +109,11 @@ class AgentMetrics:
             registry=r,
         )
 
+    def observe_load(self, source: str, seconds: float) -> None:
+        """A module loaded: ``source`` is ``compiled`` or ``cache`` (the `Runtime` callback)."""
+        self.compile_seconds.labels(source).observe(seconds)
+        self.compile_cache.labels("hit" if source == "cache" else "miss").inc()
+
     def render(self, others: Sequence[Snapshot] = ()) -> bytes:
         """The text exposition format, for ``/metrics``.
 
