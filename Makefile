@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 .PHONY: setup system-packages python binaries crds modules lint fmt \
-        test test-unit test-component test-e2e bench up down status clean
+        test test-unit test-component test-e2e bench up down status kind clean
 
 ## setup: everything a fresh machine needs (Debian packages, venv, Go-built binaries, modules)
 setup: system-packages python binaries modules
@@ -68,6 +68,10 @@ down:
 
 status: python
 	$(BIN)/wasmfleet-dev status
+
+## kind: the chart on a kind cluster with a local registry, examples and tests (needs Docker)
+kind:
+	bash e2e/kind/run.sh
 
 clean: down
 	rm -rf build .mypy_cache .ruff_cache .pytest_cache
