@@ -55,9 +55,12 @@ test-component: setup
 test-e2e: setup
 	$(BIN)/pytest e2e/tests
 
-## bench: request latency and throughput beside the baselines (bounded: a few minutes)
+## bench: every benchmark beside its baselines, then plots and tables into docs/performance.md
 bench: setup
+	$(BIN)/pip install --quiet -c .ci/constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/http_bench.py
+	$(BIN)/python bench/coldpath_bench.py
+	$(BIN)/python bench/report.py
 
 ## up / down / status: the whole system locally (README's first command)
 up: setup

@@ -222,7 +222,9 @@ def render_table(results: Sequence[Result]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modules", nargs="*", default=["hello-rust", "hello-go", "hello-c"])
+    parser.add_argument(
+        "--modules", nargs="*", default=["hello-rust", "hello-go", "hello-c", "primes-c"]
+    )
     parser.add_argument("--concurrency", nargs="*", type=int, default=[1, 8, 64])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     args = parser.parse_args(argv)

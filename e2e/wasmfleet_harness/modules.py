@@ -7,7 +7,8 @@ A module is a directory holding one entry file; its name picks the toolchain:
 - ``main.go``: ``GOOS=wasip1 GOARCH=wasm go build``.
 - ``main.c``: ``clang --target=wasm32-wasi`` against Debian's ``wasi-libc``.
 
-Modules live in ``examples/*/`` and ``tests/modules/*/`` and build into ``build/modules/``
+Modules live in ``examples/*/``, ``tests/modules/*/`` and ``bench/modules/*/`` and build into
+``build/modules/``
 (ignored by git). A module is rebuilt only when a file in its directory is newer than its
 output. Run ``python -m wasmfleet_harness.modules`` (``make modules``) to build them all.
 """
@@ -33,7 +34,11 @@ __all__ = [
 ]
 
 BUILD_DIR = REPO_ROOT / "build" / "modules"
-SOURCE_ROOTS = (REPO_ROOT / "examples", REPO_ROOT / "tests" / "modules")
+SOURCE_ROOTS = (
+    REPO_ROOT / "examples",
+    REPO_ROOT / "tests" / "modules",
+    REPO_ROOT / "bench" / "modules",
+)
 ENTRY_FILES = {"main.rs": "rust", "main.go": "go", "main.c": "c"}
 
 

@@ -2,7 +2,9 @@
 
 Deadlines use epoch interruption: a daemon thread advances every engine's epoch each
 ``TICK_SECONDS``; every store asks to be called back at the next tick (see `sandbox`), so a
-guest that runs past its deadline traps within one tick, without a thread per request.
+guest that runs past its deadline traps within one tick, without a thread per request. The
+thread ticks only while some run is under way (`EpochClock`): an idle agent does not wake up
+200 times a second.
 
 Compiled code is cached on disk under ``cache_dir``, keyed by the module's digest, the
 wasmtime version, the engine settings and the CPU architecture (compiled code loads only into
@@ -33,7 +35,7 @@ from wasmfleet_agent.oci import atomic
 from wasmfleet_agent.runtime import hostcalls
 from wasmfleet_agent.runtime.errors import ModuleLoadError
 
-__all__ = ["TICK_SECONDS", "CompiledModule", "EngineSettings", "Runtime"]
+__all__ = ["TICK_SECONDS", "CompiledModule", "EngineSettings", "EpochClock", "Runtime"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +63,37 @@ class EngineSettings:
         return ";".join(parts)
 
 
+class EpochClock:
+    """Counts the runs under way, so that the ticker sleeps while there are none."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._running = 0
+        self._stopped = False
+
+    def enter(self) -> None:
+        with self._condition:
+            self._running += 1
+            if self._running == 1:
+                self._condition.notify_all()
+
+    def leave(self) -> None:
+        with self._condition:
+            self._running -= 1
+
+    def wait_for_runs(self) -> bool:
+        """Blocks while no run is under way; False once the clock is stopped."""
+        with self._condition:
+            while self._running == 0 and not self._stopped:
+                self._condition.wait()
+            return not self._stopped
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()
+
+
 @dataclass(frozen=True)
 class CompiledModule:
     """A module compiled for one engine and linked against the agent's host functions."""
@@ -73,6 +106,8 @@ class CompiledModule:
     source: str
     """``compiled`` or ``cache``: where the machine code came from."""
     seconds: float
+    clock: EpochClock = field(default_factory=EpochClock, compare=False, repr=False)
+    """The clock of the engine's ticker: every run enters and leaves it."""
 
 
 class _EngineSlot:
@@ -99,6 +134,7 @@ class Runtime:
     _slots: dict[EngineSettings, _EngineSlot] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _clock: EpochClock = field(default_factory=EpochClock, init=False)
     _ticker: threading.Thread | None = field(default=None, init=False)
     _loading: dict[tuple[str, EngineSettings], threading.Lock] = field(
         default_factory=dict, init=False
@@ -121,6 +157,7 @@ class Runtime:
 
     def close(self) -> None:
         self._stop.set()
+        self._clock.stop()
         if self._ticker is not None:
             self._ticker.join(timeout=1)
 
@@ -131,7 +168,7 @@ class Runtime:
         self.close()
 
     def _tick(self) -> None:
-        while not self._stop.wait(TICK_SECONDS):
+        while self._clock.wait_for_runs() and not self._stop.wait(TICK_SECONDS):
             with self._lock:
                 engines = [slot.engine for slot in self._slots.values()]
             for engine in engines:
@@ -197,7 +234,9 @@ class Runtime:
         seconds = time.perf_counter() - started
         if self.on_compile is not None:
             self.on_compile(source, seconds)
-        return CompiledModule(digest, settings, slot.engine, module, pre, source, seconds)
+        return CompiledModule(
+            digest, settings, slot.engine, module, pre, source, seconds, self._clock
+        )
 
 
 def _compile(engine: wasmtime.Engine, path: Path, digest: str) -> wasmtime.Module:

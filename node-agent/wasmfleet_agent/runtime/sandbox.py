@@ -322,17 +322,21 @@ def run(
     failure: Failure | None = None
     instantiated = started
     instance: ffi.wasmtime_instance_t | None = None
-    with _watching(watch):
-        try:
-            instance = capi.instantiate(compiled.pre, store)
-            instantiated = time.perf_counter()
-            if not capi.call_export(store, instance, entry.encode()):
-                raise SandboxConfigError(f"the module exports no function {entry!r}")
-            exit_code = 0
-        except wasmtime.ExitTrap as exit_trap:
-            exit_code = exit_trap.code
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
-            failure = _classify(error, watch, store, instance, spec)
+    compiled.clock.enter()  # the epoch ticker runs while any run is under way
+    try:
+        with _watching(watch):
+            try:
+                instance = capi.instantiate(compiled.pre, store)
+                instantiated = time.perf_counter()
+                if not capi.call_export(store, instance, entry.encode()):
+                    raise SandboxConfigError(f"the module exports no function {entry!r}")
+                exit_code = 0
+            except wasmtime.ExitTrap as exit_trap:
+                exit_code = exit_trap.code
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
+                failure = _classify(error, watch, store, instance, spec)
+    finally:
+        compiled.clock.leave()
     if instantiated == started:
         instantiated = time.perf_counter()
     if inherit_stdio:

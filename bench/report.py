@@ -1,0 +1,183 @@
+"""Turns the benchmarks' JSON (``build/bench/*.json``) into plots and tables in the docs.
+
+Writes PNG plots into ``docs/performance/`` and replaces the part of ``docs/performance.md``
+between ``<!-- results:start -->`` and ``<!-- results:end -->`` with the tables of the last
+run, the machine it ran on, and links to the plots. A benchmark that did not run is left out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "build" / "bench"
+DOC = REPO / "docs" / "performance.md"
+PLOTS = REPO / "docs" / "performance"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> Any:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = "?"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal"):
+            memory = f"{int(line.split()[1]) / (1 << 20):.0f} GiB"
+    return (
+        f"{os.cpu_count()} vCPUs ({cpu}), {memory}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def http_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    results = data["results"]
+    targets = list(dict.fromkeys(r["target"] for r in results))
+    levels = sorted({int(r["concurrency"]) for r in results})
+    by_key = {(r["target"], int(r["concurrency"])): r for r in results}
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    width = 0.8 / len(levels)
+    for index, level in enumerate(levels):
+        xs = [i + index * width for i in range(len(targets))]
+        rps = [by_key.get((t, level), {}).get("rps", 0.0) for t in targets]
+        p50 = [by_key.get((t, level), {}).get("p50_us", 0.0) / 1000 for t in targets]
+        axes[0].bar(xs, rps, width, label=f"concurrency {level}")
+        axes[1].bar(xs, p50, width, label=f"concurrency {level}")
+    for axis, title, unit in (
+        (axes[0], "Throughput", "requests per second (log)"),
+        (axes[1], "Median latency", "milliseconds (log)"),
+    ):
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(targets))])
+        axis.set_xticklabels(targets, rotation=60, ha="right", fontsize=8)
+        axis.set_yscale("log")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOTS / "http.png", dpi=110)
+    plt.close(figure)
+
+    lines = [
+        "| target | concurrency | p50 | p99 | req/s | errors | vs bare aiohttp "
+        "| vs spawning the CLI | vs wasmtime serve |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        level = int(r["concurrency"])
+        module = r["target"].split("/", 1)[-1]
+        served = r["target"].startswith(("agent/", "workers/"))
+        bare = by_key.get(("bare", level))
+        spawn = by_key.get((f"spawn/{module}", level))
+        native = by_key.get(("wasmtime-serve", level))
+        cells = [
+            f"{r['rps'] / bare['rps']:.2f}x" if bare and r["target"] != "bare" else "",
+            f"{r['rps'] / spawn['rps']:.1f}x" if spawn and served else "",
+            f"{r['rps'] / native['rps']:.2f}x" if native and served else "",
+        ]
+        lines.append(
+            f"| {r['target']} | {level} | {_us(r['p50_us'])} | {_us(r['p99_us'])} "
+            f"| {r['rps']:.0f} | {r['errors']} | " + " | ".join(cells) + " |"
+        )
+    return lines, ["![throughput and latency per target](performance/http.png)"]
+
+
+def _us(value: float) -> str:
+    return f"{value:.0f} µs" if value < 10_000 else f"{value / 1000:.1f} ms"
+
+
+def coldpath_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    trials = data["trials"]
+    cases = [c for c in ("cached", "pulled", "cold") if any(t["case"] == c for t in trials)]
+    phases = list(trials[0]["phases"]) if trials else []
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for index, case in enumerate(cases):
+        chosen = [t for t in trials if t["case"] == case]
+        left = 0.0
+        for number, phase in enumerate(phases):
+            value = sorted(t["phases"][phase] for t in chosen)[len(chosen) // 2] * 1000
+            label = phase if index == 0 else None
+            axis.barh(index, value, left=left, label=label, color=f"C{number}")
+            left += value
+    axis.set_yticks(range(len(cases)))
+    axis.set_yticklabels(cases)
+    axis.set_xlabel("milliseconds from create to the first 200 (median of each phase)")
+    axis.axvline(500, color="black", linestyle="--", linewidth=1)
+    axis.text(505, len(cases) - 0.6, "goal for cached: 500 ms", fontsize=8)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOTS / "coldpath.png", dpi=110)
+    plt.close(figure)
+    bench = importlib.import_module("coldpath_bench")  # the table is the bench's own
+    table = bench.render(
+        [bench.Trial(t["case"], t["total"], t["phases"]) for t in trials], data["restart"]
+    )
+    return table.splitlines(), ["![apply to first answer, by phase](performance/coldpath.png)"]
+
+
+def extra_sections() -> list[tuple[str, Any, Any]]:
+    """Sections of benchmarks that render their own tables (``render_markdown``)."""
+    found = []
+    for name, title in (("module", "Large modules"), ("control", "Control loop at scale")):
+        data = _load(name)
+        if data is None:
+            continue
+        module = importlib.import_module(f"{name}_bench")
+        render = getattr(module, "render_markdown", None)
+        plot = getattr(module, "plot", None)
+        found.append((title, data, (render, plot)))
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    del argv
+    sys.path.insert(0, str(Path(__file__).parent))  # the benches render their own tables
+    body = [f"Last run: `make bench` on {machine()}.", ""]
+    http = _load("http")
+    if http is not None:
+        table, plots = http_section(http)
+        body += ["### Requests through the agent", "", *table, "", *plots, ""]
+    coldpath = _load("coldpath")
+    if coldpath is not None:
+        table, plots = coldpath_section(coldpath)
+        body += ["### From apply to the first answer; agent restart", "", *table, "", *plots, ""]
+    for title, data, (render, plot) in extra_sections():
+        body += [f"### {title}", ""]
+        if render is not None:
+            body += [*render(data).splitlines(), ""]
+        if plot is not None:
+            PLOTS.mkdir(parents=True, exist_ok=True)
+            body += [plot(data, PLOTS), ""]
+    text = DOC.read_text()
+    if START not in text or END not in text:
+        text = text.rstrip() + f"\n\n## Results of the last run\n\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(head + START + "\n" + "\n".join(body) + "\n" + END + tail)
+    print(f"wrote {DOC.relative_to(REPO)} and {PLOTS.relative_to(REPO)}/*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
