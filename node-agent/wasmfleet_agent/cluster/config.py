@@ -28,7 +28,7 @@ from wasmfleet_agent.oci import auth
 from wasmfleet_api.client import ApiError, KubeClient, resource_for
 from wasmfleet_api.workload import ConfigMapFiles, FileMount, SecretFiles, WorkloadSpec
 
-__all__ = ["ConfigError", "ResolvedConfig", "resolve_config"]
+__all__ = ["ConfigError", "ResolvedConfig", "reads_objects", "resolve_config"]
 
 CONFIG_MAPS = resource_for("v1", "ConfigMap")
 SECRETS = resource_for("v1", "Secret")
@@ -89,6 +89,15 @@ class _Reader:
             for (kind, name), obj in self.seen.items()
         )
         return hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:16]
+
+
+def reads_objects(workload: WorkloadSpec) -> bool:
+    """Whether ``workload`` names any ConfigMap or Secret (else its config never changes)."""
+    return (
+        any(variable.value_from is not None for variable in workload.env)
+        or any(m.config_map is not None or m.secret is not None for m in workload.files)
+        or bool(workload.module.pull_secrets)
+    )
 
 
 async def resolve_config(

@@ -33,7 +33,12 @@ from typing import Any
 from aiohttp import web
 
 from wasmfleet_agent.cluster.bindings import StatusWriter
-from wasmfleet_agent.cluster.config import ConfigError, ResolvedConfig, resolve_config
+from wasmfleet_agent.cluster.config import (
+    ConfigError,
+    ResolvedConfig,
+    reads_objects,
+    resolve_config,
+)
 from wasmfleet_agent.lifecycle import BindingState, State, advance, backoff_seconds
 from wasmfleet_agent.oci import auth, errors
 from wasmfleet_agent.oci.reference import parse_reference
@@ -397,6 +402,8 @@ class NodeRunner:
     async def _watch_config(self, replica: Replica, compiled: CompiledModule, path: Path) -> None:
         """While serving: re-reads ConfigMaps and Secrets; new values reach new instances."""
         workload = replica.binding.spec.workload
+        if not reads_objects(workload):
+            return  # nothing it sees can change without a new binding
         while True:
             await asyncio.sleep(self.settings.config_refresh_seconds)
             config, error = await self._config(replica)
