@@ -207,10 +207,7 @@ async def serve(
     handler = ServiceHandler(
         name=name, execute=module.execute, limits=limits, pool=pool, metrics=metrics
     )
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    runner = await handler.runner()
     try:
         await web.TCPSite(runner, serve_options.host, serve_options.port).start()
         ready.set()

@@ -85,7 +85,7 @@ class Replica:
     module_digest: str | None = None
     config_fingerprint: str = ""
     task: asyncio.Task[None] | None = None
-    site: web.AppRunner | WorkerSite | None = None
+    site: web.BaseRunner | WorkerSite | None = None
     handler: ServiceHandler | None = None
     pinned: str | None = None
 
@@ -354,10 +354,7 @@ class NodeRunner:
                 pool=self.pool,
                 metrics=self.metrics,
             )
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", handler)
-            site = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
-            await site.setup()
+            site = await handler.runner()
             sock = bind_in_namespace(self.settings.netns, self.settings.address, 0)
             replica.port = int(sock.getsockname()[1])
             await web.SockSite(site, sock).start()

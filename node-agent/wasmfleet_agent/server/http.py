@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -85,8 +86,20 @@ class ServiceHandler:
         self._instantiate = metrics.instantiate_seconds.labels(name)
         self._over_capacity = metrics.rejected.labels(name, "concurrency")
         self._over_body = metrics.rejected.labels(name, "body")
+        self._by_status: dict[int, Any] = {}
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def runner(self, *, shutdown_timeout: float = 5.0) -> web.ServerRunner:
+        """A set-up runner that sends every request to this handler, for sockets to start.
+
+        aiohttp's low-level server: a module owns every path and method of its port, so an
+        application with a router would only add work to each request.
+        """
+        server = web.Server(self, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
+        await runner.setup()
+        return runner
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         shared = self.shared
         busy = self.in_flight if shared is None else shared.total()
@@ -147,7 +160,7 @@ class ServiceHandler:
                 response.headers.add(key, value)
         return self._done(started, response)
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
         if not request.can_read_body:
             return b""
         chunks = []
@@ -160,7 +173,12 @@ class ServiceHandler:
         return b"".join(chunks)
 
     def _done(self, started: float, response: web.Response) -> web.Response:
-        self.metrics.requests.labels(self.name, str(response.status)).inc()
+        counter = self._by_status.get(response.status)
+        if counter is None:
+            counter = self._by_status[response.status] = self.metrics.requests.labels(
+                self.name, str(response.status)
+            )
+        counter.inc()
         self._latency.observe(time.perf_counter() - started)
         return response
 
@@ -169,18 +187,33 @@ class _BodyTooLargeError(Exception):
     pass
 
 
-def _incoming(request: web.Request, body: bytes) -> IncomingRequest:
-    host = request.url.host or "localhost"
-    port = request.url.port or 80
+def _incoming(request: web.BaseRequest, body: bytes) -> IncomingRequest:
+    host, port = _server_name_and_port(request)
     peer = request.remote or ""
     return IncomingRequest(
         method=request.method,
         path=request.path,
         query=request.query_string,
-        headers=tuple((k, v) for k, v in request.headers.items()),
+        headers=tuple(request.headers.items()),
         body=body,
         remote_addr=peer,
         server_name=host,
         server_port=port,
         scheme=request.scheme,
     )
+
+
+def _server_name_and_port(request: web.BaseRequest) -> tuple[str, int]:
+    """SERVER_NAME from the Host header (without its port), SERVER_PORT of the socket."""
+    host = request.host or "localhost"
+    if host.startswith("["):  # [v6]:port
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    port = 80
+    transport = request.transport
+    if transport is not None:
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            port = int(local[1])
+    return name or "localhost", port

@@ -45,7 +45,7 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass
 class _Site:
-    runner: web.AppRunner
+    runner: web.BaseRunner
     handler: ServiceHandler
 
 
@@ -148,10 +148,7 @@ class Worker:
             metrics=self.metrics,
             shared=self.cells.service(slot, self.index),
         )
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
-        await runner.setup()
+        runner = await handler.runner()
         listener = socket.socket(fileno=fd)
         listener.setblocking(False)
         await web.SockSite(runner, listener).start()
