@@ -5,7 +5,11 @@ A module is a directory holding one entry file; its name picks the toolchain:
 - ``main.rs``: Debian's ``rustc`` with ``libstd-rust-dev-wasm32`` (``--target wasm32-wasi``);
   rustup's rustc has no wasm std here, so the Debian compiler is used by path.
 - ``main.go``: ``GOOS=wasip1 GOARCH=wasm go build``.
-- ``main.c``: ``clang --target=wasm32-wasi`` against Debian's ``wasi-libc``.
+- ``main.c``: ``clang --target=wasm32-wasi`` against Debian's ``wasi-libc``. A C module may
+  build with third-party source that is downloaded, not committed: its ``vendor.toml`` names
+  an archive (``url``, pinned ``sha256``), the files to ``extract`` from it, which of them are
+  ``sources`` to compile with ``main.c``, and ``cflags``; the files are kept under
+  ``~/.cache/wasmfleet/vendor/`` (see `fetch_vendored`).
 
 Modules live in ``examples/*/``, ``tests/modules/*/`` and ``bench/modules/*/`` and build into
 ``build/modules/``
@@ -16,21 +20,31 @@ output. Run ``python -m wasmfleet_harness.modules`` (``make modules``) to build 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
+import tomllib
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from wasmfleet_harness.binaries import REPO_ROOT
+from wasmfleet_harness.binaries import REPO_ROOT, cache_dir
 
 __all__ = [
     "BUILD_DIR",
     "ModuleSource",
+    "Vendored",
     "build_all",
     "build_module",
     "discover",
+    "fetch_vendored",
 ]
 
 BUILD_DIR = REPO_ROOT / "build" / "modules"
@@ -40,6 +54,8 @@ SOURCE_ROOTS = (
     REPO_ROOT / "bench" / "modules",
 )
 ENTRY_FILES = {"main.rs": "rust", "main.go": "go", "main.c": "c"}
+VENDOR_FILE = "vendor.toml"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,79 @@ def discover(roots: Iterable[Path] = SOURCE_ROOTS) -> list[ModuleSource]:
     return list(found.values())
 
 
+@dataclass(frozen=True)
+class Vendored:
+    """Third-party C source, extracted into ``directory`` (which goes on the include path)."""
+
+    directory: Path
+    sources: tuple[Path, ...]
+    cflags: tuple[str, ...]
+
+
+def _strings(manifest: Path, spec: dict[str, object], key: str) -> tuple[str, ...]:
+    value = spec.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{manifest}: {key} must be a list of strings")
+    return tuple(value)
+
+
+def fetch_vendored(manifest: Path, *, root: Path | None = None) -> Vendored:
+    """The files a ``vendor.toml`` names, downloaded and extracted on first use.
+
+    The archive must match the pinned sha256, or nothing is kept. Extracted files live in a
+    directory named for the archive and its checksum under ``root`` (default: ``vendor/`` in
+    the project's cache, ``~/.cache/wasmfleet``), reused while it is complete; it appears by a
+    rename, so an interrupted download leaves nothing behind that looks finished.
+    """
+    spec = tomllib.loads(manifest.read_text())
+    url, sha256 = spec.get("url"), spec.get("sha256")
+    if not isinstance(url, str) or not isinstance(sha256, str) or not _HEX64.fullmatch(sha256):
+        raise ValueError(f"{manifest}: url and sha256 (64 lowercase hex digits) are required")
+    members = _strings(manifest, spec, "extract")
+    names = [PurePosixPath(member).name for member in members]
+    sources = _strings(manifest, spec, "sources")
+    if len(set(names)) != len(names) or not set(sources) <= set(names):
+        raise ValueError(f"{manifest}: extracted names must be unique and include every source")
+    root = root if root is not None else cache_dir() / "vendor"
+    directory = root / f"{PurePosixPath(url).name}-{sha256[:12]}"
+    if not all((directory / name).is_file() for name in names):
+        _download_and_extract(url, sha256, members, root, directory)
+    return Vendored(
+        directory,
+        tuple(directory / name for name in sources),
+        _strings(manifest, spec, "cflags"),
+    )
+
+
+def _download_and_extract(
+    url: str, sha256: str, members: Sequence[str], root: Path, directory: Path
+) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "wasmfleet-build"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            data = response.read()
+    except OSError as error:
+        raise RuntimeError(f"downloading {url} failed: {error}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise RuntimeError(f"{url} has sha256 {actual}, not the pinned {sha256}")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=root))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+            for member in members:
+                info = next((i for i in archive.getmembers() if i.name == member), None)
+                handle = archive.extractfile(info) if info and info.isfile() else None
+                if handle is None:
+                    raise RuntimeError(f"{url} holds no regular file {member}")
+                (staging / PurePosixPath(member).name).write_bytes(handle.read())
+        staging.chmod(0o755)  # mkdtemp makes it private; the files are not secrets
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _rustc() -> str:
     return os.environ.get("WASMFLEET_RUSTC", "/usr/bin/rustc")
 
@@ -101,16 +190,14 @@ def _command(source: ModuleSource, output: Path) -> tuple[list[str], dict[str, s
         env.update(GOOS="wasip1", GOARCH="wasm", CGO_ENABLED="0")
         argv = ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(output), source.entry.name]
     elif source.language == "c":
-        argv = [
-            "clang",
-            "--target=wasm32-wasi",
-            "-O2",
-            "-Wall",
-            "-Werror",
-            "-o",
-            str(output),
-            source.entry.name,
-        ]
+        argv = ["clang", "--target=wasm32-wasi", "-O2", "-Wall", "-Werror"]
+        sources = [source.entry.name]
+        manifest = source.directory / VENDOR_FILE
+        if manifest.is_file():
+            vendored = fetch_vendored(manifest)
+            argv += [*vendored.cflags, "-I", str(vendored.directory)]
+            sources += [str(path) for path in vendored.sources]
+        argv += ["-o", str(output), *sources]
     else:  # pragma: no cover - ENTRY_FILES is the only source of languages
         raise ValueError(source.language)
     return argv, env
