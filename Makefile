@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 .PHONY: setup system-packages python binaries crds modules lint fmt \
-        test test-unit test-component test-e2e bench up down status kind clean
+        test test-unit test-component test-e2e component bench up down status kind clean
 
 ## setup: everything a fresh machine needs (Debian packages, venv, Go-built binaries, modules)
 setup: system-packages python binaries modules
@@ -55,11 +55,18 @@ test-component: setup
 test-e2e: setup
 	$(BIN)/pytest e2e/tests
 
+## component: the wasi:http component of the `wasmtime serve` baseline (cold: ~5 min, then cached)
+component: system-packages
+	@bash bench/build_component.sh
+
 ## bench: every benchmark beside its baselines, then plots and tables into docs/performance.md
-bench: setup
+bench: setup component
 	$(BIN)/pip install --quiet -c .ci/constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/http_bench.py
 	$(BIN)/python bench/coldpath_bench.py
+	$(BIN)/python bench/module_bench.py
+	$(BIN)/python bench/control_bench.py
+	$(BIN)/python bench/density_bench.py
 	$(BIN)/python bench/report.py
 
 ## up / down / status: the whole system locally (README's first command)

@@ -7,7 +7,9 @@ Targets (each a server on loopback, started and stopped here):
   Wasm instance per request, answered by the agent process itself;
 - ``workers/<module>``: the same with ``--processes N`` (N = the number of cores): worker
   processes accepting on one socket;
-- ``spawn/<module>``: the native wasmtime CLI spawned per request (the process model).
+- ``spawn/<module>``: the native wasmtime CLI spawned per request (the process model);
+- ``wasmtime-serve``: native ``wasmtime serve`` on an equivalent wasi:http hello component
+  (``bench/modules/hello-http-component``), the ceiling of the same engine without Python.
 
 Each target is loaded with ``wrk`` at concurrency 1, 8 and 64 for a fixed, short duration;
 the table gives p50/p99 latency, requests per second, and the agent's throughput as a ratio
@@ -105,6 +107,13 @@ def targets(modules: Sequence[str]) -> list[tuple[str, list[str]]]:
         if cores > 1:
             chosen.append((f"workers/{module}", [*serve, "--processes", str(cores)]))
     cli = wasmtime_cli()
+    component = MODULES / "hello-http-component.wasm"
+    if cli is not None and component.is_file():
+        # Native wasi:http: the wasmtime CLI's own server, a fresh instance per request (its
+        # default), on the equivalent hello component (`make component` builds it).
+        chosen.append(
+            ("wasmtime-serve", [cli, "serve", "--addr", "127.0.0.1:{port}", str(component)])
+        )
     if cli is not None:
         for module in modules:
             path = str(MODULES / f"{module}.wasm")

@@ -136,18 +136,44 @@ def coldpath_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     return table.splitlines(), ["![apply to first answer, by phase](performance/coldpath.png)"]
 
 
-def extra_sections() -> list[tuple[str, Any, Any]]:
-    """Sections of benchmarks that render their own tables (``render_markdown``)."""
-    found = []
-    for name, title in (("module", "Large modules"), ("control", "Control loop at scale")):
-        data = _load(name)
-        if data is None:
-            continue
-        module = importlib.import_module(f"{name}_bench")
-        render = getattr(module, "render_markdown", None)
-        plot = getattr(module, "plot", None)
-        found.append((title, data, (render, plot)))
-    return found
+def module_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    bench = importlib.import_module("module_bench")
+    results = [bench.Result(**r) for r in data["results"]]
+    names = [r.module for r in results]
+    figure, axis = plt.subplots(figsize=(8, 4))
+    xs = range(len(names))
+    series = (
+        ("compile (agent)", [r.compile_ms for r in results]),
+        ("wasmtime compile (CLI)", [r.cli_compile_ms or 0.0 for r in results]),
+        ("cached load", [r.load_ms for r in results]),
+    )
+    for index, (label, values) in enumerate(series):
+        axis.bar([x + index * 0.27 for x in xs], values, 0.27, label=label)
+    axis.set_xticks([x + 0.27 for x in xs])
+    axis.set_xticklabels(names)
+    axis.set_yscale("log")
+    axis.set_ylabel("milliseconds (log)")
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOTS / "modules.png", dpi=110)
+    plt.close(figure)
+    table = bench.render_tables(results, data["copies"])
+    return table.splitlines(), ["![compile against cached load](performance/modules.png)"]
+
+
+def density_section(data: dict[str, Any]) -> list[str]:
+    bench = importlib.import_module("density_bench")
+    memory = {k: bench.Memory(**data[k]) for k in ("empty", "ready", "served")}
+    result = bench.Result(**{**data, **memory})
+    return list(bench.render(result).splitlines())
+
+
+def control_section(data: dict[str, Any]) -> list[str]:
+    bench = importlib.import_module("control_bench")
+    render = getattr(bench, "render_report", None)
+    return list(render(data).splitlines()) if render is not None else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,13 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if coldpath is not None:
         table, plots = coldpath_section(coldpath)
         body += ["### From apply to the first answer; agent restart", "", *table, "", *plots, ""]
-    for title, data, (render, plot) in extra_sections():
-        body += [f"### {title}", ""]
-        if render is not None:
-            body += [*render(data).splitlines(), ""]
-        if plot is not None:
-            PLOTS.mkdir(parents=True, exist_ok=True)
-            body += [plot(data, PLOTS), ""]
+    module = _load("module")
+    if module is not None:
+        table, plots = module_section(module)
+        body += ["### Large modules: compile, cached load, memory", "", *table, "", *plots, ""]
+    control = _load("control")
+    if control is not None:
+        body += ["### Control loop at scale", "", *control_section(control), ""]
+    density = _load("density")
+    if density is not None:
+        body += ["### Density: one agent, many services", "", *density_section(density), ""]
     text = DOC.read_text()
     if START not in text or END not in text:
         text = text.rstrip() + f"\n\n## Results of the last run\n\n{START}\n{END}\n"

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Builds bench/modules/hello-http-component (a wasi:http@0.2 proxy component, the benchmark's
+# baseline for native `wasmtime serve`) into build/modules/hello-http-component.wasm:
+#   1. lib.rs -> a core module, by Debian's rustc (the only one here with a wasm32 `core`);
+#   2. `wasm-tools component embed` with wit/world.wit and the WASI 0.2 WIT it refers to;
+#   3. `wasm-tools component new` -> the component, then `wasm-tools validate`.
+# Tools and inputs, each pinned below, are cached under $WASMFLEET_CACHE (~/.cache/wasmfleet):
+#   bin/wasm-tools-<version>/  built from source by `cargo install --locked` (every dependency
+#                              checked against its Cargo.lock); cold: 5-7 minutes on 2 cores
+#   wit/wasip2-<version>/      the `deps/` WIT of the wasip2 crate (WASI's own WIT, identical
+#                              to what wasmtime-wasi-http 49 implements)
+# Needs Debian's rustc with libstd-rust-dev-wasm32 (make system-packages) and, for the cold
+# build, a cargo >= 1.88 on PATH (rustup's). Crate archives are checked against the SHA-256
+# sums below as well as by cargo. A warm run with an up-to-date output does nothing.
+set -euo pipefail
+
+WASM_TOOLS_VERSION=1.263.0
+WASM_TOOLS_SHA256=14b8ed798ec13f0e0939dcc403836ba5fd7fb29ff9772e6438a9bcc227bfdc96
+WASM_TOOLS_MIN_RUST=1.88
+# wasip2 is only downloaded for its wit/ folder; cargo brings its two dependencies along.
+WASIP2_VERSION=2.0.1+wasi-0.2.12
+WASIP2_SHA256=89aafd4b69fb41a64cfd5d7f214cde92ab422ec4d9bcd55fcc816d3f5f49bbf3
+WIT_BINDGEN_VERSION=0.62.0
+WIT_BINDGEN_SHA256=53cb4b5556c3a791e86838ea287782bdafa704d55b0e68b5b81a3a16b9ea5f4b
+BITFLAGS_VERSION=2.13.2
+BITFLAGS_SHA256=3ded4057c258ba199e2d26386d3af3780957ecaee6c4ef4041c6b4b8b97c0b06
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+source_dir="$here/modules/hello-http-component"
+output="$repo/build/modules/hello-http-component.wasm"
+cache=${WASMFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wasmfleet}
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+rustc_wasm=${WASMFLEET_RUSTC:-/usr/bin/rustc}
+
+wasm_tools_dir="$cache/bin/wasm-tools-${WASM_TOOLS_VERSION}"
+wasm_tools="$wasm_tools_dir/bin/wasm-tools"
+wit_dir="$cache/wit/wasip2-${WASIP2_VERSION}"
+
+die() { echo "build_component: $*" >&2; exit 1; }
+
+# Checks a crate archive in cargo's download cache against a pinned sum.
+check_crate() {
+  local name=$1 version=$2 sha256=$3 archive
+  archive=$(find "$cargo_home/registry/cache" -name "${name}-${version}.crate" -print -quit)
+  [ -n "$archive" ] || die "cargo left no archive of ${name} ${version}"
+  echo "${sha256}  ${archive}" | sha256sum --check --quiet - ||
+    die "${name} ${version}: checksum mismatch in ${archive}"
+}
+
+require_cargo() {
+  # Debian's cargo is too old for current crates; the rustup toolchain on PATH builds them.
+  command -v cargo >/dev/null || die "cargo (Rust >= ${WASM_TOOLS_MIN_RUST}) is not on PATH"
+  local have; have=$(cargo --version | awk '{print $2}')
+  printf '%s\n%s\n' "$WASM_TOOLS_MIN_RUST" "$have" | sort -V --check=quiet ||
+    die "cargo ${have} is too old: wasm-tools ${WASM_TOOLS_VERSION} needs >= ${WASM_TOOLS_MIN_RUST}"
+}
+
+install_wasm_tools() {
+  if [ -x "$wasm_tools" ]; then
+    return
+  fi
+  require_cargo
+  echo "wasm-tools ${WASM_TOOLS_VERSION}: building (a cold build takes about 5 minutes)"
+  mkdir -p "$cache/bin"
+  local tmp; tmp=$(mktemp -d "$cache/bin/.build.XXXXXX")
+  # Only the `component` (embed, new, wit) and `validate` subcommands: half the default build.
+  cargo install --locked --root "$tmp" --version "=${WASM_TOOLS_VERSION}" \
+    --no-default-features --features component,validate wasm-tools
+  check_crate wasm-tools "$WASM_TOOLS_VERSION" "$WASM_TOOLS_SHA256"
+  rm -rf "$wasm_tools_dir" && mv "$tmp" "$wasm_tools_dir"
+}
+
+fetch_wit() {
+  if [ -f "$wit_dir/deps/http.wit" ]; then
+    return
+  fi
+  require_cargo
+  echo "wasip2 ${WASIP2_VERSION}: fetching its WIT"
+  mkdir -p "$cache/wit"
+  local tmp; tmp=$(mktemp -d "$cache/wit/.fetch.XXXXXX")
+  # A throwaway package whose only purpose is to make cargo download wasip2; naming its two
+  # dependencies with exact versions pins the whole graph.
+  mkdir -p "$tmp/carrier/src" && : >"$tmp/carrier/src/lib.rs"
+  cat >"$tmp/carrier/Cargo.toml" <<EOF
+[package]
+name = "wit-carrier"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+wasip2 = "=${WASIP2_VERSION}"
+wit-bindgen = { version = "=${WIT_BINDGEN_VERSION}", default-features = false }
+bitflags = "=${BITFLAGS_VERSION}"
+EOF
+  (cd "$tmp/carrier" && cargo fetch --quiet)
+  check_crate wasip2 "$WASIP2_VERSION" "$WASIP2_SHA256"
+  check_crate wit-bindgen "$WIT_BINDGEN_VERSION" "$WIT_BINDGEN_SHA256"
+  check_crate bitflags "$BITFLAGS_VERSION" "$BITFLAGS_SHA256"
+  local manifest
+  manifest=$(cd "$tmp/carrier" && cargo metadata --quiet --offline --format-version 1 |
+    python3 -c 'import json, sys
+print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wasip2"))')
+  mkdir -p "$tmp/out" && cp -r "$(dirname "$manifest")/wit/deps" "$tmp/out/deps"
+  rm -rf "$wit_dir" && mv "$tmp/out" "$wit_dir" && rm -rf "$tmp"
+}
+
+up_to_date() {
+  [ -f "$output" ] || return 1
+  [ -z "$(find "$source_dir" "$here/build_component.sh" -type f -newer "$output" -print -quit)" ]
+}
+
+build() {
+  "$rustc_wasm" --print target-libdir --target wasm32-unknown-unknown >/dev/null 2>&1 ||
+    die "${rustc_wasm} has no wasm32 core library (make system-packages: libstd-rust-dev-wasm32)"
+  work=$(mktemp -d)  # global: the EXIT trap runs after this function has returned
+  trap 'rm -rf "$work"' EXIT
+  # The WIT package: our world beside the pinned WASI packages it names.
+  mkdir -p "$work/wit" && cp "$source_dir/wit/world.wit" "$work/wit/" &&
+    cp -r "$wit_dir/deps" "$work/wit/deps"
+  "$rustc_wasm" --edition 2021 --crate-type cdylib --target wasm32-unknown-unknown \
+    -C opt-level=2 -C panic=abort -C strip=symbols -o "$work/core.wasm" "$source_dir/lib.rs"
+  "$wasm_tools" component embed "$work/wit" --world hello "$work/core.wasm" -o "$work/embedded.wasm"
+  "$wasm_tools" component new "$work/embedded.wasm" -o "$work/component.wasm"
+  "$wasm_tools" validate "$work/component.wasm"
+  mkdir -p "$(dirname "$output")" && mv "$work/component.wasm" "$output"
+  echo "hello-http-component $(stat -c %s "$output") bytes  ${output#"$repo"/}"
+}
+
+install_wasm_tools
+fetch_wit
+if up_to_date; then
+  echo "hello-http-component: up to date (${output#"$repo"/})"
+else
+  build
+fi
