@@ -7,6 +7,7 @@ run, the machine it ran on, and links to the plots. A benchmark that did not run
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -170,10 +171,33 @@ def density_section(data: dict[str, Any]) -> list[str]:
     return list(bench.render(result).splitlines())
 
 
-def control_section(data: dict[str, Any]) -> list[str]:
+def control_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     bench = importlib.import_module("control_bench")
-    render = getattr(bench, "render_report", None)
-    return list(render(data).splitlines()) if render is not None else []
+    fields = {f.name for f in dataclasses.fields(bench.ScaleResult)}
+    results = [
+        bench.ScaleResult(**{k: v for k, v in r.items() if k in fields}) for r in data["scales"]
+    ]
+    done = [r for r in results if r.all_ready_s]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    services = [r.services for r in done]
+    axis.plot(services, [r.all_ready_s for r in done], marker="o", label="until all Ready (s)")
+    axis.plot(
+        services,
+        [r.cpu_s.get("operator", 0.0) for r in done],
+        marker="o",
+        label="operator CPU (s)",
+    )
+    if done:
+        slope = done[0].all_ready_s / done[0].services
+        axis.plot(services, [slope * n for n in services], linestyle="--", label="linear")
+    axis.set_xlabel("WasmServices (agents: a tenth of that)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOTS / "control.png", dpi=110)
+    plt.close(figure)
+    return bench.render(results).splitlines(), ["![growth with scale](performance/control.png)"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         body += ["### Large modules: compile, cached load, memory", "", *table, "", *plots, ""]
     control = _load("control")
     if control is not None:
-        body += ["### Control loop at scale", "", *control_section(control), ""]
+        table, plots = control_section(control)
+        body += ["### Control loop at scale", "", *table, "", *plots, ""]
     density = _load("density")
     if density is not None:
         body += ["### Density: one agent, many services", "", *density_section(density), ""]
