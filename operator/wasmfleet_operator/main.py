@@ -22,15 +22,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import kopf
 
 from wasmfleet_agent.oci.client import ClientSettings
 from wasmfleet_api.base import API_VERSION, GROUP, VERSION
-from wasmfleet_api.client import KubeClient, KubeConfig, load_configuration, resource_for
+from wasmfleet_api.client import (
+    ApiError,
+    KubeClient,
+    KubeConfig,
+    load_configuration,
+    resource_for,
+)
 from wasmfleet_operator.fleet import Fleet, Liveness
 from wasmfleet_operator.leader import LeaderElector, LostLeadershipError
 from wasmfleet_operator.metrics import OperatorMetrics, serve_health
 from wasmfleet_operator.reconciler import Reconciler, ReconcilerSettings
+from wasmfleet_operator.render import LABEL_SERVICE
 from wasmfleet_operator.resolver import Resolver
 
 __all__ = ["OperatorOptions", "run_operator"]
@@ -82,17 +90,21 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
         return _connection_info(options.kubeconfig_path)
 
     @kopf.on.event(GROUP, VERSION, "wasmservices", registry=registry)
-    def on_service(event: Mapping[str, Any], **_: Any) -> None:
+    async def on_service(event: Mapping[str, Any], **_: Any) -> None:
         reconciler.on_service(event["object"], deleted=deleted(event))
 
     @kopf.on.event(GROUP, VERSION, "wasmbindings", registry=registry)
-    def on_binding(event: Mapping[str, Any], **_: Any) -> None:
+    async def on_binding(event: Mapping[str, Any], **_: Any) -> None:
         reconciler.on_binding(event["object"], deleted=deleted(event))
 
     @kopf.on.event(GROUP, VERSION, "wasmagents", registry=registry)
-    def on_agent(event: Mapping[str, Any], **_: Any) -> None:
-        fleet.update_agent(event["object"], deleted=deleted(event))
-        reconciler.enqueue_all()
+    async def on_agent(event: Mapping[str, Any], **_: Any) -> None:
+        obj = event["object"]
+        before = fleet.agents.get(obj["metadata"]["name"], {})
+        fleet.update_agent(obj, deleted=deleted(event))
+        # status.allocated changes all the time and the planner counts bindings itself
+        if _agent_view(before) != _agent_view(obj) or deleted(event):
+            reconciler.enqueue_all()
 
     @kopf.on.event(
         "coordination.k8s.io",
@@ -101,12 +113,12 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
         labels={AGENT_LEASE_LABEL: "true"},
         registry=registry,
     )
-    def on_lease(event: Mapping[str, Any], **_: Any) -> None:
+    async def on_lease(event: Mapping[str, Any], **_: Any) -> None:
         if event["object"]["metadata"].get("namespace") == options.namespace:
             fleet.update_lease(event["object"], deleted=deleted(event))
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def on_node(event: Mapping[str, Any], **_: Any) -> None:
+    async def on_node(event: Mapping[str, Any], **_: Any) -> None:
         obj = event["object"]
         before = fleet.nodes.get(obj["metadata"]["name"], {})
         fleet.update_node(obj, deleted=deleted(event))
@@ -141,6 +153,12 @@ def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
     )
 
 
+def _agent_view(agent: Mapping[str, Any]) -> Any:
+    status = dict(agent.get("status") or {})
+    status.pop("allocated", None)
+    return agent.get("spec"), status, (agent.get("metadata") or {}).get("labels")
+
+
 def _scheduling_view(node: Mapping[str, Any]) -> Any:
     return (
         (node.get("metadata") or {}).get("labels"),
@@ -149,8 +167,26 @@ def _scheduling_view(node: Mapping[str, Any]) -> Any:
     )
 
 
-async def _prime(kube: KubeClient, reconciler: Reconciler, namespace: str) -> None:
-    """Fills every cache from a full list before the first reconcile pass."""
+async def _prime(
+    kube: KubeClient, reconciler: Reconciler, namespace: str, stop: asyncio.Event
+) -> bool:
+    """Fills every cache from full lists before the first reconcile pass, retrying while the
+    API server cannot answer yet (e.g. 429 while its storage initializes after CRDs are
+    created); False if stopped first."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await _list_everything(kube, reconciler, namespace)
+            return True
+        except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+            log.warning("caches not filled (%s); retrying in %.1fs", error, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, 10.0)
+    return False
+
+
+async def _list_everything(kube: KubeClient, reconciler: Reconciler, namespace: str) -> None:
     fleet = reconciler.fleet
     listings: list[tuple[str, Callable[[Mapping[str, Any]], None], dict[str, str]]] = [
         ("WasmAgent", lambda o: fleet.update_agent(o), {}),
@@ -159,6 +195,10 @@ async def _prime(kube: KubeClient, reconciler: Reconciler, namespace: str) -> No
         ("WasmBinding", lambda o: fleet.update_binding(o), {}),
         ("WasmService", lambda o: reconciler.on_service(o, deleted=False), {}),
     ]
+    for kind in ("Service", "EndpointSlice"):
+        api_version = "v1" if kind == "Service" else "discovery.k8s.io/v1"
+        owned = await kube.list(resource_for(api_version, kind), label_selector=LABEL_SERVICE)
+        reconciler.seed_owned(kind, owned["items"])
     for kind, update, query in listings:
         api_version = {
             "Node": "v1",
@@ -244,7 +284,9 @@ async def run_operator(options: OperatorOptions) -> int:
             ReconcilerSettings(identity=options.identity),
             metrics=metrics,
         )
-        await _prime(kube, reconciler, options.namespace)
+        if not await _prime(kube, reconciler, options.namespace, stop):
+            await elector.release()
+            return 0
         log.info(
             "leading; caches filled",
             extra={
@@ -257,6 +299,7 @@ async def run_operator(options: OperatorOptions) -> int:
             asyncio.create_task(reconciler.worker(), name=f"worker-{i}")
             for i in range(options.workers)
         ]
+        tasks.append(asyncio.create_task(reconciler.event_writer(), name="events"))
         holder = asyncio.create_task(elector.hold(), name="leader")
         monitor = asyncio.create_task(_monitor(reconciler, options), name="monitor")
         stop_waiter = asyncio.create_task(stop.wait(), name="stop")

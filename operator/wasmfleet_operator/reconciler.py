@@ -12,6 +12,10 @@ step, and carries it out in the order that keeps traffic flowing:
 3. last the status, with an Event for each condition that changed.
 
 Writes that would change nothing are skipped, so a pass over a settled service costs one list.
+The names of the Services and EndpointSlices last written are remembered, so a change deletes
+the ones no longer wanted without listing them first; every ``rewrite_every``-th resync
+forgets all of it, and the next pass lists and writes everything again (repairing drift).
+Events are posted by a background task (`event_writer`), so a pass never waits on them.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ class ReconcilerSettings:
     identity: str = "wasmfleet-operator"
     cluster_domain: str = "cluster.local"
     resolve_retry_seconds: float = 10.0
+    rewrite_every: int = 10
+    """Every this many resyncs, forget what was written and write it all again."""
+    max_pending_events: int = 10_000
 
 
 class Reconciler:
@@ -102,8 +109,13 @@ class Reconciler:
         self.settings = settings or ReconcilerSettings()
         self.services: dict[str, dict[str, Any]] = {}
         self.queue = WorkQueue()
-        # What was last written per (kind, service key); cleared on every resync.
-        self._written: dict[tuple[str, str], str] = {}
+        # What was last written per (kind, service key): a fingerprint and the object names.
+        self._written: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}
+        self._resyncs = 0
+        self._seeded: set[str] = set()
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(
+            maxsize=self.settings.max_pending_events
+        )
         self.passes = 0
         self.metrics = metrics
 
@@ -130,8 +142,24 @@ class Reconciler:
             self.queue.add(key)
 
     def resync(self) -> None:
-        self._written.clear()
+        self._resyncs += 1
+        if self._resyncs % self.settings.rewrite_every == 0:
+            # write everything again (what someone deleted comes back); keep the names
+            self._written = {k: ("", names) for k, (_, names) in self._written.items()}
         self.enqueue_all()
+
+    def seed_owned(self, kind: str, objects: Sequence[Mapping[str, Any]]) -> None:
+        """Records the objects of ``kind`` that WasmServices own (listed once at start), so
+        that no pass has to list them to find the ones to delete."""
+        for obj in objects:
+            metadata = obj["metadata"]
+            for owner in metadata.get("ownerReferences") or []:
+                if owner.get("kind") != "WasmService" or not owner.get("controller"):
+                    continue
+                key = (kind, f"{metadata['namespace']}/{owner['name']}")
+                _, names = self._written.get(key, ("", frozenset()))
+                self._written[key] = ("", names | {metadata["name"]})
+        self._seeded.add(kind)
 
     # ---- workers -------------------------------------------------------------------
 
@@ -347,19 +375,30 @@ class Reconciler:
         labels anything else carries.
         """
         fingerprint = _fingerprint(objects)
-        if self._written.get((kind, key)) == fingerprint:
+        known = self._written.get((kind, key))
+        if known is not None and known[0] == fingerprint:
             return
         namespace = key.split("/", 1)[0]
-        existing = await self.kube.list(resource, namespace=namespace, label_selector=selector)
+        wanted = frozenset(o["metadata"]["name"] for o in objects)
+        if known is not None:
+            stale = known[1] - wanted  # written or seen as owned by this service
+        elif kind in self._seeded:
+            stale = frozenset()  # it owned none when listed at start, and none was written
+        else:
+            existing = await self.kube.list(resource, namespace=namespace, label_selector=selector)
+            stale = frozenset(
+                obj["metadata"]["name"]
+                for obj in existing["items"]
+                if obj["metadata"]["name"] not in wanted
+                and any(
+                    o.get("uid") == owner_uid for o in obj["metadata"].get("ownerReferences") or []
+                )
+            )
         for obj in objects:
             await self.kube.apply(obj)
-        wanted = {o["metadata"]["name"] for o in objects}
-        for obj in existing["items"]:
-            owners = obj["metadata"].get("ownerReferences") or []
-            owned = any(o.get("uid") == owner_uid for o in owners)
-            if obj["metadata"]["name"] not in wanted and owned:
-                await self.kube.delete(resource, obj["metadata"]["name"], namespace)
-        self._written[(kind, key)] = fingerprint
+        for stale_name in sorted(stale):
+            await self.kube.delete(resource, stale_name, namespace)
+        self._written[(kind, key)] = (fingerprint, wanted)
 
     async def _write_status(
         self, service: WasmService, previous: WasmServiceStatus | None, status: WasmServiceStatus
@@ -377,9 +416,18 @@ class Reconciler:
             }
         )
         for event in condition_events(previous, status):
-            await self._event(service, event.type, event.reason, event.message)
+            self._event(service, event.type, event.reason, event.message)
 
-    async def _event(self, service: WasmService, type_: str, reason: str, note: str) -> None:
+    async def event_writer(self) -> None:
+        """Posts the queued Events, one at a time (best effort: a failure is logged)."""
+        while True:
+            body = await self._events.get()
+            try:
+                await self.kube.create(body)
+            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+                log.warning("event not recorded: %s", error)
+
+    def _event(self, service: WasmService, type_: str, reason: str, note: str) -> None:
         metadata = service.metadata
         body = {
             "apiVersion": "events.k8s.io/v1",
@@ -404,9 +452,9 @@ class Reconciler:
             },
         }
         try:
-            await self.kube.create(body)
-        except ApiError as error:  # an event is best effort; never fail a pass over it
-            log.warning("event not recorded: %s", error)
+            self._events.put_nowait(body)
+        except asyncio.QueueFull:  # an event is best effort; never hold a pass over it
+            log.warning("event dropped: too many pending", extra={"reason": reason})
 
     async def _report_invalid(self, body: Mapping[str, Any], error: ValidationError) -> None:
         metadata = body["metadata"]

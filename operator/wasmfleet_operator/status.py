@@ -173,13 +173,22 @@ def compute_status(
     )
 
 
+_NO_NEWS = {("Degraded", "False", "AsExpected"), ("Ready", "False", "ReplicasNotReady")}
+
+
 def condition_events(previous: WasmServiceStatus | None, current: WasmServiceStatus) -> list[Event]:
-    """One Event per condition whose status or reason changed."""
+    """One Event per condition whose status or reason changed.
+
+    A condition that appears for the first time saying nothing happened (Degraded=False, or
+    Ready=False only because replicas are starting) is no news and gets no Event.
+    """
     before = {c.type: c for c in (previous.conditions if previous else [])}
     events = []
     for condition in current.conditions:
         old = before.get(condition.type)
         if old is not None and (old.status, old.reason) == (condition.status, condition.reason):
+            continue
+        if old is None and (condition.type, condition.status, condition.reason) in _NO_NEWS:
             continue
         bad = (condition.type == "Degraded") == (condition.status == "True")
         events.append(

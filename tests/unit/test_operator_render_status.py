@@ -178,3 +178,13 @@ def test_transition_times_move_only_on_transitions_and_events_follow_them() -> N
     assert ("Warning", "CrashLooping") in [
         (e.type, e.reason) for e in condition_events(third, failing)
     ]
+
+
+def test_a_new_service_gets_events_only_for_news() -> None:
+    first = compute_status(
+        observed(replica("a", ready=False, phase="Pulling")), previous=None, now="t1"
+    )
+    reasons = [e.reason for e in condition_events(None, first)]
+    assert "AsExpected" not in reasons  # Degraded=False: nothing happened
+    assert "ReplicasNotReady" not in reasons  # a new service is not ready yet: no news
+    assert "RollingOut" in reasons
