@@ -8,6 +8,8 @@ tenants' modules would be), so only the agent is measured. It reports:
 - the agent's resident memory (RSS and PSS) with no service, with every service Ready, and
   after one request to each; the increment per service;
 - the agent's idle CPU (user + system) over a quiet interval with everything loaded;
+- its memory once every module has gone unused for ``--unload-idle`` and been unloaded
+  (``wasmfleet_agent_modules_loaded`` reaches 0), the memory bound of idle services;
 - beside it, the baseline of a process per service: the RSS of one ``wasmfleet-agent serve``
   process serving one module, times the number of services.
 
@@ -61,6 +63,8 @@ class Result:
     empty: Memory
     ready: Memory
     served: Memory
+    unloaded: Memory
+    unload_idle_seconds: float
     idle_cpu_percent: float
     per_service_kib: float
     process_per_service_mib: float
@@ -130,6 +134,15 @@ def binding(index: int, image: str, digest: str) -> dict[str, Any]:
     }
 
 
+async def loaded_modules(http: aiohttp.ClientSession, url: str) -> float:
+    async with http.get(url) as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith("wasmfleet_agent_modules_loaded "):
+            return float(line.split()[1])
+    raise RuntimeError("the agent exports no wasmfleet_agent_modules_loaded")
+
+
 async def push_variants(registry: Registry, module: bytes, count: int) -> list[tuple[str, str]]:
     pushed = []
     async with RegistryClient() as client:
@@ -155,7 +168,11 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Result:
         plane.kubectl("create", "namespace", NAMESPACE)
         pushed = await push_variants(registry, modules["hello-c"].read_bytes(), args.services)
         fleet = LocalFleet(plane, workdir / "fleet", hosts=NetworkHosts(prefix="wfdense"))
-        agent = fleet.add_agent(NODE, labels={"kubernetes.io/arch": "amd64"})
+        agent = fleet.add_agent(
+            NODE,
+            labels={"kubernetes.io/arch": "amd64"},
+            extra_args=["--unload-idle", f"{args.unload_idle}s"],
+        )
         pid = agent.process.pid
         assert pid is not None
         empty = memory(pid)
@@ -198,6 +215,13 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Result:
             if failures:
                 raise RuntimeError(f"{failures} services did not answer 200")
             served = memory(pid)
+            metrics = f"http://127.0.0.1:{agent.admin_port}/metrics"
+            deadline = time.monotonic() + args.unload_idle * 3 + 30
+            while await loaded_modules(http, metrics) > 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("idle modules were never unloaded")
+                await asyncio.sleep(0.5)
+            unloaded = memory(pid)
         threads, fds = counts(pid)
     finally:
         if fleet is not None:
@@ -214,6 +238,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Result:
         empty=empty,
         ready=loaded,
         served=served,
+        unloaded=unloaded,
+        unload_idle_seconds=args.unload_idle,
         idle_cpu_percent=round(idle, 2),
         per_service_kib=round((served.rss_mib - empty.rss_mib) * 1024 / args.services, 1),
         process_per_service_mib=single.rss_mib,
@@ -227,12 +253,13 @@ def render(result: Result) -> str:
     return "\n".join(
         [
             "| services | until all Ready | agent RSS empty | all Ready | after a request each "
-            "| per service | idle CPU | a process per service | ratio |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| per service | idle CPU | idle modules unloaded | a process per service | ratio |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {result.services} | {result.seconds_to_ready:.1f} s "
             f"| {result.empty.rss_mib:.0f} MiB | {result.ready.rss_mib:.0f} MiB "
             f"| {result.served.rss_mib:.0f} MiB (PSS {result.served.pss_mib:.0f}) "
             f"| {result.per_service_kib:.0f} KiB | {result.idle_cpu_percent:.1f} % "
+            f"| {result.unloaded.rss_mib:.0f} MiB (after {result.unload_idle_seconds:g} s idle) "
             f"| {per_process:.0f} MiB ({result.process_per_service_mib:.0f} MiB each) "
             f"| {per_process / result.served.rss_mib:.0f}x |",
         ]
@@ -244,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--services", type=int, default=500)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="until all Ready")
+    parser.add_argument("--unload-idle", type=float, default=5.0, help="agent's --unload-idle")
     args = parser.parse_args(argv)
     if not netns_available():
         print("the agent needs a network namespace: run as root with iproute2", file=sys.stderr)

@@ -166,7 +166,7 @@ def module_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 def density_section(data: dict[str, Any]) -> list[str]:
     bench = importlib.import_module("density_bench")
-    memory = {k: bench.Memory(**data[k]) for k in ("empty", "ready", "served")}
+    memory = {k: bench.Memory(**data[k]) for k in ("empty", "ready", "served", "unloaded")}
     result = bench.Result(**{**data, **memory})
     return list(bench.render(result).splitlines())
 

@@ -85,7 +85,12 @@ class LocalFleet:
     # ---- agents --------------------------------------------------------------------
 
     def add_agent(
-        self, node: str, *, labels: Mapping[str, str], processes: int = 1
+        self,
+        node: str,
+        *,
+        labels: Mapping[str, str],
+        processes: int = 1,
+        extra_args: Sequence[str] = (),
     ) -> AgentProcess:
         """Registers ``node`` with ``labels`` and starts its agent at an address of its own.
 
@@ -139,6 +144,7 @@ class LocalFleet:
                 str(admin_port),
                 "--processes",
                 str(processes),
+                *extra_args,
             ],
             log_path=self.workdir / "logs" / f"agent-{node}.log",
             tie_to_parent=self.tie_to_parent,

@@ -112,6 +112,7 @@ def _options(args: argparse.Namespace) -> ModuleOptions:
         insecure_registries=frozenset(args.insecure_registry),
         ca_file=args.ca_file,
         docker_config=args.docker_config,
+        unload_idle_seconds=getattr(args, "unload_idle", 0.0),
     )
 
 
@@ -136,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--max-concurrency", type=int, default=64)
     serve_parser.add_argument("--max-request-body", type=_quantity, default="1Mi")
     serve_parser.add_argument("--max-response", type=_quantity, default="16Mi")
+    serve_parser.add_argument(
+        "--unload-idle",
+        type=_duration,
+        default="10m",
+        help="drop a module's machine code after this long without a request (0s: never); "
+        "the next request loads it again from the cache",
+    )
     serve_parser.add_argument(
         "--processes",
         type=_positive,
@@ -192,6 +200,13 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--workers", type=int, default=64, help="threads running Wasm")
     parser.add_argument(
+        "--unload-idle",
+        type=_duration,
+        default="10m",
+        help="drop a module's machine code after this long without a request (0s: never); "
+        "the next request loads it again from the cache",
+    )
+    parser.add_argument(
         "--processes",
         type=_positive,
         default=1,
@@ -238,6 +253,7 @@ def _node(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         workers=args.workers,
         processes=args.processes,
+        unload_idle_seconds=args.unload_idle,
         drain_seconds=args.drain,
         config_refresh_seconds=args.config_refresh,
     )

@@ -58,6 +58,8 @@ class ModuleOptions:
     ca_file: Path | None = None
     docker_config: Path | None = None
     cache_max_bytes: int = 2 << 30
+    unload_idle_seconds: float = 600.0
+    """Drop a served module's machine code after this long without a request (0: never)."""
 
 
 @dataclass
@@ -82,7 +84,12 @@ async def _load(options: ModuleOptions, metrics: AgentMetrics) -> _Loaded:
         insecure_registries=options.insecure_registries, ca_file=options.ca_file
     )
 
-    runtime = Runtime(options.cache_dir / "compiled", on_compile=metrics.observe_load)
+    runtime = Runtime(
+        options.cache_dir / "compiled",
+        on_compile=metrics.observe_load,
+        unload_idle_seconds=options.unload_idle_seconds,
+    )
+    metrics.modules_loaded.set_function(runtime.loaded_count)
     store = ModuleStore(
         options.cache_dir / "modules",
         options.cache_max_bytes,
@@ -161,6 +168,7 @@ async def serve(
             serve_options.processes,
             cache_dir=options.cache_dir / "compiled",
             threads=serve_options.max_concurrency,
+            unload_idle_seconds=options.unload_idle_seconds,
         )
     admin_runner: web.AppRunner | None = None
     if serve_options.admin_port is not None:
@@ -186,7 +194,7 @@ async def serve(
     try:
         module = HttpModule(
             name=name,
-            compiled=loaded.compiled,
+            compiled=loaded.runtime.slot(loaded.located.path, loaded.compiled),
             spec=_spec(options, ()),
             limits=RunLimits(
                 deadline_seconds=serve_options.timeout, max_output=serve_options.max_response

@@ -15,6 +15,8 @@ import wasmtime
 from wasmfleet_agent.runtime.engine import TICK_SECONDS, EngineSettings, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec, run
+from wasmfleet_agent.runtime.service import HttpModule
+from wasmfleet_agent.server.http import IncomingRequest
 
 SLACK = 0.1  # what a deadline may be overrun by (the acceptance bound), far above one tick
 
@@ -235,3 +237,37 @@ def test_runs_on_many_threads_keep_their_deadlines_and_output_apart(
         assert output.endswith(f"body {index}".encode())
     # the echoes were not queued behind the spinning guests
     assert echo_time < 0.3 + 10 * TICK_SECONDS + 5
+
+
+def test_an_idle_module_is_unloaded_and_loaded_again_on_use(
+    tmp_path: Path, wasm_modules: dict[str, Path]
+) -> None:
+    loads: list[str] = []
+    with Runtime(
+        tmp_path / "compiled",
+        unload_idle_seconds=60,
+        on_compile=lambda source, _seconds: loads.append(source),
+    ) as runtime:
+        module = tmp_path / "hello.wasm"
+        module.write_bytes(wasm_modules["hello-c"].read_bytes())
+        slot = runtime.slot(module, runtime.load(module))
+        service = HttpModule("hello", slot, SandboxSpec(), RunLimits())
+        request = IncomingRequest("GET", "/", "", (), b"", "127.0.0.1", "localhost", 80)
+        assert service.execute(request).status == 200
+        assert runtime.unload_idle() == 0  # used a moment ago
+        in_use = slot.get()  # a run under way keeps its code whatever the sweeper does
+        assert runtime.unload_idle(now=time.monotonic() + 61) == 1
+        assert not slot.loaded
+        assert run(in_use, SandboxSpec()).ok
+        assert service.execute(request).status == 200  # loaded again, from the cache
+        assert slot.loaded
+        assert loads == ["compiled", "cache"]
+
+        runtime.unload_idle(now=time.monotonic() + 61)
+        module.unlink()
+        for cached in (tmp_path / "compiled").glob("*.cwasm"):
+            cached.unlink()
+        outcome = service.execute(request)
+        assert outcome.status == 500
+        assert outcome.error is not None
+        assert "cannot be read" in outcome.error

@@ -51,6 +51,7 @@ class NodeOptions:
     admin_port: int | None = None
     workers: int = 64
     processes: int = 1
+    unload_idle_seconds: float = 600.0
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
 
@@ -96,7 +97,12 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             loop.add_signal_handler(signum, stop.set)
     identity = options.identity
     metrics = AgentMetrics()
-    runtime = Runtime(options.state_dir / "compiled", on_compile=metrics.observe_load)
+    runtime = Runtime(
+        options.state_dir / "compiled",
+        on_compile=metrics.observe_load,
+        unload_idle_seconds=options.unload_idle_seconds,
+    )
+    metrics.modules_loaded.set_function(runtime.loaded_count)
     store = ModuleStore(
         options.state_dir / "modules",
         options.cache_max_bytes,
@@ -111,6 +117,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             threads=options.workers,
             # room for every replica plus a rollout's new ones beside them
             max_services=2 * identity.capacity + 16,
+            unload_idle_seconds=options.unload_idle_seconds,
         )
         await workers.start()
     kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)

@@ -43,7 +43,7 @@ from wasmfleet_agent.lifecycle import BindingState, State, advance, backoff_seco
 from wasmfleet_agent.oci import auth, errors
 from wasmfleet_agent.oci.reference import parse_reference
 from wasmfleet_agent.oci.store import ModuleStore
-from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, Runtime
+from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, ModuleSlot, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, RunResult, SandboxSpec
 from wasmfleet_agent.runtime.service import HttpModule, JobAttempt, JobRunner, run_job
@@ -337,7 +337,8 @@ class NodeRunner:
     ) -> None:
         http = replica.binding.spec.workload.http
         assert http is not None
-        module = self._http_module(replica, compiled, spec)
+        slot = self.runtime.slot(path, compiled)
+        module = self._http_module(replica, slot, spec)
         if self.workers is not None:
             order = self._order(replica, module, path)
             if replica.site is None:
@@ -363,7 +364,7 @@ class NodeRunner:
             assert replica.handler is not None
             replica.handler.execute = module.execute
         self._move(replica, State.READY)
-        await self._watch_config(replica, compiled, path)
+        await self._watch_config(replica, slot, path)
 
     def _order(self, replica: Replica, module: HttpModule, path: Path) -> ServeOrder:
         http = replica.binding.spec.workload.http
@@ -380,9 +381,7 @@ class NodeRunner:
             server_software=module.server_software,
         )
 
-    def _http_module(
-        self, replica: Replica, compiled: CompiledModule, spec: SandboxSpec
-    ) -> HttpModule:
+    def _http_module(self, replica: Replica, compiled: ModuleSlot, spec: SandboxSpec) -> HttpModule:
         http = replica.binding.spec.workload.http
         assert http is not None
         return HttpModule(
@@ -396,7 +395,7 @@ class NodeRunner:
             server_software=f"wasmfleet-agent/{metadata.version('wasmfleet')}",
         )
 
-    async def _watch_config(self, replica: Replica, compiled: CompiledModule, path: Path) -> None:
+    async def _watch_config(self, replica: Replica, compiled: ModuleSlot, path: Path) -> None:
         """While serving: re-reads ConfigMaps and Secrets; new values reach new instances."""
         workload = replica.binding.spec.workload
         if not reads_objects(workload):

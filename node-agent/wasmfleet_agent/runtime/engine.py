@@ -12,6 +12,11 @@ the same combination). A cache file appears by an atomic rename and is memory-ma
 loaded, so it is never rewritten in place; a file that fails to load is dropped and the
 module compiled again. A restart therefore deserializes instead of compiling.
 
+A `ModuleSlot` holds a served module's machine code between requests. With
+``unload_idle_seconds`` set, a sweeper thread drops the code of slots unused for that long,
+and the next request loads it again from the cache (a deserialize: about a millisecond), so
+an agent's memory follows the modules in use rather than every module it hosts.
+
 Modules that need metering (``fuel``) run in a second engine with fuel consumption turned on,
 created on first use: metering every module would slow all of them down.
 """
@@ -24,6 +29,7 @@ import logging
 import platform
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -35,7 +41,14 @@ from wasmfleet_agent.oci import atomic
 from wasmfleet_agent.runtime import hostcalls
 from wasmfleet_agent.runtime.errors import ModuleLoadError
 
-__all__ = ["TICK_SECONDS", "CompiledModule", "EngineSettings", "EpochClock", "Runtime"]
+__all__ = [
+    "TICK_SECONDS",
+    "CompiledModule",
+    "EngineSettings",
+    "EpochClock",
+    "ModuleSlot",
+    "Runtime",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -109,6 +122,46 @@ class CompiledModule:
     clock: EpochClock = field(default_factory=EpochClock, compare=False, repr=False)
     """The clock of the engine's ticker: every run enters and leaves it."""
 
+    def get(self) -> CompiledModule:
+        """Itself (a `ModuleSlot` loads on demand; both are used the same way)."""
+        return self
+
+
+class ModuleSlot:
+    """A module's machine code, loaded on use and dropped by the runtime when idle."""
+
+    def __init__(self, runtime: Runtime, path: Path, compiled: CompiledModule) -> None:
+        self.runtime = runtime
+        self.path = path
+        self.digest = compiled.digest
+        self.settings = compiled.settings
+        self.last_used = time.monotonic()
+        self._compiled: CompiledModule | None = compiled
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._compiled is not None
+
+    def get(self) -> CompiledModule:
+        """The machine code, loaded again from the cache if it was dropped (blocking)."""
+        self.last_used = time.monotonic()
+        compiled = self._compiled
+        if compiled is not None:
+            return compiled
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = self.runtime.load(self.path, self.digest, self.settings)
+            return self._compiled
+
+    def unload_if_idle(self, idle_seconds: float, now: float) -> bool:
+        """Drops the machine code if unused for ``idle_seconds`` (runs under way keep theirs)."""
+        with self._lock:
+            if self._compiled is None or now - self.last_used < idle_seconds:
+                return False
+            self._compiled = None
+            return True
+
 
 class _EngineSlot:
     def __init__(self, settings: EngineSettings) -> None:
@@ -131,6 +184,10 @@ class Runtime:
     cache_dir: Path
     on_compile: Callable[[str, float], None] | None = None
     """Called with (``compiled`` or ``cache``, seconds) after each load, for metrics."""
+    unload_idle_seconds: float = 0.0
+    """Drop a slot's machine code after this long unused (0: never)."""
+    _held: weakref.WeakSet[ModuleSlot] = field(default_factory=weakref.WeakSet, init=False)
+    _sweeper: threading.Thread | None = field(default=None, init=False)
     _slots: dict[EngineSettings, _EngineSlot] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
@@ -147,6 +204,37 @@ class Runtime:
         self.engine(EngineSettings())
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
         self._ticker.start()
+        if self.unload_idle_seconds > 0:
+            self._sweeper = threading.Thread(target=self._sweep, name="wasm-unload", daemon=True)
+            self._sweeper.start()
+
+    def slot(self, path: Path, compiled: CompiledModule) -> ModuleSlot:
+        """A slot for ``compiled`` (loaded from ``path``), unloaded by this runtime when idle."""
+        slot = ModuleSlot(self, path, compiled)
+        with self._lock:
+            self._held.add(slot)
+        return slot
+
+    def loaded_count(self) -> int:
+        """Slots whose machine code is in memory now."""
+        with self._lock:
+            return sum(1 for slot in self._held if slot.loaded)
+
+    def unload_idle(self, now: float | None = None) -> int:
+        """Drops the machine code of every slot idle for ``unload_idle_seconds``; how many."""
+        if self.unload_idle_seconds <= 0:
+            return 0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            slots = list(self._held)
+        return sum(slot.unload_if_idle(self.unload_idle_seconds, now) for slot in slots)
+
+    def _sweep(self) -> None:
+        period = min(30.0, max(0.05, self.unload_idle_seconds / 4))
+        while not self._stop.wait(period):
+            dropped = self.unload_idle()
+            if dropped:
+                _log.debug("unloaded idle modules", extra={"modules": dropped})
 
     def engine(self, settings: EngineSettings) -> _EngineSlot:
         with self._lock:
@@ -160,6 +248,8 @@ class Runtime:
         self._clock.stop()
         if self._ticker is not None:
             self._ticker.join(timeout=1)
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=1)
 
     def __enter__(self) -> Runtime:
         return self

@@ -29,7 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from wasmfleet_agent.runtime import cgi
-from wasmfleet_agent.runtime.engine import CompiledModule
+from wasmfleet_agent.runtime.engine import CompiledModule, ModuleSlot
+from wasmfleet_agent.runtime.errors import ModuleLoadError
 from wasmfleet_agent.runtime.sandbox import Failure, RunLimits, RunResult, SandboxSpec, run
 from wasmfleet_agent.server.http import HttpOutcome, IncomingRequest
 
@@ -50,7 +51,7 @@ class HttpModule:
     """One HTTP service's module with its sandbox and limits; ``execute`` is thread-safe."""
 
     name: str
-    compiled: CompiledModule
+    compiled: CompiledModule | ModuleSlot
     spec: SandboxSpec
     limits: RunLimits
     server_software: str = "wasmfleet"
@@ -79,8 +80,12 @@ class HttpModule:
             server_software=self.server_software,
             scheme=request.scheme,
         )
+        try:
+            compiled = self.compiled.get()
+        except ModuleLoadError as error:  # unloaded while idle, and its file is gone
+            return HttpOutcome(500, error=f"module failed: {error}")
         result = run(
-            self.compiled, self.spec, stdin=request.body, extra_env=variables, limits=self.limits
+            compiled, self.spec, stdin=request.body, extra_env=variables, limits=self.limits
         )
         if result.stderr:
             _log.info(

@@ -102,6 +102,11 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.modules_loaded = Gauge(
+            "wasmfleet_agent_modules_loaded",
+            "Served modules whose machine code is in memory (idle ones are unloaded).",
+            registry=r,
+        )
         self.bindings = Gauge(
             "wasmfleet_agent_bindings",
             "Bindings hosted, by phase.",

@@ -58,14 +58,16 @@ class Worker:
         threads: int,
         cells: InFlightCells,
         index: int,
+        unload_idle_seconds: float = 0.0,
     ) -> None:
         self.control = control
         self.reply = reply
         self.cells = cells
         self.index = index
-        self.runtime = Runtime(cache_dir)
+        self.runtime = Runtime(cache_dir, unload_idle_seconds=unload_idle_seconds)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wasm-request")
         self.metrics = AgentMetrics()
+        self.metrics.modules_loaded.set_function(self.runtime.loaded_count)
         self.sites: dict[str, _Site] = {}
 
     async def run(self) -> int:
@@ -122,7 +124,7 @@ class Worker:
             )
             module = HttpModule(
                 name=order.name,
-                compiled=compiled,
+                compiled=self.runtime.slot(order.module_path, compiled),
                 spec=order.spec,
                 limits=order.limits,
                 server_software=order.server_software,
@@ -176,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--unload-idle", type=float, default=0.0, help="seconds")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
     args = parser.parse_args(argv)
@@ -185,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     control = socket.socket(fileno=args.control_fd)
     reply = socket.socket(fileno=args.reply_fd)
     cells = InFlightCells(args.inflight_fd, slots=args.slots, workers=args.workers)
-    worker = Worker(control, reply, args.cache_dir, args.threads, cells, args.index)
+    worker = Worker(
+        control, reply, args.cache_dir, args.threads, cells, args.index, args.unload_idle
+    )
     return asyncio.run(worker.run())
 
 

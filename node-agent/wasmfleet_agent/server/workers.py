@@ -72,6 +72,7 @@ class WorkerPool:
         log_level: str | None = None,
         log_format: str = "json",
         max_services: int = 1024,
+        unload_idle_seconds: float = 0.0,
     ) -> None:
         if count < 1:
             raise ValueError("a worker pool needs at least one process")
@@ -80,6 +81,7 @@ class WorkerPool:
         self.count = count
         self.cache_dir = cache_dir
         self.threads = threads
+        self.unload_idle_seconds = unload_idle_seconds
         # by default the workers log at the level this process logs at
         root_level = logging.getLogger().getEffectiveLevel()
         self.log_level = log_level or logging.getLevelName(root_level).lower()
@@ -142,6 +144,7 @@ class WorkerPool:
                 f"--slots={self.cells.slots}",
                 f"--workers={self.count}",
                 f"--index={index}",
+                f"--unload-idle={self.unload_idle_seconds}",
                 pass_fds=(control_child.fileno(), reply_child.fileno(), self.cells.fd),
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, "WASMFLEET_WORKER": str(index)},
