@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--modules", nargs="*", default=["hello-rust", "hello-go", "hello-c", "primes-c"]
     )
     parser.add_argument("--concurrency", nargs="*", type=int, default=[1, 8, 64])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (make setup installs it)", file=sys.stderr)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from wasmfleet_api.base import (
     Condition,
@@ -109,6 +110,25 @@ class RollingUpdate(KubeModel):
     """Replicas above the desired count allowed during a rollout (integer or percentage)."""
     max_unavailable: int | str = Field(default=0, json_schema_extra=_INT_OR_PERCENT)
     """Replicas below the desired count allowed during a rollout (integer or percentage)."""
+
+    @field_validator("max_surge", "max_unavailable")
+    @classmethod
+    def _int_or_percent(cls, value: int | str) -> int | str:
+        # The CRD's rule, again here: the operator must refuse what it could not honour even
+        # when an object reached it without that rule (an older CRD, a hand-made binding).
+        if isinstance(value, int) and value >= 0:
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,3}%", value):
+            return value
+        raise ValueError("must be a non-negative integer or a percentage such as 25%")
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> RollingUpdate:
+        if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%"):
+            raise ValueError(
+                "maxSurge and maxUnavailable cannot both be zero: the rollout could never progress"
+            )
+        return self
 
 
 class WasmServiceSpec(WorkloadSpec):

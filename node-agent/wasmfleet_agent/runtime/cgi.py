@@ -7,7 +7,9 @@ Input (RFC 3875 names): ``REQUEST_METHOD``, ``PATH_INFO``, ``QUERY_STRING``, ``S
 ``REMOTE_HOST``, ``CONTENT_TYPE`` and ``CONTENT_LENGTH`` when there is a body, and one
 ``HTTP_<NAME>`` per request header (upper case, ``-`` as ``_``; repeated headers joined with
 ``, ``). A ``Proxy`` header is never passed (``HTTP_PROXY`` would poison the guest's proxy
-setting), nor are header names that are not HTTP tokens.
+setting), nor is a header whose name has anything but letters, digits and ``-`` (with an
+underscore, ``X_Token`` would arrive as the same variable as ``X-Token``, as nginx also
+guards against), nor a value with a NUL byte.
 
 Output: when stdout starts with a header line (``name: value``), it is a CGI response: header
 lines up to the first empty line, then the body. ``status: 404 Not Found`` sets the status;
@@ -37,7 +39,7 @@ CGI_VARIABLES = frozenset(CGI_RESERVED_ENV)
 """Names the agent sets per request; a module's own env may not use them (nor ``HTTP_*``)."""
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_TOKEN_TEXT = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_NAME = re.compile(r"^[0-9A-Za-z-]+$")
 _SKIPPED_HEADERS = frozenset({"content-type", "content-length", "proxy"})
 _MAX_HEADER_BLOCK = 64 * 1024
 
@@ -82,10 +84,12 @@ def request_variables(
     merged: dict[str, str] = {}
     content_type = None
     for name, value in headers:
+        if "\0" in value:
+            continue
         lowered = name.lower()
         if lowered == "content-type":
             content_type = value
-        if lowered in _SKIPPED_HEADERS or not _TOKEN_TEXT.match(name) or "\0" in value:
+        if lowered in _SKIPPED_HEADERS or not _HEADER_NAME.match(name):
             continue
         key = "HTTP_" + name.upper().replace("-", "_")
         merged[key] = f"{merged[key]}, {value}" if key in merged else value
