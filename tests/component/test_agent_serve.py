@@ -208,6 +208,34 @@ async def test_limits_before_the_sandbox_answer_413_and_503(
     assert all(status == 200 for status, _, _ in answers)
 
 
+async def test_a_thousand_slow_requests_at_once_are_shed_not_queued(
+    probe_agent: ServedModule,
+) -> None:
+    """Beyond maxConcurrency (16 here) the agent answers 503 at once; nothing piles up, and
+    the agent answers a fast request and its health check right after."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as flood:
+
+        async def slow() -> int:
+            async with flood.get(probe_agent.url + "/sleep?300") as response:
+                await response.read()
+                return response.status
+
+        started = time.monotonic()
+        statuses = await asyncio.gather(*(slow() for _ in range(1000)))
+        elapsed = time.monotonic() - started
+    assert set(statuses) <= {200, 503}
+    # 16 slots, each busy for at least 0.3 s per admitted request: no more can have run
+    most = 16 * (elapsed / 0.3 + 1)
+    assert 1 <= statuses.count(200) <= most, "admitted beyond the limit"
+    assert elapsed < 30, f"1000 shed requests took {elapsed:.1f}s"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        assert (await _get(http, probe_agent.admin_url + "/healthz"))[0] == 200
+        assert (await _get(http, probe_agent.url + "/plain"))[0] == 200
+
+
 async def test_metrics_count_requests_by_status(
     probe_agent: ServedModule, http: aiohttp.ClientSession
 ) -> None:
