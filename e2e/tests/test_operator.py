@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -651,31 +653,33 @@ def test_the_argocd_health_check_judges_live_services(
     )
     assert argocd_health(created)[0] == "Progressing"  # as created: no status yet
     wait_until(lambda: record("health") == "Healthy", timeout=60, interval=0.05)
-    assert seen["health"][0] == "Progressing"
 
-    # A rollout: Progressing while the new revision comes up, Healthy when it has.
-    plane.kubectl(
-        "patch",
-        "wasmservice",
-        "-n",
-        namespace,
-        "health",
-        "--type=merge",
-        "-p",
-        '{"spec": {"env": [{"name": "ROLL", "value": "2"}]}}',
-    )
-    seen["health"].clear()
-    wait_until(
-        lambda: (
-            record("health") == "Healthy"
-            and _service(plane, namespace, "health")["status"]["updatedReplicas"] == 2
-            and len(_bindings(plane, namespace, "health")) == 2
-        ),
-        timeout=60,
-        interval=0.02,
-    )
-    assert "Progressing" in seen["health"]
-    assert "Degraded" not in seen["health"]
+    # A rollout: Progressing while the new revision comes up, Healthy when it has. A watch
+    # sees every version of the object, however fast the rollout goes.
+    with _ObjectWatch(plane, namespace, "wasmservice", "health") as watch:
+        plane.kubectl(
+            "patch",
+            "wasmservice",
+            "-n",
+            namespace,
+            "health",
+            "--type=merge",
+            "-p",
+            '{"spec": {"env": [{"name": "ROLL", "value": "2"}]}}',
+        )
+        wait_until(
+            lambda: any(
+                argocd_health(o)[0] == "Healthy"
+                and o["metadata"]["generation"] == 2
+                and (o.get("status") or {}).get("updatedReplicas") == 2
+                for o in watch.objects()
+            ),
+            timeout=60,
+            message=lambda: f"rollout never Healthy: {[argocd_health(o) for o in watch.objects()]}",
+        )
+        during = [argocd_health(o)[0] for o in watch.objects() if o["metadata"]["generation"] == 2]
+    assert "Progressing" in during
+    assert "Degraded" not in during
 
     plane.kubectl("scale", "wasmservice", "-n", namespace, "health", "--replicas=0")
     wait_until(lambda: record("health") == "Suspended", timeout=30, interval=0.1)
@@ -685,6 +689,51 @@ def test_the_argocd_health_check_judges_live_services(
     wait_until(lambda: record("unhealthy") == "Degraded", timeout=30, interval=0.1)
     _, message = argocd_health(_service(plane, namespace, "unhealthy"))
     assert message.startswith("ModuleNotFound")
+
+
+class _ObjectWatch:
+    """``kubectl get KIND NAME --watch -o json``: every version of one object, in order."""
+
+    def __init__(self, plane: ControlPlane, namespace: str, kind: str, name: str) -> None:
+        command = [str(plane.binaries.kubectl), "--kubeconfig", str(plane.kubeconfig)]
+        command += ["get", kind, name, "-n", namespace, "--watch", "-o", "json"]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self._seen: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        decoder = json.JSONDecoder()
+        buffer = ""
+        for line in self.process.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    obj, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break  # an object not complete yet
+                buffer = buffer.lstrip()[end:]
+                with self._lock:
+                    self._seen.append(obj)
+
+    def objects(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._seen)
+
+    def __enter__(self) -> _ObjectWatch:
+        wait_until(
+            lambda: bool(self.objects()), timeout=10, message="kubectl watch printed nothing"
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def test_no_process_was_refused_by_the_api_server(fleet: LocalFleet) -> None:
