@@ -10,9 +10,11 @@ whose token file is re-read as the kubelet rotates it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,14 @@ from urllib.parse import urlencode
 import aiohttp
 
 __all__ = [
+    "API_ERRORS",
     "ApiError",
     "KubeClient",
     "KubeConfig",
     "Resource",
     "load_configuration",
     "resource_for",
+    "retry_until_stopped",
 ]
 
 IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -90,6 +94,36 @@ _RESOURCES = {
         "wasmfleet.dev/v1alpha1", "wasmagents", False
     ),
 }
+
+
+API_ERRORS = (ApiError, OSError, TimeoutError, aiohttp.ClientError)
+"""What a call to the API server raises when the server or the network fails: worth a retry."""
+
+
+async def retry_until_stopped(
+    attempt: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    *,
+    on_error: Callable[[BaseException, float], None],
+    first_delay: float = 0.5,
+    max_delay: float = 10.0,
+) -> bool:
+    """Runs ``attempt`` until it succeeds (True) or ``stop`` is set (False).
+
+    After each `API_ERRORS` failure, ``on_error(error, delay)`` reports it and the next try
+    waits ``delay``, doubled each time up to ``max_delay``; a stop cuts the wait short.
+    """
+    delay = first_delay
+    while not stop.is_set():
+        try:
+            await attempt()
+            return True
+        except API_ERRORS as error:
+            on_error(error, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, max_delay)
+    return False
 
 
 def resource_for(api_version: str, kind: str) -> Resource:

@@ -22,17 +22,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import kopf
 
 from wasmfleet_agent.oci.client import ClientSettings
 from wasmfleet_api.base import API_VERSION, GROUP, VERSION
 from wasmfleet_api.client import (
-    ApiError,
     KubeClient,
     KubeConfig,
     load_configuration,
     resource_for,
+    retry_until_stopped,
 )
 from wasmfleet_operator.fleet import Fleet, Liveness
 from wasmfleet_operator.leader import LeaderElector, LostLeadershipError
@@ -173,17 +172,13 @@ async def _prime(
     """Fills every cache from full lists before the first reconcile pass, retrying while the
     API server cannot answer yet (e.g. 429 while its storage initializes after CRDs are
     created); False if stopped first."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await _list_everything(kube, reconciler, namespace)
-            return True
-        except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
-            log.warning("caches not filled (%s); retrying in %.1fs", error, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        delay = min(delay * 2, 10.0)
-    return False
+    return await retry_until_stopped(
+        lambda: _list_everything(kube, reconciler, namespace),
+        stop,
+        on_error=lambda error, delay: log.warning(
+            "caches not filled (%s); retrying in %.1fs", error, delay
+        ),
+    )
 
 
 async def _list_everything(kube: KubeClient, reconciler: Reconciler, namespace: str) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.workers import WorkerPool
-from wasmfleet_api.client import ApiError, KubeClient, KubeConfig
+from wasmfleet_api.client import ApiError, KubeClient, KubeConfig, retry_until_stopped
 
 __all__ = ["NodeOptions", "run_node"]
 
@@ -58,28 +59,29 @@ class NodeOptions:
 
 async def _register(kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event) -> bool:
     """Applies the WasmAgent, retrying with backoff; False if stopped first."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await apply_agent(kube, identity, allocated=0, ready=True)
-            return True
-        except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
-            log.warning("registration failed (%s); retrying in %.1fs", error, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        delay = min(delay * 2, 10.0)
-    return False
+    return await retry_until_stopped(
+        lambda: apply_agent(kube, identity, allocated=0, ready=True),
+        stop,
+        on_error=lambda error, delay: log.warning(
+            "registration failed (%s); retrying in %.1fs", error, delay
+        ),
+    )
 
 
-async def _report_allocation(
-    kube: KubeClient, identity: AgentIdentity, runner: NodeRunner, stop: asyncio.Event
+async def report_allocation(
+    kube: KubeClient,
+    identity: AgentIdentity,
+    replicas: Sized,
+    stop: asyncio.Event,
+    *,
+    interval: float = 10.0,
 ) -> None:
-    """Keeps WasmAgent.status.allocated near the truth, at most one write per 10 s."""
+    """Keeps WasmAgent.status.allocated at ``len(replicas)``, one write per ``interval`` at most."""
     reported = 0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=10.0)
-        allocated = len(runner.replicas)
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        allocated = len(replicas)
         if allocated != reported and not stop.is_set():
             try:
                 await apply_agent(kube, identity, allocated=allocated, ready=True)
@@ -169,7 +171,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
                     name="bindings",
                 ),
                 asyncio.create_task(
-                    _report_allocation(kube, identity, runner, stop), name="allocation"
+                    report_allocation(kube, identity, runner.replicas, stop), name="allocation"
                 ),
             ]
             await stop.wait()
