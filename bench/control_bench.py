@@ -49,7 +49,6 @@ import contextlib
 import functools
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -67,20 +66,31 @@ from typing import Any
 import aiohttp
 
 from wasmfleet_agent.cluster.bindings import StatusWriter, watch_bindings
+from wasmfleet_agent.cluster.node import report_allocation
 from wasmfleet_agent.cluster.registration import (
     AgentIdentity,
     apply_agent,
     heartbeat,
     render_lease,
 )
+from wasmfleet_agent.cluster.runner import render_binding_status
+from wasmfleet_agent.lifecycle import BindingState, State
 from wasmfleet_agent.oci.client import sha256_digest
 from wasmfleet_api.base import API_VERSION
 from wasmfleet_api.binding import WasmBinding
-from wasmfleet_api.client import ApiError, KubeClient, KubeConfig, Resource, resource_for
+from wasmfleet_api.client import (
+    ApiError,
+    KubeClient,
+    KubeConfig,
+    Resource,
+    resource_for,
+    retry_until_stopped,
+)
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.binaries import REPO_ROOT, Binaries, ensure_binaries
 from wasmfleet_harness.chart import run_as_chart_identities
 from wasmfleet_harness.controlplane import ControlPlane, ControlPlaneConfig
+from wasmfleet_harness.host import describe_machine
 from wasmfleet_harness.processes import (
     ManagedProcess,
     Workspace,
@@ -132,32 +142,6 @@ def node_address(index: int) -> str:
     return f"10.200.{index // 250}.{index % 250 + 1}"
 
 
-def render_ready_status(
-    binding: WasmBinding, *, address: str, port: int, module_digest: str
-) -> dict[str, Any]:
-    """What a real agent reports for an http replica that is Ready (runner ``_report``)."""
-    return {
-        "observedGeneration": binding.metadata.get("generation"),
-        "phase": "Ready",
-        "ready": True,
-        "address": address,
-        "restarts": 0,
-        "port": port,
-        "moduleDigest": module_digest,
-    }
-
-
-def render_pending_status(binding: WasmBinding, *, address: str) -> dict[str, Any]:
-    """What a real agent reports first, when it starts on a binding."""
-    return {
-        "observedGeneration": binding.metadata.get("generation"),
-        "phase": "Pending",
-        "ready": False,
-        "address": address,
-        "restarts": 0,
-    }
-
-
 class AckRunner:
     """A `BindingRunner` that runs nothing: every new binding is reported Ready on a port."""
 
@@ -193,7 +177,7 @@ class AckRunner:
                 self.status.report(
                     namespace,
                     name,
-                    render_pending_status(binding, address=self.identity.address),
+                    render_binding_status(binding, BindingState(), address=self.identity.address),
                 )
             if self.ack_delay > 0:
                 loop.call_later(self.ack_delay, self._ack, key, binding)
@@ -215,8 +199,9 @@ class AckRunner:
         self.status.report(
             namespace,
             name,
-            render_ready_status(
+            render_binding_status(
                 binding,
+                BindingState(State.READY),
                 address=self.identity.address,
                 port=port,
                 module_digest=self.module_digest,
@@ -226,38 +211,18 @@ class AckRunner:
 
 async def _register(kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event) -> None:
     """Applies the WasmAgent and a first Lease, retrying as the real agent does."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await apply_agent(kube, identity, allocated=0, ready=True)
-            await kube.apply(render_lease(identity))
-            return
-        except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
-            print(f"{identity.node_name}: registration failed ({error})", flush=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        delay = min(delay * 2, 10.0)
 
+    async def attempt() -> None:
+        await apply_agent(kube, identity, allocated=0, ready=True)
+        await kube.apply(render_lease(identity))
 
-async def _report_allocation(
-    kube: KubeClient,
-    identity: AgentIdentity,
-    runner: AckRunner,
-    stop: asyncio.Event,
-    interval: float,
-) -> None:
-    """As the real agent: WasmAgent.status.allocated, at most one write per ``interval``."""
-    reported = 0
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        allocated = len(runner.replicas)
-        if allocated != reported and not stop.is_set():
-            try:
-                await apply_agent(kube, identity, allocated=allocated, ready=True)
-                reported = allocated
-            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
-                print(f"{identity.node_name}: allocation not written ({error})", flush=True)
+    await retry_until_stopped(
+        attempt,
+        stop,
+        on_error=lambda error, _delay: print(
+            f"{identity.node_name}: registration failed ({error})", flush=True
+        ),
+    )
 
 
 async def _later(delay: float, stop: asyncio.Event, work: Callable[[], Awaitable[None]]) -> None:
@@ -308,7 +273,12 @@ async def simulate_agents(args: argparse.Namespace) -> int:
             name = identity.node_name
             beat = functools.partial(heartbeat, kube, identity, stop=stop)
             allocation = functools.partial(
-                _report_allocation, kube, identity, runner, stop, args.allocation_interval
+                report_allocation,
+                kube,
+                identity,
+                runner.replicas,
+                stop,
+                interval=args.allocation_interval,
             )
             tasks += [
                 asyncio.create_task(
@@ -1157,18 +1127,6 @@ def render(results: Sequence[ScaleResult]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return (
-        f"{os.cpu_count()} vCPUs ({cpu}), Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["agents"]:
@@ -1238,7 +1196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(
         json.dumps(
             {
-                "machine": machine(),
+                "machine": describe_machine(),
                 "settings": {
                     "lease_duration_s": args.lease_duration,
                     "ack_delay_s": args.ack_delay,

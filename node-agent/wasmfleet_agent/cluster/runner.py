@@ -57,7 +57,7 @@ from wasmfleet_api.client import KubeClient
 from wasmfleet_api.units import parse_duration, parse_quantity
 from wasmfleet_api.workload import WorkloadSpec
 
-__all__ = ["NodeRunner", "Replica", "RunnerSettings"]
+__all__ = ["NodeRunner", "Replica", "RunnerSettings", "render_binding_status"]
 
 log = logging.getLogger(__name__)
 _MAX_ERROR = 1024
@@ -207,22 +207,13 @@ class NodeRunner:
         )
 
     def _report(self, replica: Replica) -> None:
-        state = replica.state
-        status: dict[str, Any] = {
-            "observedGeneration": replica.binding.metadata.get("generation"),
-            "phase": state.phase,
-            "ready": state.ready,
-            "address": self.settings.address,
-            "restarts": state.restarts,
-        }
-        if replica.port is not None and replica.site is not None:
-            status["port"] = replica.port
-        if replica.module_digest is not None:
-            status["moduleDigest"] = replica.module_digest
-        if state.last_error:
-            status["lastError"] = state.last_error
-        if state.exit_code is not None:
-            status["exitCode"] = state.exit_code
+        status = render_binding_status(
+            replica.binding,
+            replica.state,
+            address=self.settings.address,
+            port=replica.port if replica.site is not None else None,
+            module_digest=replica.module_digest,
+        )
         self.status.report(replica.namespace, replica.name, status)
 
     async def _run(self, replica: Replica) -> None:
@@ -476,6 +467,33 @@ class NodeRunner:
                 error=replica.state.last_error or "failed",
                 exit_code=last.exit_code,
             )
+
+
+def render_binding_status(
+    binding: WasmBinding,
+    state: BindingState,
+    *,
+    address: str,
+    port: int | None = None,
+    module_digest: str | None = None,
+) -> dict[str, Any]:
+    """What an agent writes into a binding's status for a replica in ``state``."""
+    status: dict[str, Any] = {
+        "observedGeneration": binding.metadata.get("generation"),
+        "phase": state.phase,
+        "ready": state.ready,
+        "address": address,
+        "restarts": state.restarts,
+    }
+    if port is not None:
+        status["port"] = port
+    if module_digest is not None:
+        status["moduleDigest"] = module_digest
+    if state.last_error:
+        status["lastError"] = state.last_error
+    if state.exit_code is not None:
+        status["exitCode"] = state.exit_code
+    return status
 
 
 def _sandbox(workload: WorkloadSpec, config: ResolvedConfig) -> SandboxSpec:
