@@ -13,6 +13,7 @@ exact lengths, so the descriptor is never consumed by a read-ahead.
 from __future__ import annotations
 
 import array
+import asyncio
 import json
 import socket
 import struct
@@ -23,7 +24,14 @@ from typing import Any
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
 from wasmfleet_agent.server.http import HttpLimits
 
-__all__ = ["ServeOrder", "read_message", "receive_fd", "send_fd", "write_message"]
+__all__ = [
+    "ServeOrder",
+    "read_message",
+    "read_message_async",
+    "receive_fd",
+    "send_fd",
+    "write_message",
+]
 
 _HEADER = struct.Struct(">I")
 MAX_MESSAGE = 64 << 20
@@ -107,12 +115,24 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_message(sock: socket.socket) -> dict[str, Any]:
-    """Reads one message from a blocking socket; EOFError when the peer is gone."""
-    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
+def _size(header: bytes) -> int:
+    (size,) = _HEADER.unpack(header)
     if size > MAX_MESSAGE:
         raise ValueError(f"message of {size} bytes is over the limit")
+    return int(size)
+
+
+def read_message(sock: socket.socket) -> dict[str, Any]:
+    """Reads one message from a blocking socket; EOFError when the peer is gone."""
+    size = _size(_read_exactly(sock, _HEADER.size))
     message: dict[str, Any] = json.loads(_read_exactly(sock, size))
+    return message
+
+
+async def read_message_async(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """Reads one message from a stream (asyncio.IncompleteReadError when the peer is gone)."""
+    size = _size(await reader.readexactly(_HEADER.size))
+    message: dict[str, Any] = json.loads(await reader.readexactly(size))
     return message
 
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import socket
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,13 @@ from typing import Any
 
 from wasmfleet_agent.server.inflight import InFlightCells
 from wasmfleet_agent.server.metrics import Snapshot
-from wasmfleet_agent.server.orders import MAX_MESSAGE, ServeOrder, send_fd, write_message
+from wasmfleet_agent.server.orders import (
+    MAX_MESSAGE,
+    ServeOrder,
+    read_message_async,
+    send_fd,
+    write_message,
+)
 
 __all__ = ["WorkerError", "WorkerPool", "WorkerSite"]
 
@@ -163,10 +167,8 @@ class WorkerPool:
     async def _listen(self, worker: _Process) -> None:
         try:
             while True:
-                header = await worker.reader.readexactly(4)
-                (size,) = struct.unpack(">I", header)
-                answer = json.loads(await worker.reader.readexactly(size))
-                future = worker.pending.pop(answer.get("id"), None)
+                answer = await read_message_async(worker.reader)
+                future = worker.pending.pop(int(answer.get("id") or 0), None)
                 if future is not None and not future.done():
                     future.set_result(answer)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
