@@ -46,7 +46,7 @@ from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.binaries import REPO_ROOT, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.fleet import LocalFleet
-from wasmfleet_harness.modules import build_all
+from wasmfleet_harness.modules import build_all, with_custom_section
 from wasmfleet_harness.netns import NetworkHosts, netns_available
 from wasmfleet_harness.processes import wait_until
 from wasmfleet_harness.registry import Registry
@@ -69,24 +69,9 @@ class Trial:
 
 def _variant(module: Path, tag: str, directory: Path) -> Path:
     """The module with a custom section naming ``tag``: the same code under a new digest."""
-    name = tag.encode()
-    payload = bytes([len(name)]) + name
-    section = b"\x00" + _leb128(len(payload)) + payload
     out = directory / f"{module.stem}-{tag}.wasm"
-    out.write_bytes(module.read_bytes() + section)
+    out.write_bytes(with_custom_section(module.read_bytes(), tag))
     return out
-
-
-def _leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _service(name: str, image: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from wasmfleet_harness.agent import ServedModule
 from wasmfleet_harness.binaries import REPO_ROOT, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.fleet import LocalFleet
-from wasmfleet_harness.modules import build_all
+from wasmfleet_harness.modules import build_all, with_custom_section
 from wasmfleet_harness.netns import NetworkHosts, netns_available
 from wasmfleet_harness.registry import Registry
 
@@ -97,23 +97,6 @@ def cpu_seconds(pid: int) -> float:
     return ticks / 100.0  # USER_HZ
 
 
-def _leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def variant(module: bytes, index: int) -> bytes:
-    """The same code with a custom section naming ``index``: a distinct digest."""
-    name = f"tenant-{index}".encode()
-    payload = bytes([len(name)]) + name
-    return module + b"\x00" + _leb128(len(payload)) + payload
-
-
 def binding(index: int, image: str, digest: str) -> dict[str, Any]:
     name = f"svc-{index:04d}"
     return {
@@ -149,7 +132,9 @@ async def push_variants(registry: Registry, module: bytes, count: int) -> list[t
         for index in range(count):
             image = f"{registry.host}/density/svc:{index}"
             result = await push_module(
-                client=client, reference=parse_reference(image), module=variant(module, index)
+                client=client,
+                reference=parse_reference(image),
+                module=with_custom_section(module, f"tenant-{index}"),
             )
             pushed.append((image, result.manifest_digest))
     return pushed

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from wasmfleet_harness.agent import wasmtime_cli as harness_wasmtime_cli
+from wasmfleet_harness.host import machine_facts
 from wasmfleet_harness.processes import ManagedProcess, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,23 +190,9 @@ def run_target(
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import wasmtime
 
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "wasmtime-py": getattr(wasmtime, "__version__", "?"),
-        "kernel": platform.release(),
-    }
+    return {**machine_facts(), "wasmtime-py": getattr(wasmtime, "__version__", "?")}
 
 
 def render_table(results: Sequence[Result]) -> str:

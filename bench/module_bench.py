@@ -28,8 +28,6 @@ import argparse
 import gc
 import hashlib
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -48,6 +46,7 @@ from wasmfleet_agent.runtime.service import HttpModule
 from wasmfleet_agent.server.http import IncomingRequest
 from wasmfleet_harness.agent import wasmtime_cli
 from wasmfleet_harness.binaries import REPO_ROOT
+from wasmfleet_harness.host import machine_facts
 from wasmfleet_harness.modules import build_all
 
 OUT = REPO_ROOT / "build" / "bench"
@@ -371,23 +370,15 @@ def render_tables(results: Sequence[Result], copies: int) -> str:
 
 
 def machine(cli: Path | None) -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     cli_version = "none"
     if cli is not None:
         cli_version = subprocess.run(
             [str(cli), "--version"], capture_output=True, text=True, check=False
         ).stdout.strip()
     return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
+        **machine_facts(),
         "wasmtime-py": metadata.version("wasmtime"),
         "wasmtime-cli": cli_version,
-        "kernel": platform.release(),
     }
 
 

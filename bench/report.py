@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import os
-import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+
+from wasmfleet_harness.host import describe_machine
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -32,22 +32,6 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 def _load(name: str) -> Any:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    memory = "?"
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal"):
-            memory = f"{int(line.split()[1]) / (1 << 20):.0f} GiB"
-    return (
-        f"{os.cpu_count()} vCPUs ({cpu}), {memory}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def http_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -164,11 +148,11 @@ def module_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     return table.splitlines(), ["![compile against cached load](performance/modules.png)"]
 
 
-def density_section(data: dict[str, Any]) -> list[str]:
+def density_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     bench = importlib.import_module("density_bench")
     memory = {k: bench.Memory(**data[k]) for k in ("empty", "ready", "served", "unloaded")}
     result = bench.Result(**{**data, **memory})
-    return list(bench.render(result).splitlines())
+    return bench.render(result).splitlines(), []
 
 
 def control_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -203,26 +187,19 @@ def control_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     del argv
     sys.path.insert(0, str(Path(__file__).parent))  # the benches render their own tables
-    body = [f"Last run: `make bench` on {machine()}.", ""]
-    http = _load("http")
-    if http is not None:
-        table, plots = http_section(http)
-        body += ["### Requests through the agent", "", *table, "", *plots, ""]
-    coldpath = _load("coldpath")
-    if coldpath is not None:
-        table, plots = coldpath_section(coldpath)
-        body += ["### From apply to the first answer; agent restart", "", *table, "", *plots, ""]
-    module = _load("module")
-    if module is not None:
-        table, plots = module_section(module)
-        body += ["### Large modules: compile, cached load, memory", "", *table, "", *plots, ""]
-    control = _load("control")
-    if control is not None:
-        table, plots = control_section(control)
-        body += ["### Control loop at scale", "", *table, "", *plots, ""]
-    density = _load("density")
-    if density is not None:
-        body += ["### Density: one agent, many services", "", *density_section(density), ""]
+    body = [f"Last run: `make bench` on {describe_machine()}.", ""]
+    sections = (
+        ("http", "Requests through the agent", http_section),
+        ("coldpath", "From apply to the first answer; agent restart", coldpath_section),
+        ("module", "Large modules: compile, cached load, memory", module_section),
+        ("control", "Control loop at scale", control_section),
+        ("density", "Density: one agent, many services", density_section),
+    )
+    for name, title, section in sections:
+        data = _load(name)
+        if data is not None:  # a benchmark that did not run is left out
+            table, plots = section(data)
+            body += [f"### {title}", "", *table, "", *plots, ""]
     text = DOC.read_text()
     if START not in text or END not in text:
         text = text.rstrip() + f"\n\n## Results of the last run\n\n{START}\n{END}\n"

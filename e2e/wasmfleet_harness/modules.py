@@ -45,6 +45,7 @@ __all__ = [
     "build_module",
     "discover",
     "fetch_vendored",
+    "with_custom_section",
 ]
 
 BUILD_DIR = REPO_ROOT / "build" / "modules"
@@ -254,3 +255,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def with_custom_section(module: bytes, name: str, *, padding: int = 0) -> bytes:
+    """``module`` with a custom section called ``name`` (``padding`` zero bytes long) appended:
+    the same code, still valid Wasm, under a new digest (for tests and benchmarks that need
+    many distinct modules, or larger ones)."""
+    encoded = name.encode()
+    payload = _leb128(len(encoded)) + encoded + b"\0" * padding
+    return module + b"\x00" + _leb128(len(payload)) + payload

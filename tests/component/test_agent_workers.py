@@ -7,6 +7,7 @@ The probe's whole HTTP contract is also run against two workers in ``test_agent_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -61,16 +62,25 @@ def _served(agent: ServedModule) -> int:
     return int(float(match.group(1))) if match else 0
 
 
-@pytest.fixture
-def two_workers(workspace: Workspace, wasm_modules: dict[str, Path]) -> Iterator[ServedModule]:
+@contextlib.contextmanager
+def _started(
+    workspace: Workspace, wasm_modules: dict[str, Path], name: str, *, processes: int
+) -> Iterator[ServedModule]:
+    """hello-c served with ``processes`` workers, returned once every worker runs."""
     served = ServedModule(
-        workspace.subdir("serve-workers"),
+        workspace.subdir(f"serve-{name}"),
         wasm_modules["hello-c"],
-        extra=["--processes", "2"],
-        name="agent-workers",
+        extra=["--processes", str(processes)],
+        name=f"agent-{name}",
     )
     with served:
-        wait_until(lambda: len(_workers(served)) == 2, timeout=10)
+        wait_until(lambda: len(_workers(served)) == processes, timeout=10)
+        yield served
+
+
+@pytest.fixture
+def two_workers(workspace: Workspace, wasm_modules: dict[str, Path]) -> Iterator[ServedModule]:
+    with _started(workspace, wasm_modules, "workers", processes=2) as served:
         yield served
 
 
@@ -109,14 +119,7 @@ def test_metrics_sum_what_every_worker_served(two_workers: ServedModule) -> None
 
 
 def test_workers_stop_with_the_agent(workspace: Workspace, wasm_modules: dict[str, Path]) -> None:
-    served = ServedModule(
-        workspace.subdir("serve-workers-stop"),
-        wasm_modules["hello-c"],
-        extra=["--processes", "3"],
-        name="agent-workers-stop",
-    )
-    with served:
-        wait_until(lambda: len(_workers(served)) == 3, timeout=10)
+    with _started(workspace, wasm_modules, "workers-stop", processes=3) as served:
         pids = _workers(served)
     wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15)
 
@@ -124,14 +127,7 @@ def test_workers_stop_with_the_agent(workspace: Workspace, wasm_modules: dict[st
 def test_a_killed_agent_takes_its_workers_with_it(
     workspace: Workspace, wasm_modules: dict[str, Path]
 ) -> None:
-    served = ServedModule(
-        workspace.subdir("serve-workers-orphan"),
-        wasm_modules["hello-c"],
-        extra=["--processes", "2"],
-        name="agent-workers-orphan",
-    )
-    with served:
-        wait_until(lambda: len(_workers(served)) == 2, timeout=10)
+    with _started(workspace, wasm_modules, "workers-orphan", processes=2) as served:
         pids = _workers(served)
         assert served.process.pid is not None
         os.kill(served.process.pid, signal.SIGKILL)

@@ -17,26 +17,16 @@ from wasmfleet_agent.oci.push import push_module
 from wasmfleet_agent.oci.reference import Reference, parse_reference
 from wasmfleet_agent.oci.store import ModuleStore, PullPolicy
 from wasmfleet_harness.loopback import LoopbackProxy
+from wasmfleet_harness.modules import with_custom_section
 from wasmfleet_harness.registry import Registry
 
 MiB = 1024 * 1024
 FAST = ClientSettings(max_attempts=2, backoff_initial=0.01, backoff_max=0.02)
 
 
-def _leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _variant(module: bytes, label: str, padding: int = 0) -> bytes:
     """The same real module with one more custom section: a distinct digest, still valid Wasm."""
-    name = f"wasmfleet-test-{label}".encode()
-    payload = _leb128(len(name)) + name + b"\0" * padding
-    return module + b"\0" + _leb128(len(payload)) + payload
+    return with_custom_section(module, f"wasmfleet-test-{label}", padding=padding)
 
 
 def _registry_blob(registry: Registry, digest: str) -> Path:
