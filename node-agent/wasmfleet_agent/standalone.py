@@ -204,7 +204,10 @@ async def serve(
     except SandboxConfigError as error:
         print(f"wasmfleet-agent serve: {error}", file=sys.stderr)
         return 1
-    limits = HttpLimits(serve_options.max_concurrency, serve_options.max_request_body)
+    # a client has as long to send its body as the module has to answer it
+    limits = HttpLimits(
+        serve_options.max_concurrency, serve_options.max_request_body, serve_options.timeout
+    )
     if workers is not None:
         return await _serve_in_workers(
             workers, loaded, module, limits, serve_options, admin_runner, stop, ready

@@ -1,11 +1,15 @@
-"""``wasmfleet-agent serve`` as a real process: HTTP in, WAGI to real modules, HTTP out."""
+"""``wasmfleet-agent serve`` as a real process: HTTP in, WAGI to real modules, HTTP out.
+
+``probe_agent`` (in ``conftest.py``) serves the probe module in one process and in two worker
+processes; every test here runs against both.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -13,39 +17,6 @@ import pytest
 
 from wasmfleet_harness.agent import ServedModule, agent_command
 from wasmfleet_harness.processes import Workspace, wait_until
-
-DEADLINE = 0.5
-
-
-@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
-def probe_agent(
-    request: pytest.FixtureRequest, workspace: Workspace, wasm_modules: dict[str, Path]
-) -> Iterator[ServedModule]:
-    """The probe served by the agent itself, and by two worker processes: the same contract."""
-    processes = int(request.param)
-    served = ServedModule(
-        workspace.subdir(f"serve-probe-{processes}"),
-        wasm_modules["probe"],
-        extra=[
-            "--timeout",
-            f"{int(DEADLINE * 1000)}ms",
-            "--max-response",
-            "1Mi",
-            "--max-request-body",
-            "64Ki",
-            "--max-concurrency",
-            "16",
-            "--memory",
-            "16Mi",
-            "--env",
-            "GIVEN=yes",
-            "--processes",
-            str(processes),
-        ],
-        name=f"agent-probe-{processes}",
-    )
-    with served:
-        yield served
 
 
 @pytest.fixture
@@ -122,7 +93,7 @@ async def test_the_module_sees_only_its_own_environment(
 
 
 async def test_a_timeout_answers_504_in_time_while_others_are_served(
-    probe_agent: ServedModule, http: aiohttp.ClientSession
+    probe_agent: ServedModule, http: aiohttp.ClientSession, probe_deadline: float
 ) -> None:
     async def timed(path: str) -> tuple[int, float, str]:
         started = time.monotonic()
@@ -137,10 +108,10 @@ async def test_a_timeout_answers_504_in_time_while_others_are_served(
     results = await asyncio.gather(*slow)
     for status, seconds, error_id in results:
         assert status == 504
-        assert DEADLINE <= seconds < DEADLINE + 0.1
+        assert probe_deadline <= seconds < probe_deadline + 0.1
         assert len(error_id) == 12
     assert all(status == 200 for status, _, _ in quick)
-    assert quick_elapsed < DEADLINE  # served while the slow ones were still running
+    assert quick_elapsed < probe_deadline  # served while the slow ones were still running
     log = probe_agent.process.log_path.read_text()
     assert results[0][2] in log
 
@@ -158,13 +129,13 @@ async def test_a_memory_bomb_is_a_500_and_the_agent_stays_healthy(
 
 
 async def test_endless_output_is_capped(
-    probe_agent: ServedModule, http: aiohttp.ClientSession
+    probe_agent: ServedModule, http: aiohttp.ClientSession, probe_deadline: float
 ) -> None:
     started = time.monotonic()
     status, _, body = await _get(http, probe_agent.url + "/flood")
     assert status == 502
     assert "module response too large" in body
-    assert time.monotonic() - started < DEADLINE
+    assert time.monotonic() - started < probe_deadline
 
 
 @pytest.mark.parametrize(

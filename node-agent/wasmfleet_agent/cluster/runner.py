@@ -55,7 +55,7 @@ from wasmfleet_agent.sockets import bind_in_namespace
 from wasmfleet_api.binding import WasmBinding
 from wasmfleet_api.client import KubeClient
 from wasmfleet_api.units import parse_duration, parse_quantity
-from wasmfleet_api.workload import WorkloadSpec
+from wasmfleet_api.workload import HttpSpec, WorkloadSpec
 
 __all__ = ["NodeRunner", "Replica", "RunnerSettings", "render_binding_status"]
 
@@ -342,7 +342,7 @@ class NodeRunner:
             handler = ServiceHandler(
                 name=replica.label,
                 execute=module.execute,
-                limits=HttpLimits(http.max_concurrency, parse_quantity(http.max_request_body_size)),
+                limits=_http_limits(http),
                 pool=self.pool,
                 metrics=self.metrics,
             )
@@ -368,7 +368,7 @@ class NodeRunner:
             fuel=module.compiled.settings.fuel,
             spec=module.spec,
             limits=module.limits,
-            http=HttpLimits(http.max_concurrency, parse_quantity(http.max_request_body_size)),
+            http=_http_limits(http),
             server_software=module.server_software,
         )
 
@@ -507,4 +507,13 @@ def _sandbox(workload: WorkloadSpec, config: ResolvedConfig) -> SandboxSpec:
         ),
         memory_limit=parse_quantity(workload.resources.memory),
         fuel=workload.resources.fuel,
+    )
+
+
+def _http_limits(http: HttpSpec) -> HttpLimits:
+    """The handler's limits; a client has as long to send its body as the module to answer."""
+    return HttpLimits(
+        http.max_concurrency,
+        parse_quantity(http.max_request_body_size),
+        body_timeout=parse_duration(http.timeout),
     )

@@ -9,7 +9,9 @@ Input (RFC 3875 names): ``REQUEST_METHOD``, ``PATH_INFO``, ``QUERY_STRING``, ``S
 ``, ``). A ``Proxy`` header is never passed (``HTTP_PROXY`` would poison the guest's proxy
 setting), nor is a header whose name has anything but letters, digits and ``-`` (with an
 underscore, ``X_Token`` would arrive as the same variable as ``X-Token``, as nginx also
-guards against), nor a value with a NUL byte.
+guards against), nor a value with a NUL byte or with bytes that are not UTF-8 (HTTP allows
+any byte from 0x80 up in a value; a WASI environment holds only UTF-8). A server name that
+is not UTF-8 (from such a ``Host`` header) becomes ``localhost``.
 
 Output: when stdout starts with a header line (``name: value``), it is a CGI response: header
 lines up to the first empty line, then the body. ``status: 404 Not Found`` sets the status;
@@ -64,6 +66,8 @@ def request_variables(
     scheme: str = "http",
 ) -> list[tuple[str, str]]:
     """The CGI variables of one request (and WAGI's ``X_FULL_URL``, ``X_MATCHED_ROUTE``)."""
+    if not _passable(server_name):
+        server_name = "localhost"
     uri = f"{path}?{query}" if query else path
     variables = [
         ("GATEWAY_INTERFACE", "CGI/1.1"),
@@ -84,7 +88,7 @@ def request_variables(
     merged: dict[str, str] = {}
     content_type = None
     for name, value in headers:
-        if "\0" in value:
+        if not _passable(value):
             continue
         lowered = name.lower()
         if lowered == "content-type":
@@ -99,6 +103,20 @@ def request_variables(
             variables.append(("CONTENT_TYPE", content_type))
     variables.extend(merged.items())
     return variables
+
+
+def _passable(value: str) -> bool:
+    """True when ``value`` can be an environment value: no NUL, and UTF-8 on the wire (aiohttp
+    decodes other bytes to lone surrogates, which wasmtime's UTF-8 environment refuses)."""
+    if "\0" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

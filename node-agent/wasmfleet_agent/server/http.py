@@ -2,11 +2,14 @@
 
 `ServiceHandler` is the aiohttp handler of one module (one binding, or ``serve``'s module).
 It refuses what it will not run before any Wasm runs: beyond ``max_concurrency`` requests
-in flight it answers 503 at once, a body over the limit gets 413. Accepted requests run on a
-thread pool (wasmtime releases the GIL while guest code runs; the event loop never waits on
-Wasm), each on a fresh instance. Failures inside the sandbox (trap, timeout, memory, output
-limit) become that request's 5xx with an error id that is also in the log, so one bad
-request never affects another.
+in flight it answers 503 at once, a body over the limit gets 413, one that cannot be read (a
+Content-Encoding that does not decode, the client gone mid-body) 400, and one that does not
+arrive within ``body_timeout`` 408. A request counts as in flight only once its body is in,
+so clients that stop sending half-way hold their own connections, never the service's
+capacity. Accepted requests run on a thread pool (wasmtime releases the GIL while guest code
+runs; the event loop never waits on Wasm), each on a fresh instance. Failures inside the
+sandbox (trap, timeout, memory, output limit) become that request's 5xx with an error id that
+is also in the log, so one bad request never affects another.
 """
 
 from __future__ import annotations
@@ -60,6 +63,13 @@ class HttpOutcome:
 class HttpLimits:
     max_concurrency: int = 64
     max_request_body: int = 1 << 20
+    body_timeout: float | None = None
+    """Seconds a client has to send the whole body once its headers are in (None: no limit).
+
+    Also what ends a request whose body the parser gave up on after the handler started (a
+    chunk size that is not hex, sent after the headers): aiohttp's C parser then drops the
+    body stream without failing it, and the read would otherwise wait for the client to go.
+    """
 
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"}
@@ -102,28 +112,34 @@ class ServiceHandler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         shared = self.shared
-        busy = self.in_flight if shared is None else shared.total()
-        if busy >= self.limits.max_concurrency:
-            self._over_capacity.inc()
-            return self._done(started, web.Response(status=503, text="over capacity\n"))
+        if self._busy() >= self.limits.max_concurrency:
+            return self._shed(started)
         if (
             request.content_length is not None
             and request.content_length > self.limits.max_request_body
         ):
             self._over_body.inc()
             return self._done(started, web.Response(status=413, text="request body too large\n"))
+        try:
+            body = await self._read_body(request)
+        except _BodyTooLargeError:
+            self._over_body.inc()
+            return self._done(started, web.Response(status=413, text="request body too large\n"))
+        except TimeoutError:
+            text = f"request body not received within {self.limits.body_timeout:g}s\n"
+            return self._done(started, web.Response(status=408, text=text))
+        except (web.RequestPayloadError, ConnectionResetError):
+            # a Content-Encoding that does not decode, or the client gone before the body's end
+            text = "malformed or incomplete request body\n"
+            return self._done(started, web.Response(status=400, text=text))
+        # Checked again now that the body is in: a request takes a slot only from here on.
+        if self._busy() >= self.limits.max_concurrency:
+            return self._shed(started)
         self.in_flight += 1
         if shared is not None:
             shared.add(1)
         self._gauge.inc()
         try:
-            try:
-                body = await self._read_body(request)
-            except _BodyTooLargeError:
-                self._over_body.inc()
-                return self._done(
-                    started, web.Response(status=413, text="request body too large\n")
-                )
             incoming = _incoming(request, body)
             loop = asyncio.get_running_loop()
             outcome = await loop.run_in_executor(self.pool, self.execute, incoming)
@@ -160,16 +176,25 @@ class ServiceHandler:
                 response.headers.add(key, value)
         return self._done(started, response)
 
+    def _busy(self) -> int:
+        """Requests of this service in flight, across worker processes when shared."""
+        return self.in_flight if self.shared is None else self.shared.total()
+
+    def _shed(self, started: float) -> web.Response:
+        self._over_capacity.inc()
+        return self._done(started, web.Response(status=503, text="over capacity\n"))
+
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         if not request.can_read_body:
             return b""
         chunks = []
         size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self.limits.max_request_body:
-                raise _BodyTooLargeError
-            chunks.append(chunk)
+        async with asyncio.timeout(self.limits.body_timeout):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > self.limits.max_request_body:
+                    raise _BodyTooLargeError
+                chunks.append(chunk)
         return b"".join(chunks)
 
     def _done(self, started: float, response: web.Response) -> web.Response:
