@@ -151,13 +151,20 @@ def _display(url: URL) -> str:
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.content.iter_chunked(_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise errors.ModuleTooLarge(
-                f"{_display(response.url)} sent more than {limit} bytes; refusing it"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise errors.ModuleTooLarge(
+                    f"{_display(response.url)} sent more than {limit} bytes; refusing it"
+                )
+            chunks.append(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as error:
+        # A body cut short (e.g. before its Content-Length) is a broken transfer, like a
+        # dropped connection: transient, and reported in this module's terms.
+        raise errors.RegistryUnavailable(
+            f"reading {_display(response.url)} failed after {total} bytes: {type(error).__name__}"
+        ) from error
     return b"".join(chunks)
 
 
@@ -676,8 +683,7 @@ class RegistryClient:
             if response.status not in _REDIRECTS or not location:
                 return response
             response.release()
-            target = current.join(URL(location, encoded=True))
-            self._check_redirect(current, target)
+            target = self._redirect_target(current, location)
             if response.status == 303 or (
                 response.status in (301, 302) and method not in ("GET", "HEAD")
             ):
@@ -688,6 +694,19 @@ class RegistryClient:
         raise errors.RegistryError(
             f"{_display(url)} redirected more than {self.settings.max_redirects} times"
         )
+
+    def _redirect_target(self, current: URL, location: str) -> URL:
+        """Where ``Location`` points, if the client may follow it there."""
+        try:
+            target = current.join(URL(location, encoded=True))
+            _origin(target)  # yarl parses host and port lazily: a bad one raises here
+        except ValueError:
+            # Not shown: the Location may carry a signed query string.
+            raise errors.RegistryError(
+                f"{_display(current)} redirected to a malformed Location; refusing to follow"
+            ) from None
+        self._check_redirect(current, target)
+        return target
 
     def _check_redirect(self, current: URL, target: URL) -> None:
         if target.scheme not in ("http", "https") or not target.host:
@@ -727,9 +746,15 @@ class RegistryClient:
     async def _fetch_token(
         self, challenge: auth.Challenge, scope: str, credentials: auth.Credentials | None
     ) -> auth.BearerToken:
-        realm = URL(challenge.realm or "")
+        try:
+            realm = URL(challenge.realm or "")
+            port = realm.explicit_port
+        except ValueError:
+            raise errors.Unauthorized(
+                "the token realm of the registry's Bearer challenge is not a valid URL"
+            ) from None
         if realm.scheme == "http" and not _plain_http_allowed(
-            realm.host or "", realm.explicit_port, self.settings
+            realm.host or "", port, self.settings
         ):
             raise errors.Unauthorized(
                 f"the token realm {_display(realm)} uses plain HTTP and is not an insecure "
