@@ -9,6 +9,7 @@ import pytest
 
 from wasmfleet_api.client import ApiError, KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.controlplane import ControlPlane
+from wasmfleet_harness.partition import Relay
 
 CONFIGMAP = resource_for("v1", "ConfigMap")
 AGENT = resource_for("wasmfleet.dev/v1alpha1", "WasmAgent")
@@ -92,3 +93,46 @@ async def test_status_goes_through_the_status_subresource(kube: KubeClient) -> N
         assert got["status"]["allocated"] == 2
     finally:
         await kube.delete(AGENT, "client-test-node")
+
+
+async def test_dropping_connections_ends_silent_requests_and_watches_at_once(
+    wasmfleet_crds: ControlPlane, namespace: str
+) -> None:
+    """Through a relay that goes silent (a partition), a watch that was streaming and a list
+    that cannot connect both end with TimeoutError as soon as the connections are dropped,
+    not after their own timeouts; once the network is back the same client works again."""
+    relay = Relay("127.0.0.1", wasmfleet_crds.apiserver_port)
+    relay.start()
+    try:
+        kubeconfig = wasmfleet_crds.kubeconfig_via(
+            wasmfleet_crds.kubeconfig, relay.port, wasmfleet_crds.workdir / "relayed.kubeconfig"
+        )
+        config = KubeConfig.from_kubeconfig(kubeconfig)
+        async with KubeClient(config, field_manager="wasmfleet-test", timeout=60) as kube:
+            listing = await kube.list(CONFIGMAP, namespace=namespace)
+            version = listing["metadata"]["resourceVersion"]
+
+            streaming = asyncio.Event()
+
+            async def watch() -> None:
+                async for _ in kube.watch(CONFIGMAP, namespace=namespace, resource_version=version):
+                    streaming.set()
+
+            watching = asyncio.create_task(watch())
+            await kube.apply(_configmap(namespace, "before"))
+            await asyncio.wait_for(streaming.wait(), timeout=10)
+            relay.cut()
+            listing_task = asyncio.create_task(kube.list(CONFIGMAP, namespace=namespace))
+            # Silent, whether on a pooled connection or a new one: still pending a while later.
+            done, _ = await asyncio.wait({listing_task}, timeout=0.5)
+            assert not done
+            started = asyncio.get_running_loop().time()
+            await kube.drop_connections()
+            for task in (watching, listing_task):
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(task, timeout=10)
+            assert asyncio.get_running_loop().time() - started < 5
+            relay.heal()
+            await kube.apply(_configmap(namespace, "after"))
+    finally:
+        relay.close()

@@ -113,7 +113,15 @@ class ControlPlane:
 
     def restart_apiserver(self) -> None:
         """Kills kube-apiserver and starts it again on the same etcd data."""
+        self.kill_apiserver()
+        self.start_apiserver()
+
+    def kill_apiserver(self) -> None:
+        """SIGKILLs kube-apiserver; etcd and its data stay."""
         self._processes.pop("kube-apiserver").kill()
+
+    def start_apiserver(self) -> None:
+        """Starts kube-apiserver again (same port, same etcd) and waits until it is ready."""
         self._start_apiserver()
         self.wait_ready()
 
@@ -174,6 +182,16 @@ class ControlPlane:
             self.kubectl(
                 "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(obj)
             )
+
+    def kubeconfig_via(self, kubeconfig: Path, port: int, path: Path) -> Path:
+        """Writes a copy of ``kubeconfig`` that reaches the API server through 127.0.0.1:``port``
+        (a relay in front of it; the server certificate is valid for 127.0.0.1)."""
+        document = yaml.safe_load(kubeconfig.read_text())
+        for cluster in document["clusters"]:
+            cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        path.chmod(0o600)
+        return path
 
     def kubeconfig_for_token(self, token: str, path: Path) -> Path:
         """Writes a kubeconfig that authenticates with a bearer ``token`` (e.g. an SA's)."""

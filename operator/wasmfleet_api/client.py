@@ -200,6 +200,7 @@ class KubeClient:
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._in_flight: set[asyncio.Timeout] = set()
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -211,6 +212,38 @@ class KubeClient:
         if self._session is not None and self._owns_session:
             await self._session.close()
             self._session = None
+
+    async def drop_connections(self) -> None:
+        """Gives up on every connection, for when they may be dead without anyone knowing.
+
+        Requests and watches in flight (connecting, waiting or streaming) end at once with
+        `TimeoutError`; once they have unwound, the old pool is closed, and the next request
+        connects afresh. (Closing a pool under a response that is still streaming would
+        cancel the task reading it instead.)
+        """
+        aborted = list(self._in_flight)
+        now = asyncio.get_running_loop().time()
+        for scope in aborted:
+            scope.reschedule(now)
+        old = self._session if self._owns_session else None
+        if old is not None:
+            self._session = None
+        for _ in range(200):  # a few loop turns at most; bounded in any case
+            if not any(scope in self._in_flight for scope in aborted):
+                break
+            await asyncio.sleep(0.005)
+        if old is not None:
+            await old.close()
+
+    @contextlib.asynccontextmanager
+    async def _abortable(self) -> AsyncIterator[None]:
+        """A scope that `drop_connections` can end with `TimeoutError`."""
+        async with asyncio.timeout(None) as scope:
+            self._in_flight.add(scope)
+            try:
+                yield
+            finally:
+                self._in_flight.discard(scope)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -239,17 +272,20 @@ class KubeClient:
         """One request; JSON in, JSON out; raises `ApiError` on an error status."""
         url = self.config.server + path + (f"?{urlencode(query)}" if query else "")
         data = json.dumps(body) if body is not None else None
-        async with self._http().request(
-            method,
-            url,
-            data=data,
-            headers=self._headers(content_type if data is not None else None),
-            timeout=self._timeout,
-        ) as response:
+        async with (
+            self._abortable(),
+            self._http().request(
+                method,
+                url,
+                data=data,
+                headers=self._headers(content_type if data is not None else None),
+                timeout=self._timeout,
+            ) as response,
+        ):
             text = await response.text()
-            if response.status >= 400:
-                raise _api_error(response.status, text)
-            return json.loads(text) if text else None
+        if response.status >= 400:
+            raise _api_error(response.status, text)
+        return json.loads(text) if text else None
 
     # ---- typed helpers -------------------------------------------------------------
 
@@ -364,21 +400,31 @@ class KubeClient:
             query["fieldSelector"] = field_selector
         url = self.config.server + resource.path(namespace) + "?" + urlencode(query)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
-        async with self._http().get(url, headers=self._headers(), timeout=timeout) as response:
+        async with (
+            self._abortable(),
+            self._http().get(url, headers=self._headers(), timeout=timeout) as response,
+        ):
             if response.status >= 400:
                 raise _api_error(response.status, await response.text())
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event["type"] == "ERROR":
-                    status = event["object"]
-                    raise ApiError(
-                        int(status.get("code", 500)),
-                        str(status.get("reason", "")),
-                        str(status.get("message", "")),
-                    )
-                yield event["type"], event["object"]
+            async for event in self._events(response):
+                yield event
+
+    @staticmethod
+    async def _events(
+        response: aiohttp.ClientResponse,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        async for line in response.content:
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            if event["type"] == "ERROR":
+                status = event["object"]
+                raise ApiError(
+                    int(status.get("code", 500)),
+                    str(status.get("reason", "")),
+                    str(status.get("message", "")),
+                )
+            yield event["type"], event["object"]
 
 
 def _api_error(status: int, text: str) -> ApiError:

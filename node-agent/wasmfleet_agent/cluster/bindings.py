@@ -15,7 +15,6 @@ state per binding is written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -58,8 +57,13 @@ async def watch_bindings(
     runner: BindingRunner,
     stop: asyncio.Event,
     watch_timeout: int = 300,
+    reconnected: asyncio.Event | None = None,
 ) -> None:
-    """Runs until ``stop`` is set, feeding the runner this node's bindings."""
+    """Runs until ``stop`` is set, feeding the runner this node's bindings.
+
+    After a failure it backs off (up to 30 s), unless ``reconnected`` is set meanwhile (the
+    heartbeat reached the API server again): then it lists again at once.
+    """
     selector = f"spec.nodeName={node_name}"
     failures = 0
     while not stop.is_set():
@@ -95,8 +99,22 @@ async def watch_bindings(
             log.warning("API server unreachable (%s); keeping what runs", error)
         if failures:
             delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await _back_off(delay, stop, reconnected)
+
+
+async def _back_off(delay: float, stop: asyncio.Event, reconnected: asyncio.Event | None) -> None:
+    """Waits ``delay`` seconds, or less if ``stop`` or ``reconnected`` is set (clearing it)."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if reconnected is not None:
+        waits.append(asyncio.ensure_future(reconnected.wait()))
+    try:
+        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    if reconnected is not None:
+        reconnected.clear()
 
 
 def _parsed(objects: Mapping[str, Mapping[str, Any]]) -> dict[str, WasmBinding]:

@@ -163,11 +163,21 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
                 "agent registered",
                 extra={"node": identity.node_name, "address": identity.address},
             )
+            reconnected = asyncio.Event()
             tasks = [
-                asyncio.create_task(heartbeat(kube, identity, stop=stop), name="heartbeat"),
+                asyncio.create_task(
+                    heartbeat(kube, identity, stop=stop, reconnected=reconnected),
+                    name="heartbeat",
+                ),
                 asyncio.create_task(status.run(stop), name="status"),
                 asyncio.create_task(
-                    watch_bindings(kube, node_name=identity.node_name, runner=runner, stop=stop),
+                    watch_bindings(
+                        kube,
+                        node_name=identity.node_name,
+                        runner=runner,
+                        stop=stop,
+                        reconnected=reconnected,
+                    ),
                     name="bindings",
                 ),
                 asyncio.create_task(

@@ -114,17 +114,39 @@ async def apply_agent(
     await kube.apply_status(body)
 
 
-async def heartbeat(kube: KubeClient, identity: AgentIdentity, *, stop: asyncio.Event) -> None:
+async def heartbeat(
+    kube: KubeClient,
+    identity: AgentIdentity,
+    *,
+    stop: asyncio.Event,
+    reconnected: asyncio.Event | None = None,
+) -> None:
     """Renews the Lease every third of its duration until ``stop`` is set.
 
-    A failed renewal is logged and retried at the next tick; the agent keeps serving what it
-    has while the API server is unreachable.
+    A renewal gets half the Lease's duration to finish. A failed one is logged and retried at
+    the next tick. As the kubelet does after a failed heartbeat, every connection to the API
+    server is closed after a failure and once more on the first success after failures: a
+    partition can leave connections open but silent, and a watch waiting on one would miss
+    everything for minutes after the network is back. That first success also sets
+    ``reconnected``, so loops backing off from the outage try again at once. The agent keeps
+    serving what it has while the API server is unreachable.
     """
     interval = identity.lease_duration_seconds / 3
+    failing = False
     while not stop.is_set():
         try:
-            await kube.apply(render_lease(identity))
+            await asyncio.wait_for(
+                kube.apply(render_lease(identity)), timeout=identity.lease_duration_seconds / 2
+            )
+            if failing:
+                log.info("lease renewed again; reconnecting watches")
+                await kube.drop_connections()
+                if reconnected is not None:
+                    reconnected.set()
+            failing = False
         except Exception as error:
-            log.warning("lease renewal failed: %s", error)
+            log.warning("lease renewal failed: %s", error or type(error).__name__)
+            failing = True
+            await kube.drop_connections()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
