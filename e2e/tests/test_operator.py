@@ -32,6 +32,13 @@ from wasmfleet_harness.fleet import EndpointClient, LocalFleet, Target, endpoint
 from wasmfleet_harness.netns import netns_available
 from wasmfleet_harness.processes import Workspace, wait_until
 from wasmfleet_harness.registry import BasicAuth, Registry
+from wasmfleet_harness.services import apply_object as _apply
+from wasmfleet_harness.services import apply_yaml as _apply_yaml
+from wasmfleet_harness.services import bindings_of as _bindings
+from wasmfleet_harness.services import condition_of as _condition
+from wasmfleet_harness.services import service_of as _service
+from wasmfleet_harness.services import wait_ready as _wait_ready
+from wasmfleet_harness.services import wasm_service as _wasm_service
 
 pytestmark = pytest.mark.skipif(
     not netns_available(), reason="agents need network namespaces (root and iproute2)"
@@ -81,77 +88,13 @@ def fleet(
         local.close()
 
 
-# ---- helpers ---------------------------------------------------------------------------
-
-
-def _service(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = plane.kubectl_json("get", "wasmservice", "-n", namespace, name)
-    return found
-
-
-def _condition(service: dict[str, Any], kind: str) -> dict[str, Any]:
-    for condition in (service.get("status") or {}).get("conditions") or []:
-        if condition["type"] == kind:
-            return dict(condition)
-    return {}
-
-
-def _bindings(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
-    listing = plane.kubectl_json(
-        "get", "wasmbindings", "-n", namespace, "-l", f"wasmfleet.dev/service={name}"
-    )
-    items: list[dict[str, Any]] = listing["items"]
-    return items
-
-
-def _wait_ready(
-    fleet: LocalFleet, namespace: str, name: str, replicas: int, timeout: float = 60
-) -> dict[str, Any]:
-    plane = fleet.plane
-    seen: dict[str, Any] = {}
-
-    def ready() -> bool:
-        service = _service(plane, namespace, name)
-        seen.update(service)
-        status = service.get("status") or {}
-        return (
-            _condition(service, "Ready").get("status") == "True"
-            and status.get("readyReplicas") == replicas
-            and status.get("updatedReplicas") == replicas
-            and status.get("replicas") == replicas
-            and status.get("observedGeneration") == service["metadata"]["generation"]
-        )
-
-    wait_until(
-        ready,
-        timeout=timeout,
-        interval=0.2,
-        message=lambda: f"{namespace}/{name} not ready: {seen.get('status')}\n{fleet.logs()}",
-    )
-    return seen
+# ---- helpers ------------------------------------------------------------------------------
 
 
 def _get(target: Target, path: str = "/") -> str:
     url = f"http://{target.address}:{target.port}{path}"
     with urllib.request.urlopen(url, timeout=10) as response:
         return str(response.read().decode()).strip()
-
-
-def _apply_yaml(plane: ControlPlane, namespace: str, text: str) -> None:
-    plane.kubectl("apply", "-n", namespace, "-f", "-", input=text)
-
-
-def _wasm_service(name: str, image: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "wasmfleet.dev/v1alpha1",
-        "kind": "WasmService",
-        "metadata": {"name": name},
-        "spec": {"module": {"image": image}, **spec},
-    }
-
-
-def _apply(plane: ControlPlane, namespace: str, obj: dict[str, Any]) -> None:
-    _apply_yaml(plane, namespace, yaml.safe_dump(obj))
 
 
 def _push_example(modules: dict[str, Path], registry: Registry, name: str) -> str:

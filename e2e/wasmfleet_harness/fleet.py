@@ -91,10 +91,13 @@ class LocalFleet:
         labels: Mapping[str, str],
         processes: int = 1,
         extra_args: Sequence[str] = (),
+        kubeconfig: Path | None = None,
     ) -> AgentProcess:
         """Registers ``node`` with ``labels`` and starts its agent at an address of its own.
 
-        ``processes`` above 1 has the agent answer requests in that many worker processes.
+        ``processes`` above 1 has the agent answer requests in that many worker processes;
+        ``kubeconfig`` replaces the fleet's agent identity (e.g. to reach the API server
+        through a `wasmfleet_harness.partition.Relay`).
         """
         host = self.hosts.add()
         self.plane.kubectl_apply(
@@ -129,7 +132,7 @@ class LocalFleet:
                 "--netns",
                 str(host.netns),
                 "--kubeconfig",
-                str(self.agent_kubeconfig or self.plane.kubeconfig),
+                str(kubeconfig or self.agent_kubeconfig or self.plane.kubeconfig),
                 "--state-dir",
                 str(self.workdir / "agents" / node),
                 "--lease-namespace",

@@ -17,6 +17,7 @@ import pytest
 
 from wasmfleet_harness.binaries import REPO_ROOT, Binaries, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane
+from wasmfleet_harness.findings import Findings
 from wasmfleet_harness.modules import build_all
 from wasmfleet_harness.processes import Workspace, install_termination_handler
 from wasmfleet_harness.registry import BasicAuth, Registry
@@ -25,6 +26,7 @@ from wasmfleet_harness.token_server import TokenServer
 __all__ = [
     "binaries",
     "control_plane",
+    "findings",
     "namespace",
     "registry",
     "registry_basic_auth",
@@ -50,6 +52,14 @@ def workspace() -> Iterator[Workspace]:
     """One scratch directory for the whole session, removed at its end."""
     with Workspace(root=_workspace_root()) as ws:
         yield ws
+
+
+@pytest.fixture(scope="session")
+def findings() -> Iterator[Findings]:
+    """Rows for `docs/reliability.md`, saved to ``build/reports/reliability.json`` at the end."""
+    found = Findings()
+    yield found
+    found.save()
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from wasmfleet_agent.oci import formats
+from wasmfleet_agent.oci.client import sha256_digest
+from wasmfleet_agent.oci.push import render_wasm_config, render_wasm_manifest
 from wasmfleet_harness.processes import ManagedProcess, free_port, wait_until
 from wasmfleet_harness.token_server import TokenServer
 
-__all__ = ["BasicAuth", "Registry", "RegistryTls", "registry_binary"]
+__all__ = ["BasicAuth", "Registry", "RegistryTls", "push_raw_layer", "registry_binary"]
 
 
 @dataclass(frozen=True)
@@ -144,3 +147,42 @@ class Registry:
     def kill(self) -> None:
         """SIGKILLs the registry (a crash); a token server it started keeps running."""
         self._process.kill()
+
+
+def push_raw_layer(registry: Registry, repository: str, tag: str, layer: bytes) -> None:
+    """Publishes ``layer`` as a Wasm artifact's module whatever its bytes are, as a tool that
+    does not look inside (unlike ``wasmfleet push``) would; plain HTTP, no auth."""
+    config = render_wasm_config(module_digest=sha256_digest(layer))
+    descriptors = []
+    for blob, media_type in ((config, formats.WASM_CONFIG), (layer, formats.WASM_LAYER)):
+        digest = sha256_digest(blob)
+        start = urllib.request.Request(
+            f"{registry.url}/v2/{repository}/blobs/uploads/", method="POST"
+        )
+        with urllib.request.urlopen(start, timeout=10) as response:
+            location = response.headers["Location"]
+        if location.startswith("/"):
+            location = registry.url + location
+        separator = "&" if "?" in location else "?"
+        put = urllib.request.Request(
+            f"{location}{separator}digest={digest}",
+            data=blob,
+            method="PUT",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        with urllib.request.urlopen(put, timeout=10):
+            pass
+        descriptors.append(
+            formats.Descriptor.model_validate(
+                {"mediaType": media_type, "digest": digest, "size": len(blob)}
+            )
+        )
+    manifest = render_wasm_manifest(config=descriptors[0], layer=descriptors[1])
+    request = urllib.request.Request(
+        f"{registry.url}/v2/{repository}/manifests/{tag}",
+        data=manifest,
+        method="PUT",
+        headers={"Content-Type": formats.OCI_MANIFEST},
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
