@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 .PHONY: setup system-packages python binaries crds modules lint fmt \
-        test test-unit test-component test-e2e component bench up down status kind clean
+        test test-unit test-component test-e2e reliability component bench up down status kind \
+        clean
 
 ## setup: everything a fresh machine needs (Debian packages, venv, Go-built binaries, modules)
 setup: system-packages python binaries modules
@@ -54,6 +55,15 @@ test-component: setup
 
 test-e2e: setup
 	$(BIN)/pytest e2e/tests
+
+## reliability: the fault, hostile-input and property suites (also part of `make test`), then
+## their figures as the tables of docs/reliability.md
+RELIABILITY_TESTS := e2e/tests/test_faults.py e2e/tests/test_hostile_modules.py \
+        e2e/tests/test_spec_properties.py tests/unit/test_properties.py \
+        tests/component/test_agent_http_fuzz.py tests/component/test_oci_hostile_registry.py
+reliability: setup
+	$(BIN)/pytest $(RELIABILITY_TESTS)
+	$(BIN)/python -m wasmfleet_harness.findings
 
 ## component: the wasi:http component of the `wasmtime serve` baseline (cold: ~5 min, then cached)
 component: system-packages

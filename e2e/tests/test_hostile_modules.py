@@ -49,6 +49,7 @@ DEADLINE = 0.5
 # The neighbor's budget while hostile modules run beside it on the same two cores: every
 # request answered 200, the 99th percentile under this many seconds.
 NEIGHBOR_P99_BUDGET = 0.25
+HOSTILE_ROUNDS = 5  # per thread, four threads
 HOSTILE_PATHS = {
     "/loop": 504,
     "/sleep?60000": 504,
@@ -161,6 +162,7 @@ def test_modules_that_cannot_run_are_contained_to_their_own_binding(
             input=name,
             contained_to="its binding",
             status=service["status"]["placements"][0]["phase"],
+            message=service["status"]["placements"][0]["message"][:100],
             neighbor_failed=0,
         )
     # The agent is still healthy and the neighbor still answers.
@@ -210,7 +212,7 @@ def test_misbehaving_requests_get_their_own_status_and_the_neighbor_keeps_its_bu
     stop = threading.Event()
 
     def hostile() -> None:
-        for _ in range(40):
+        for _ in range(HOSTILE_ROUNDS):
             for path in HOSTILE_PATHS:
                 if stop.is_set():
                     return
@@ -241,12 +243,12 @@ def test_misbehaving_requests_get_their_own_status_and_the_neighbor_keeps_its_bu
     for thread in threads:
         thread.start()
     try:
-        wait_until(
-            lambda: sum(sum(c.values()) for c in statuses.values()) >= 20,
-            timeout=60,
-            message="hostile traffic never got answers",
-        )
-        beside = _latencies(neighbor, 200)
+        # The neighbor is measured for as long as the hostile traffic lasts (bounded).
+        beside: list[float] = []
+        deadline = time.monotonic() + 120
+        while any(t.is_alive() for t in threads) and len(beside) < 20_000:
+            assert time.monotonic() < deadline, "hostile traffic did not end in time"
+            beside.extend(_latencies(neighbor, 10))
     finally:
         stop.set()
         for thread in threads:
