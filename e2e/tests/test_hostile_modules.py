@@ -162,7 +162,7 @@ def test_modules_that_cannot_run_are_contained_to_their_own_binding(
             input=name,
             contained_to="its binding",
             status=service["status"]["placements"][0]["phase"],
-            message=service["status"]["placements"][0]["message"][:100],
+            message=service["status"]["placements"][0]["message"],
             neighbor_failed=0,
         )
     # The agent is still healthy and the neighbor still answers.
