@@ -138,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--max-request-body", type=_quantity, default="1Mi")
     serve_parser.add_argument("--max-response", type=_quantity, default="16Mi")
     serve_parser.add_argument(
+        "--idle-timeout",
+        type=_duration,
+        default="75s",
+        help="close a connection after this long without a complete request (idle between "
+        "requests, or stuck in its headers)",
+    )
+    serve_parser.add_argument(
         "--unload-idle",
         type=_duration,
         default="10m",
@@ -290,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_concurrency=args.max_concurrency,
             max_request_body=args.max_request_body,
             max_response=args.max_response,
+            idle_timeout=args.idle_timeout,
             processes=args.processes,
         )
         return asyncio.run(serve(_options(args), serve_options))

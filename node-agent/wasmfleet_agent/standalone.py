@@ -147,6 +147,7 @@ class ServeOptions:
     max_concurrency: int = 64
     max_request_body: int = 1 << 20
     max_response: int = 16 << 20
+    idle_timeout: float = 75.0
     processes: int = 1
     """Processes answering requests: 1 is this one; more starts that many worker processes."""
 
@@ -206,7 +207,10 @@ async def serve(
         return 1
     # a client has as long to send its body as the module has to answer it
     limits = HttpLimits(
-        serve_options.max_concurrency, serve_options.max_request_body, serve_options.timeout
+        serve_options.max_concurrency,
+        serve_options.max_request_body,
+        serve_options.timeout,
+        serve_options.idle_timeout,
     )
     if workers is not None:
         return await _serve_in_workers(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 from wasmfleet_harness.agent import ServedModule
+from wasmfleet_harness.processes import Workspace
 
 T = TypeVar("T")
 
@@ -478,21 +479,43 @@ async def test_half_sent_request_lines_do_not_keep_others_waiting(
         assert not any(reader.at_eof() for reader, _ in connections)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no header-read timeout: aiohttp closes a connection whose request never completes "
-    "only at its keepalive_timeout (3630 s after it was accepted); the agent sets none",
-)
-async def test_half_sent_request_lines_are_closed_after_a_header_timeout(
-    probe_agent: ServedModule,
+IDLE_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def short_idle_agent(
+    request: pytest.FixtureRequest, workspace: Workspace, wasm_modules: dict[str, Path]
+) -> Iterator[ServedModule]:
+    """The probe behind an agent that closes connections after ``IDLE_TIMEOUT`` without a
+    complete request (``--idle-timeout``; 75 s by default)."""
+    processes = int(request.param)
+    served = ServedModule(
+        workspace.subdir(f"serve-short-idle-{processes}"),
+        wasm_modules["probe"],
+        extra=["--idle-timeout", f"{int(IDLE_TIMEOUT * 1000)}ms", "--processes", str(processes)],
+        name=f"agent-short-idle-{processes}",
+    )
+    with served:
+        yield served
+
+
+async def test_half_sent_request_lines_are_closed_after_the_idle_timeout(
+    short_idle_agent: ServedModule,
 ) -> None:
-    """A connection that never completes its request line is closed by the agent within
-    `READ_DEADLINE`: a slowloris cannot hold a file descriptor of the agent for long."""
-    async with _held(probe_agent.port, 5, b"GET /echo?slow=") as connections:
+    """A connection that never completes its request line is closed by the agent once
+    ``--idle-timeout`` has passed: a slowloris cannot hold the agent's file descriptors for
+    long. A complete request on a fresh connection is still answered meanwhile."""
+    loop = asyncio.get_running_loop()
+    async with _held(short_idle_agent.port, 5, b"GET /echo?slow=") as connections:
+        held_at = loop.time()
+        normal = await _exchange(short_idle_agent.port, PLAIN)
+        assert _status(normal) == 200, _shown(normal)
         await _poll(
             lambda: all(reader.at_eof() for reader, _ in connections),
             "the agent kept the half-sent requests open",
+            seconds=IDLE_TIMEOUT + READ_DEADLINE,
         )
+        assert loop.time() - held_at >= IDLE_TIMEOUT * 0.5, "closed before the idle timeout"
 
 
 async def test_a_body_that_stops_half_way_holds_no_concurrency_slot(

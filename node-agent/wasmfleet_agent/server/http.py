@@ -70,6 +70,10 @@ class HttpLimits:
     chunk size that is not hex, sent after the headers): aiohttp's C parser then drops the
     body stream without failing it, and the read would otherwise wait for the client to go.
     """
+    idle_timeout: float = 75.0
+    """Seconds a connection may go without a complete request, whether idle between
+    keep-alive requests or stuck in the middle of its headers (a slowloris), before it is
+    closed (aiohttp's keep-alive timeout; nginx's is 75 s too)."""
 
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"}
@@ -104,7 +108,7 @@ class ServiceHandler:
         aiohttp's low-level server: a module owns every path and method of its port, so an
         application with a router would only add work to each request.
         """
-        server = web.Server(self, access_log=None)
+        server = web.Server(self, access_log=None, keepalive_timeout=self.limits.idle_timeout)
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
         await runner.setup()
         return runner
