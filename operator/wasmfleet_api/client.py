@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ __all__ = [
     "KubeClient",
     "KubeConfig",
     "Resource",
+    "encode_body",
     "load_configuration",
     "resource_for",
     "retry_until_stopped",
@@ -124,6 +126,21 @@ async def retry_until_stopped(
             await asyncio.wait_for(stop.wait(), timeout=delay)
         delay = min(delay * 2, max_delay)
     return False
+
+
+_BEYOND_PRINTABLE_ASCII = re.compile("[^\x20-\x7e\U00010000-\U0010ffff]")
+
+
+def encode_body(body: Any) -> bytes:
+    """``body`` as JSON that a YAML parser reads back the same, for every request.
+
+    The API server parses a server-side apply patch as YAML, and YAML refuses the surrogate
+    pairs (``\\ud83d\\ude00``) JSON escapes a character beyond U+FFFF to, so those go as
+    UTF-8; every other character outside printable ASCII stays escaped, as YAML refuses some of
+    them raw (DEL, C1 controls, U+FFFE) and folds others (NEL).
+    """
+    text = json.dumps(body, ensure_ascii=False)
+    return _BEYOND_PRINTABLE_ASCII.sub(lambda m: f"\\u{ord(m[0]):04x}", text).encode()
 
 
 def resource_for(api_version: str, kind: str) -> Resource:
@@ -271,7 +288,7 @@ class KubeClient:
     ) -> Any:
         """One request; JSON in, JSON out; raises `ApiError` on an error status."""
         url = self.config.server + path + (f"?{urlencode(query)}" if query else "")
-        data = json.dumps(body) if body is not None else None
+        data = encode_body(body) if body is not None else None
         async with (
             self._abortable(),
             self._http().request(
