@@ -52,6 +52,14 @@ def _without(*keys: str) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
+def _named(name: str, **spec: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(document: dict[str, Any]) -> None:
+        document["metadata"]["name"] = name
+        document["spec"].update(copy.deepcopy(spec))
+
+    return mutate
+
+
 def _env(*items: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
     return _with(env=list(items))
 
@@ -78,6 +86,19 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
     ),
     ("empty-image", _with(module={"image": ""}), ("spec.module.image",)),
     (
+        "registry-port-out-of-range",
+        _with(module={"image": "localhost:99999/x:1"}),
+        ("spec.module.image", "port between 1 and 65535"),
+    ),
+    (
+        "image-name-too-long",
+        _with(module={"image": "r.example.com/" + "a" * 230 + ":1"}),
+        ("spec.module.image", "at most 237 characters"),
+    ),
+    ("http-name-with-a-dot", _named("a.b"), ("metadata.name", "must be a DNS label")),
+    ("http-name-starting-with-a-digit", _named("1st"), ("metadata.name", "DNS label")),
+    ("name-too-long", _named("x" * 64), ("metadata.name", "63")),
+    (
         "unknown-pull-policy",
         _with(module={"image": "r/x:1", "pullPolicy": "Sometimes"}),
         ("spec.module.pullPolicy", "Unsupported value"),
@@ -101,6 +122,16 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
     ("memory-over-4gi", _with(resources={"memory": "8Gi"}), ("spec.resources.memory",)),
     ("memory-fractional", _with(resources={"memory": "500m"}), ("spec.resources.memory",)),
     ("memory-too-small", _with(resources={"memory": 1024}), ("spec.resources.memory",)),
+    (
+        "quantity-with-an-exponent",
+        _with(resources={"memory": "1e8"}),
+        ("spec.resources.memory", "digits with an optional Ki"),
+    ),
+    (
+        "quantity-with-a-sign",
+        _with(http={"maxRequestBodySize": "+1Mi"}),
+        ("spec.http.maxRequestBodySize", "quantity"),
+    ),
     ("fuel-zero", _with(resources={"fuel": 0}), ("spec.resources.fuel",)),
     (
         "unknown-architecture",
@@ -233,6 +264,9 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         ),
     ),
     ("cgi-name-allowed-for-jobs", _with(http=None, job={}, env=[{"name": "QUERY_STRING"}])),
+    ("job-name-with-a-dot", _named("nightly.report", http=None, job={})),
+    ("name-of-63-characters", _named("x" * 63)),
+    ("registry-port-65535", _with(module={"image": "localhost:65535/x:1"})),
 ]
 
 

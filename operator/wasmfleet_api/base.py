@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from wasmfleet_api.units import DURATION_PATTERN
+from wasmfleet_api.units import DURATION_PATTERN, QUANTITY_PATTERN
 
 __all__ = [
     "API_VERSION",
@@ -122,14 +122,20 @@ Duration = Annotated[str, Field(max_length=32)]
 
 
 def bounded_quantity(minimum: str, maximum: str) -> dict[str, Any]:
-    """`Field` keywords for a quantity (``64Mi`` or an integer) kept within [minimum, maximum]."""
+    """`Field` keywords for a quantity (``64Mi`` or an integer) kept within [minimum, maximum].
+
+    A string must also be spelled as `parse_quantity` reads it: Kubernetes alone would let
+    ``1e6``, ``+1Mi`` or ``1.Mi`` through, which the agents could not honour.
+    """
     low, high = f"quantity('{minimum}')", f"quantity('{maximum}')"
     return {
         "json_schema_extra": rule(
             f"type(self) == int ? (self >= {low}.asInteger() && self <= {high}.asInteger()) : "
-            f"(isQuantity(self) && quantity(self).isInteger() "
+            f"(self.matches(r'{QUANTITY_PATTERN}') && isQuantity(self) "
+            f"&& quantity(self).isInteger() "
             f"&& quantity(self).compareTo({low}) >= 0 && quantity(self).compareTo({high}) <= 0)",
-            f"must be a quantity between {minimum} and {maximum}, such as 64Mi or 1Gi",
+            f"must be a quantity between {minimum} and {maximum}: digits with an optional "
+            "Ki, Mi, Gi, Ti, k, M, G or T, such as 64Mi or 1Gi",
         )
         | {"maxLength": 32},
     }
@@ -201,6 +207,10 @@ class CrdInfo:
     status_subresource: bool = True
     scale: dict[str, str] | None = None
     selectable_fields: tuple[str, ...] = ()
+    name_max_length: int | None = None
+    """Longest ``metadata.name`` (the API server's own limit is 253)."""
+    rules: tuple[Rule, ...] = ()
+    """CEL rules on the whole object: the only place a rule can read ``metadata.name``."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

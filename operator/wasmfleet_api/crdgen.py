@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from wasmfleet_api.agent import WasmAgent
-from wasmfleet_api.base import GROUP, VERSION, KubeObject
+from wasmfleet_api.base import GROUP, VERSION, CrdInfo, KubeObject
 from wasmfleet_api.binding import WasmBinding
 from wasmfleet_api.wasmservice import WasmService
 
@@ -151,13 +151,18 @@ def render_crd(kind: type[KubeObject]) -> dict[str, Any]:
         "description": _description(kind.__doc__ or info.kind),
         "type": "object",
         "required": ["spec"],
+        **(
+            {"x-kubernetes-validations": [dict(sorted(r.render().items())) for r in info.rules]}
+            if info.rules
+            else {}
+        ),
         "properties": {
             "apiVersion": {
                 "description": "Versioned schema of this object: wasmfleet.dev/v1alpha1.",
                 "type": "string",
             },
             "kind": {"description": f"Kind of this object: {info.kind}.", "type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": _metadata(info),
             "spec": render_schema(spec_model),
             "status": render_schema(status_model),
         },
@@ -198,6 +203,14 @@ def render_crd(kind: type[KubeObject]) -> dict[str, Any]:
         },
         "spec": {"group": GROUP, "names": names, "scope": info.scope, "versions": [version]},
     }
+
+
+def _metadata(info: CrdInfo) -> dict[str, Any]:
+    """A CRD's schema may say no more of metadata than its name's (and generateName's) rules."""
+    if info.name_max_length is None:
+        return {"type": "object"}
+    name = {"type": "string", "maxLength": info.name_max_length}
+    return {"type": "object", "properties": {"name": name}}
 
 
 def _optional_inner(annotation: Any) -> Any:

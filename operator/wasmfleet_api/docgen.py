@@ -93,6 +93,17 @@ def render_reference() -> str:
             + ".",
             "",
         ]
+        # Rules on the whole object: the name's, and CEL rules (the only ones that can read it).
+        object_rules = []
+        name = schema["properties"]["metadata"].get("properties", {}).get("name", {})
+        if "maxLength" in name:
+            object_rules.append(f"- `metadata.name`: at most {name['maxLength']} characters")
+        for rule in schema.get("x-kubernetes-validations", []):
+            where = rule.get("fieldPath", "").lstrip(".")
+            object_rules.append(
+                f"- `{where}`: {rule['message']}" if where else f"- {rule['message']}"
+            )
+        lines += [*object_rules, ""] if object_rules else []
         for part in ("spec", "status"):
             node = schema["properties"][part]
             lines += [

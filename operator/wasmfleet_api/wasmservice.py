@@ -13,6 +13,7 @@ from wasmfleet_api.base import (
     KubeModel,
     KubeObject,
     PrinterColumn,
+    Rule,
     rule,
     schema,
 )
@@ -20,6 +21,8 @@ from wasmfleet_api.workload import WorkloadSpec
 
 __all__ = [
     "ARCHITECTURES",
+    "HTTP_NAME_PATTERN",
+    "NAME_MAX_LENGTH",
     "Architecture",
     "Placement",
     "PlacementStatus",
@@ -33,6 +36,18 @@ __all__ = [
 
 Architecture = Literal["amd64", "arm64"]
 ARCHITECTURES: tuple[Architecture, ...] = ("amd64", "arm64")
+
+# A service's name is the value of the label on everything it owns (at most 63 characters),
+# and an http service's name is also its Kubernetes Service's (an RFC 1035 DNS label).
+NAME_MAX_LENGTH = 63
+HTTP_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_NAME_TOO_LONG = (
+    f"must be at most {NAME_MAX_LENGTH} characters: it labels every object the service owns"
+)
+_HTTP_NAME = (
+    "an http service's name must be a DNS label (lower-case letters, digits and '-', starting "
+    "with a letter): it is also the name of its Kubernetes Service"
+)
 
 _INT_OR_PERCENT = rule(
     "type(self) == int ? self >= 0 : self.matches(r'^[0-9]{1,3}%$')",
@@ -224,6 +239,14 @@ class WasmService(KubeObject):
             "statusReplicasPath": ".status.replicas",
             "labelSelectorPath": ".status.selector",
         },
+        name_max_length=NAME_MAX_LENGTH,
+        rules=(
+            Rule(
+                f"!has(self.spec.http) || self.metadata.name.matches(r'{HTTP_NAME_PATTERN}')",
+                _HTTP_NAME,
+                field_path=".metadata.name",
+            ),
+        ),
     )
 
     api_version: Literal["wasmfleet.dev/v1alpha1"] = "wasmfleet.dev/v1alpha1"
@@ -231,3 +254,16 @@ class WasmService(KubeObject):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: WasmServiceSpec
     status: WasmServiceStatus | None = None
+
+    @model_validator(mode="after")
+    def _name_fits(self) -> WasmService:
+        # The CRD's rules, again here (as for RollingUpdate): an object stored before them gets
+        # an InvalidSpec condition instead of a reconcile pass that fails on every retry.
+        name = self.metadata.get("name")
+        if not isinstance(name, str):
+            return self
+        if len(name) > NAME_MAX_LENGTH:
+            raise ValueError(f"metadata.name {_NAME_TOO_LONG}")
+        if self.spec.http is not None and not re.fullmatch(HTTP_NAME_PATTERN, name):
+            raise ValueError(f"metadata.name: {_HTTP_NAME}")
+        return self

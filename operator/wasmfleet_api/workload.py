@@ -25,6 +25,7 @@ from wasmfleet_api.base import (
 
 __all__ = [
     "CGI_RESERVED_ENV",
+    "IMAGE_NAME_MAX_LENGTH",
     "IMAGE_PATTERN",
     "ConfigMapFiles",
     "EmptyDirFiles",
@@ -44,11 +45,17 @@ __all__ = [
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], in RE2 syntax.
 _DOMAIN_PART = r"[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _PATH_PART = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+_PORT = r"0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 IMAGE_PATTERN = (
-    rf"^(({_DOMAIN_PART}(\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(:[0-9]+)?/)?"
+    rf"^(({_DOMAIN_PART}(\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(:{_PORT})?/)?"
     rf"{_PATH_PART}(/{_PATH_PART})*"
     r"(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
 )
+# The reference without its tag and digest. The resolver and the agents refuse a name longer
+# than 255 characters once a Docker Hub name is spelled out (docker.io/library/...: at most 18
+# more), so the CRD holds the name as written to 255 - 18.
+_IMAGE_NAME = r"^([^/@]+/)?[^:@]*"
+IMAGE_NAME_MAX_LENGTH = 237
 
 # Variables the agent sets for every HTTP request (the WAGI/CGI convention); a module's own
 # environment may not shadow them.
@@ -84,10 +91,18 @@ class ModuleSource(KubeModel):
     image: str = Field(
         min_length=1,
         max_length=512,
-        json_schema_extra=rule(
-            f"self.matches(r'{IMAGE_PATTERN}')",
-            "must be an OCI image reference such as registry.example.com/team/hello:1.0 "
-            "or registry.example.com/team/hello@sha256:<64 hex digits>",
+        json_schema_extra=schema(
+            rule(
+                f"self.matches(r'{IMAGE_PATTERN}')",
+                "must be an OCI image reference such as registry.example.com/team/hello:1.0 "
+                "or registry.example.com/team/hello@sha256:<64 hex digits> (a registry port "
+                "between 1 and 65535)",
+            ),
+            rule(
+                f"self.find(r'{_IMAGE_NAME}').size() <= {IMAGE_NAME_MAX_LENGTH}",
+                f"registry and repository (before :tag and @digest) must be at most "
+                f"{IMAGE_NAME_MAX_LENGTH} characters, 255 with docker.io/library/ spelled out",
+            ),
         ),
     )
     """OCI reference of the module: a tag (``registry/repo:1.0``) or a digest

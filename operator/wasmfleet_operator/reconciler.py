@@ -58,7 +58,7 @@ from wasmfleet_operator.status import (
 )
 from wasmfleet_operator.workqueue import WorkQueue
 
-__all__ = ["RESOLVE_ANNOTATION", "Reconciler", "ReconcilerSettings"]
+__all__ = ["RESOLVE_ANNOTATION", "Reconciler", "ReconcilerSettings", "invalid_spec_message"]
 
 log = logging.getLogger(__name__)
 
@@ -458,13 +458,10 @@ class Reconciler:
 
     async def _report_invalid(self, body: Mapping[str, Any], error: ValidationError) -> None:
         metadata = body["metadata"]
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
-        )
+        problems = invalid_spec_message(error)
         conditions = (body.get("status") or {}).get("conditions") or []
         if any(
-            c.get("reason") == "InvalidSpec" and c.get("message") == problems[:1024]
-            for c in conditions
+            c.get("reason") == "InvalidSpec" and c.get("message") == problems for c in conditions
         ):
             return
         log.warning("invalid WasmService", extra={"service": metadata["name"], "error": problems})
@@ -472,7 +469,7 @@ class Reconciler:
             "type": "Ready",
             "status": "False",
             "reason": "InvalidSpec",
-            "message": problems[:1024],
+            "message": problems,
             "lastTransitionTime": _now(),
             "observedGeneration": metadata.get("generation"),
         }
@@ -484,6 +481,16 @@ class Reconciler:
                 "status": {"conditions": [condition]},
             }
         )
+
+
+def invalid_spec_message(error: ValidationError) -> str:
+    """The InvalidSpec condition's message for a spec the model refuses: where and why (a
+    rule on the whole object has no where; its message names the field)."""
+    problems = "; ".join(
+        ".".join(str(p) for p in e["loc"]) + ": " + e["msg"] if e["loc"] else e["msg"]
+        for e in error.errors()[:5]
+    )
+    return problems[:1024]
 
 
 def _workload(service: WasmService) -> WorkloadSpec:

@@ -50,3 +50,24 @@ def test_an_unknown_field_is_refused_by_the_models_too() -> None:
         WasmService.model_validate(
             {"spec": {"module": {"image": "r/x:1"}, "http": {}, "replica": 2}}
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("a.b", "http"), ("1st", "http"), ("Upper", "http"), ("x" * 64, "job")],
+)
+def test_the_models_refuse_a_name_the_operator_could_not_write_objects_under(
+    name: str, mode: str
+) -> None:
+    # The CRD refuses these at admission; an object stored before that rule gets InvalidSpec.
+    with pytest.raises(ValidationError, match=r"metadata\.name"):
+        WasmService.model_validate(
+            {"metadata": {"name": name}, "spec": {"module": {"image": "r/x:1"}, mode: {}}}
+        )
+
+
+def test_a_job_may_have_a_dotted_name() -> None:
+    service = WasmService.model_validate(
+        {"metadata": {"name": "nightly.report"}, "spec": {"module": {"image": "r/x:1"}, "job": {}}}
+    )
+    assert service.spec.job is not None
