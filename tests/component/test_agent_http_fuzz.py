@@ -749,6 +749,10 @@ KNOWN = [
         b"/echo",
         False,
     ),
+    # a percent-encoded NUL cut the path the module saw: /status%00 ran /status (a 502 here)
+    Fuzzed(
+        b"GET /status%00?status=5 HTTP/1.1\r\nHost: fuzz\r\n\r\n", b"/status%00?status=5", False
+    ),
 ]
 
 
@@ -770,6 +774,7 @@ def test_any_request_bytes_get_a_well_formed_answer_or_a_close(
         @given(request=_requests())
         @example(request=KNOWN[0])
         @example(request=KNOWN[1])
+        @example(request=KNOWN[2])
         def one(request: Fuzzed) -> None:
             answer = runner.run(_fuzz_once(probe_agent.port, request))
             if answer is not None and answer.status >= 500:

@@ -116,6 +116,11 @@ class ServiceHandler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         shared = self.shared
+        if "\0" in request.path:
+            # PATH_INFO is an environment value, which ends at a NUL: the module would see
+            # another path than the client asked for.
+            text = "a NUL byte (%00) in the path cannot reach the module\n"
+            return self._done(started, web.Response(status=400, text=text))
         if self._busy() >= self.limits.max_concurrency:
             return self._shed(started)
         if (
