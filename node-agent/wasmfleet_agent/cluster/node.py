@@ -24,7 +24,12 @@ import aiohttp
 from aiohttp import web
 
 from wasmfleet_agent.cluster.bindings import StatusWriter, watch_bindings
-from wasmfleet_agent.cluster.registration import AgentIdentity, apply_agent, heartbeat
+from wasmfleet_agent.cluster.registration import (
+    AgentIdentity,
+    ApiContact,
+    apply_agent,
+    heartbeat,
+)
 from wasmfleet_agent.cluster.runner import NodeRunner, RunnerSettings
 from wasmfleet_agent.oci.client import ClientSettings, RegistryClient
 from wasmfleet_agent.oci.store import ModuleStore
@@ -124,8 +129,10 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         await workers.start()
     kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)
     status = StatusWriter(kube)
+    contact = ApiContact(kube, timeout=identity.lease_duration_seconds / 2)
     runner = NodeRunner(
         kube=kube,
+        contact=contact,
         settings=RunnerSettings(
             address=identity.address,
             netns=options.netns,
@@ -166,7 +173,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             reconnected = asyncio.Event()
             tasks = [
                 asyncio.create_task(
-                    heartbeat(kube, identity, stop=stop, reconnected=reconnected),
+                    heartbeat(kube, identity, stop=stop, reconnected=reconnected, contact=contact),
                     name="heartbeat",
                 ),
                 asyncio.create_task(status.run(stop), name="status"),

@@ -13,7 +13,8 @@ import contextlib
 import datetime
 import logging
 import platform
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -24,6 +25,7 @@ from wasmfleet_api.client import KubeClient
 __all__ = [
     "LEASE_LABEL",
     "AgentIdentity",
+    "ApiContact",
     "apply_agent",
     "heartbeat",
     "kube_architecture",
@@ -114,12 +116,57 @@ async def apply_agent(
     await kube.apply_status(body)
 
 
+class ApiContact:
+    """When the API server last answered this agent, for what must wait until it does.
+
+    A replica whose binding is gone stops only once the API server has answered a request
+    sent after its drain period: while the server is down, the EndpointSlice change that
+    removed the replica cannot reach clients (kube-proxy keeps the endpoints it has), so the
+    old replica keeps answering them until the change can propagate.
+    """
+
+    def __init__(self, kube: KubeClient, *, timeout: float) -> None:
+        self.kube = kube
+        self.timeout = timeout
+        self.answered_at = float("-inf")
+        """Monotonic time at which the newest request the server answered was sent."""
+        self._answered = asyncio.Event()
+        self._probe: asyncio.Task[None] | None = None
+
+    def answered(self, sent_at: float) -> None:
+        self.answered_at = max(self.answered_at, sent_at)
+        self._answered.set()
+        self._answered = asyncio.Event()
+
+    async def confirm(self, on_wait: Callable[[], None] | None = None) -> None:
+        """Returns once the server has answered a request sent after this call began: one
+        probe (shared by concurrent callers), then, if that fails, the heartbeat's next
+        successful renewal. ``on_wait`` is called once if it comes to waiting."""
+        since = time.monotonic()
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._version())
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._probe)
+        waited = False
+        while self.answered_at < since:
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            await self._answered.wait()
+
+    async def _version(self) -> None:
+        sent = time.monotonic()
+        await asyncio.wait_for(self.kube.request("GET", "/version"), timeout=self.timeout)
+        self.answered(sent)
+
+
 async def heartbeat(
     kube: KubeClient,
     identity: AgentIdentity,
     *,
     stop: asyncio.Event,
     reconnected: asyncio.Event | None = None,
+    contact: ApiContact | None = None,
 ) -> None:
     """Renews the Lease every third of its duration until ``stop`` is set.
 
@@ -128,16 +175,20 @@ async def heartbeat(
     server is closed after a failure and once more on the first success after failures: a
     partition can leave connections open but silent, and a watch waiting on one would miss
     everything for minutes after the network is back. That first success also sets
-    ``reconnected``, so loops backing off from the outage try again at once. The agent keeps
-    serving what it has while the API server is unreachable.
+    ``reconnected``, so loops backing off from the outage try again at once. Every success is
+    noted in ``contact``. The agent keeps serving what it has while the API server is
+    unreachable.
     """
     interval = identity.lease_duration_seconds / 3
     failing = False
     while not stop.is_set():
+        sent = time.monotonic()
         try:
             await asyncio.wait_for(
                 kube.apply(render_lease(identity)), timeout=identity.lease_duration_seconds / 2
             )
+            if contact is not None:
+                contact.answered(sent)
             if failing:
                 log.info("lease renewed again; reconnecting watches")
                 await kube.drop_connections()

@@ -10,7 +10,9 @@ An HTTP replica listens on a port of its own at the node's address (inside the n
 namespace when it has one); the operator lists that address and port in the service's
 EndpointSlices once the replica reports Ready. A stopped replica keeps answering for
 ``drain_seconds`` after its binding is gone, so that clients still holding the old endpoint
-finish cleanly while the EndpointSlice change reaches them.
+finish cleanly while the EndpointSlice change reaches them, and beyond that until the API
+server has answered the agent again (see `ApiContact`): while it is down, that change cannot
+reach anyone.
 
 One failing replica never touches the others: every failure becomes that replica's state
 (PullBackOff, CrashLoopBackOff, Failed) with the error in its status, and is retried with
@@ -39,6 +41,7 @@ from wasmfleet_agent.cluster.config import (
     reads_objects,
     resolve_config,
 )
+from wasmfleet_agent.cluster.registration import ApiContact
 from wasmfleet_agent.lifecycle import BindingState, State, advance, backoff_seconds
 from wasmfleet_agent.oci import auth, errors
 from wasmfleet_agent.oci.reference import parse_reference
@@ -116,8 +119,10 @@ class NodeRunner:
         metrics: AgentMetrics,
         status: StatusWriter,
         workers: WorkerPool | None = None,
+        contact: ApiContact | None = None,
     ) -> None:
         self.kube = kube
+        self.contact = contact
         self.workers = workers
         self.settings = settings
         self.runtime = runtime
@@ -171,6 +176,14 @@ class NodeRunner:
         if replica.site is not None:
             if drain and self.settings.drain_seconds > 0:
                 await asyncio.sleep(self.settings.drain_seconds)
+            if drain and self.contact is not None:
+                await self.contact.confirm(
+                    on_wait=lambda: log.warning(
+                        "API server unreachable; the removed replica keeps serving until it "
+                        "answers (clients may still hold its endpoint)",
+                        extra={"binding": replica.key},
+                    )
+                )
             await replica.site.cleanup()
         if replica.pinned is not None:
             self.store.unpin(replica.pinned)
