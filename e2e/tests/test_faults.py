@@ -176,20 +176,19 @@ class Scene:
         )
         return time.monotonic() - since
 
-    def served_more(self, count: int, *names: str) -> None:
-        """Waits until every client (or those ``names``) got ``count`` more answers."""
-        clients = {n: c for n, c in self.clients.items() if not names or n in names}
-        marks = {name: client.result.ok for name, client in clients.items()}
+    def served_more(self, count: int) -> None:
+        """Waits until every client got ``count`` more answers than it has now."""
+        marks = {name: client.result.ok for name, client in self.clients.items()}
         wait_until(
-            lambda: all(c.result.ok >= marks[n] + count for n, c in clients.items()),
+            lambda: all(c.result.ok >= marks[n] + count for n, c in self.clients.items()),
             timeout=60,
             message=lambda: f"clients stalled: {self.summary()}",
         )
 
     def summary(self) -> str:
         return ", ".join(
-            f"{name}: {r.ok} ok, {r.failed} failed, last errors {r.errors[-3:]}"
-            for name, r in ((n, c.result) for n, c in self.clients.items())
+            f"{name}: {c.result.ok} ok, {c.result.failed} failed, last {c.result.errors[-3:]}"
+            for name, c in self.clients.items()
         )
 
     def finish(self, findings: Findings, fault: str, converge: float, **extra: Any) -> None:
