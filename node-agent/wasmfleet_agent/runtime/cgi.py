@@ -40,8 +40,9 @@ __all__ = [
 CGI_VARIABLES = frozenset(CGI_RESERVED_ENV)
 """Names the agent sets per request; a module's own env may not use them (nor ``HTTP_*``)."""
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HEADER_NAME = re.compile(r"^[0-9A-Za-z-]+$")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_NAME = re.compile(r"[0-9A-Za-z-]+")
+# Both are used with fullmatch: "$" would also match before a trailing newline.
 _SKIPPED_HEADERS = frozenset({"content-type", "content-length", "proxy"})
 _MAX_HEADER_BLOCK = 64 * 1024
 
@@ -93,7 +94,7 @@ def request_variables(
         lowered = name.lower()
         if lowered == "content-type":
             content_type = value
-        if lowered in _SKIPPED_HEADERS or not _HEADER_NAME.match(name):
+        if lowered in _SKIPPED_HEADERS or not _HEADER_NAME.fullmatch(name):
             continue
         key = "HTTP_" + name.upper().replace("-", "_")
         merged[key] = f"{merged[key]}, {value}" if key in merged else value
@@ -132,7 +133,7 @@ class CgiError(ValueError):
 
 def _split_line(line: bytes) -> tuple[bytes, bytes] | None:
     name, colon, value = line.partition(b":")
-    if not colon or not _TOKEN.match(name):
+    if not colon or not _TOKEN.fullmatch(name):
         return None
     return name, value.strip(b" \t")
 
