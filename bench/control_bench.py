@@ -69,6 +69,7 @@ from wasmfleet_agent.cluster.bindings import StatusWriter, watch_bindings
 from wasmfleet_agent.cluster.node import report_allocation
 from wasmfleet_agent.cluster.registration import (
     AgentIdentity,
+    ApiContact,
     apply_agent,
     heartbeat,
     render_lease,
@@ -271,7 +272,9 @@ async def simulate_agents(args: argparse.Namespace) -> int:
         renew = args.lease_duration / 3
         for identity, kube, status, runner in runners:
             name = identity.node_name
-            beat = functools.partial(heartbeat, kube, identity, stop=stop)
+            # as run_node wires them: one view of the API server for the heartbeat and watch
+            contact = ApiContact(kube, timeout=args.lease_duration / 2)
+            beat = functools.partial(heartbeat, kube, identity, stop=stop, contact=contact)
             allocation = functools.partial(
                 report_allocation,
                 kube,
@@ -286,7 +289,7 @@ async def simulate_agents(args: argparse.Namespace) -> int:
                 ),
                 asyncio.create_task(status.run(stop), name=f"{name} status"),
                 asyncio.create_task(
-                    watch_bindings(kube, node_name=name, runner=runner, stop=stop),
+                    watch_bindings(kube, node_name=name, runner=runner, stop=stop, contact=contact),
                     name=f"{name} bindings",
                 ),
                 asyncio.create_task(

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from wasmfleet_agent.cluster.registration import ApiContact
 from wasmfleet_api.base import API_VERSION
 from wasmfleet_api.binding import WasmBinding
 from wasmfleet_api.client import ApiError, KubeClient, resource_for
@@ -57,12 +58,12 @@ async def watch_bindings(
     runner: BindingRunner,
     stop: asyncio.Event,
     watch_timeout: int = 300,
-    reconnected: asyncio.Event | None = None,
+    contact: ApiContact | None = None,
 ) -> None:
     """Runs until ``stop`` is set, feeding the runner this node's bindings.
 
-    After a failure it backs off (up to 30 s), unless ``reconnected`` is set meanwhile (the
-    heartbeat reached the API server again): then it lists again at once.
+    After a failure it backs off (up to 30 s), unless the API server comes back meanwhile (as
+    ``contact`` tells): then it lists again at once.
     """
     selector = f"spec.nodeName={node_name}"
     failures = 0
@@ -99,22 +100,20 @@ async def watch_bindings(
             log.warning("API server unreachable (%s); keeping what runs", error)
         if failures:
             delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-            await _back_off(delay, stop, reconnected)
+            await _back_off(delay, stop, contact)
 
 
-async def _back_off(delay: float, stop: asyncio.Event, reconnected: asyncio.Event | None) -> None:
-    """Waits ``delay`` seconds, or less if ``stop`` or ``reconnected`` is set (clearing it)."""
-    waits = [asyncio.ensure_future(stop.wait())]
-    if reconnected is not None:
-        waits.append(asyncio.ensure_future(reconnected.wait()))
+async def _back_off(delay: float, stop: asyncio.Event, contact: ApiContact | None) -> None:
+    """Waits ``delay`` seconds, or less if ``stop`` is set or the API server comes back."""
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+    if contact is not None:
+        waits.append(asyncio.ensure_future(contact.back()))
     try:
         await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for wait in waits:
             wait.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
-    if reconnected is not None:
-        reconnected.clear()
 
 
 def _parsed(objects: Mapping[str, Mapping[str, Any]]) -> dict[str, WasmBinding]:

@@ -170,10 +170,9 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
                 "agent registered",
                 extra={"node": identity.node_name, "address": identity.address},
             )
-            reconnected = asyncio.Event()
             tasks = [
                 asyncio.create_task(
-                    heartbeat(kube, identity, stop=stop, reconnected=reconnected, contact=contact),
+                    heartbeat(kube, identity, stop=stop, contact=contact),
                     name="heartbeat",
                 ),
                 asyncio.create_task(status.run(stop), name="status"),
@@ -183,7 +182,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
                         node_name=identity.node_name,
                         runner=runner,
                         stop=stop,
-                        reconnected=reconnected,
+                        contact=contact,
                     ),
                     name="bindings",
                 ),

@@ -117,12 +117,15 @@ async def apply_agent(
 
 
 class ApiContact:
-    """When the API server last answered this agent, for what must wait until it does.
+    """Whether and when the API server last answered this agent, for what waits on it.
 
-    A replica whose binding is gone stops only once the API server has answered a request
-    sent after its drain period: while the server is down, the EndpointSlice change that
-    removed the replica cannot reach clients (kube-proxy keeps the endpoints it has), so the
-    old replica keeps answering them until the change can propagate.
+    The heartbeat reports every renewal (`answered`, `lost`). Two things wait on that:
+
+    - a replica whose binding is gone stops only once the server has answered a request sent
+      after its drain period (`confirm`): while the server is down, the EndpointSlice change
+      that removed the replica cannot reach clients (kube-proxy keeps the endpoints it has),
+      so the old replica keeps answering them until the change can propagate;
+    - loops backing off from an outage try again at once when it ends (`back`).
     """
 
     def __init__(self, kube: KubeClient, *, timeout: float) -> None:
@@ -130,13 +133,25 @@ class ApiContact:
         self.timeout = timeout
         self.answered_at = float("-inf")
         """Monotonic time at which the newest request the server answered was sent."""
+        self.reachable = True
+        """False from a failed renewal until the next answer."""
         self._answered = asyncio.Event()
+        self._back = asyncio.Event()
         self._probe: asyncio.Task[None] | None = None
 
     def answered(self, sent_at: float) -> None:
         self.answered_at = max(self.answered_at, sent_at)
-        self._answered.set()
-        self._answered = asyncio.Event()
+        self._answered = _pulse(self._answered)
+        if not self.reachable:
+            self.reachable = True
+            self._back = _pulse(self._back)
+
+    def lost(self) -> None:
+        self.reachable = False
+
+    async def back(self) -> None:
+        """Returns when the server answers again after it was lost."""
+        await self._back.wait()
 
     async def confirm(self, on_wait: Callable[[], None] | None = None) -> None:
         """Returns once the server has answered a request sent after this call began: one
@@ -147,11 +162,9 @@ class ApiContact:
             self._probe = asyncio.create_task(self._version())
         with contextlib.suppress(Exception):
             await asyncio.shield(self._probe)
-        waited = False
+        if self.answered_at < since and on_wait is not None:
+            on_wait()
         while self.answered_at < since:
-            if not waited and on_wait is not None:
-                on_wait()
-            waited = True
             await self._answered.wait()
 
     async def _version(self) -> None:
@@ -160,13 +173,18 @@ class ApiContact:
         self.answered(sent)
 
 
+def _pulse(event: asyncio.Event) -> asyncio.Event:
+    """Wakes whoever waits on ``event``; returns a fresh one for the next time."""
+    event.set()
+    return asyncio.Event()
+
+
 async def heartbeat(
     kube: KubeClient,
     identity: AgentIdentity,
     *,
     stop: asyncio.Event,
-    reconnected: asyncio.Event | None = None,
-    contact: ApiContact | None = None,
+    contact: ApiContact,
 ) -> None:
     """Renews the Lease every third of its duration until ``stop`` is set.
 
@@ -174,30 +192,23 @@ async def heartbeat(
     the next tick. As the kubelet does after a failed heartbeat, every connection to the API
     server is closed after a failure and once more on the first success after failures: a
     partition can leave connections open but silent, and a watch waiting on one would miss
-    everything for minutes after the network is back. That first success also sets
-    ``reconnected``, so loops backing off from the outage try again at once. Every success is
-    noted in ``contact``. The agent keeps serving what it has while the API server is
-    unreachable.
+    everything for minutes after the network is back. Every outcome goes to ``contact``. The
+    agent keeps serving what it has while the API server is unreachable.
     """
     interval = identity.lease_duration_seconds / 3
-    failing = False
     while not stop.is_set():
         sent = time.monotonic()
         try:
             await asyncio.wait_for(
                 kube.apply(render_lease(identity)), timeout=identity.lease_duration_seconds / 2
             )
-            if contact is not None:
-                contact.answered(sent)
-            if failing:
+            if not contact.reachable:
                 log.info("lease renewed again; reconnecting watches")
                 await kube.drop_connections()
-                if reconnected is not None:
-                    reconnected.set()
-            failing = False
+            contact.answered(sent)
         except Exception as error:
             log.warning("lease renewal failed: %s", error or type(error).__name__)
-            failing = True
+            contact.lost()
             await kube.drop_connections()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
