@@ -14,8 +14,6 @@ exactly their replica count of bindings, and the objects lost; the figures go to
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from wasmfleet_harness.fleet import (
     LocalFleet,
     Target,
     endpoints_of,
+    fetch,
 )
 from wasmfleet_harness.netns import netns_available
 from wasmfleet_harness.partition import Relay
@@ -245,11 +244,9 @@ def _nodes_of(plane: ControlPlane, namespace: str, name: str) -> set[str]:
 
 
 def _answers(target: Target) -> bool:
-    url = f"http://{target.address}:{target.port}/"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, OSError):
+        return fetch(target)[0] == 200
+    except OSError:
         return False
 
 
@@ -298,23 +295,12 @@ def test_an_agent_cut_off_from_the_api_server_keeps_serving_and_lets_go_when_bac
 
 def test_the_leader_operator_killed_mid_rollout(scene: Scene, findings: Findings) -> None:
     fleet = scene.fleet
-    leader = fleet.leader()
-    assert leader is not None
-    (leading,) = [
-        o
-        for o in fleet.operators
-        if o.process.alive() and leader.split("-")[-2] == str(o.process.pid)
-    ]
+    leader, leading = fleet.leading_operator()
     scene.start_rollout()
     killed = time.monotonic()
     leading.process.kill()
     # The standby takes the Lease once it lapses, and finishes the rollout.
-    wait_until(
-        lambda: fleet.leader() not in (None, leader),
-        timeout=30,
-        interval=0.2,
-        message=lambda: "the standby never took over\n" + fleet.logs(),
-    )
+    fleet.wait_for_new_leader(leader)
     converge = scene.wait_converged(killed)
     scene.finish(findings, "leader operator SIGKILL", converge)
     fleet.start_operator(f"operator-{len(fleet.operators) + 1}")

@@ -28,7 +28,7 @@ import wasmtime
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.findings import Findings
-from wasmfleet_harness.fleet import LocalFleet, Target, endpoints_of
+from wasmfleet_harness.fleet import LocalFleet, Target, endpoints_of, fetch
 from wasmfleet_harness.netns import netns_available
 from wasmfleet_harness.processes import Workspace, wait_until
 from wasmfleet_harness.registry import Registry, push_raw_layer
@@ -81,25 +81,25 @@ def _on_node(name: str, image: str, **spec: object) -> dict[str, object]:
     )
 
 
+def _deploy_neighbor(
+    plane: ControlPlane, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    """The well-behaved service (hello-c, one replica) on the agent under test."""
+    image = f"{registry.host}/{namespace}/neighbor:1.0"
+    push_module(wasm_modules["hello-c"], image)
+    apply_object(plane, namespace, _on_node("neighbor", image, replicas=1, http={}))
+
+
 def _target(plane: ControlPlane, namespace: str, name: str) -> Target:
     (target,) = endpoints_of(plane, namespace, name)
     return target
-
-
-def _get(target: Target, path: str = "/") -> tuple[int, str]:
-    url = f"http://{target.address}:{target.port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(response.status), response.read().decode(errors="replace")
-    except urllib.error.HTTPError as error:
-        return int(error.code), error.read().decode(errors="replace")
 
 
 def _latencies(target: Target, count: int) -> list[float]:
     seconds = []
     for _ in range(count):
         started = time.perf_counter()
-        status, body = _get(target)
+        status, body = fetch(target)
         seconds.append(time.perf_counter() - started)
         assert status == 200, body
     return seconds
@@ -117,9 +117,7 @@ def test_modules_that_cannot_run_are_contained_to_their_own_binding(
     findings: Findings,
 ) -> None:
     plane = fleet.plane
-    neighbor = f"{registry.host}/{namespace}/neighbor:1.0"
-    push_module(wasm_modules["hello-c"], neighbor)
-    apply_object(plane, namespace, _on_node("neighbor", neighbor, replicas=1, http={}))
+    _deploy_neighbor(plane, namespace, registry, wasm_modules)
     wait_ready(fleet, namespace, "neighbor", 1)
 
     broken: dict[str, tuple[bytes, str]] = {
@@ -166,7 +164,7 @@ def test_modules_that_cannot_run_are_contained_to_their_own_binding(
             neighbor_failed=0,
         )
     # The agent is still healthy and the neighbor still answers.
-    status, body = _get(_target(plane, namespace, "neighbor"))
+    status, body = fetch(_target(plane, namespace, "neighbor"))
     assert (status, body.strip()) == (200, "Hello from a C Wasm microservice!")
 
 
@@ -178,11 +176,9 @@ def test_misbehaving_requests_get_their_own_status_and_the_neighbor_keeps_its_bu
     findings: Findings,
 ) -> None:
     plane = fleet.plane
-    neighbor_image = f"{registry.host}/{namespace}/neighbor:1.0"
+    _deploy_neighbor(plane, namespace, registry, wasm_modules)
     probe_image = f"{registry.host}/{namespace}/probe:1.0"
-    push_module(wasm_modules["hello-c"], neighbor_image)
     push_module(wasm_modules["probe"], probe_image)
-    apply_object(plane, namespace, _on_node("neighbor", neighbor_image, replicas=1, http={}))
     # Two hostile services: "probe" misbehaves in every way, "crowd" takes the slow burst.
     for name in ("probe", "crowd"):
         apply_object(
@@ -216,7 +212,7 @@ def test_misbehaving_requests_get_their_own_status_and_the_neighbor_keeps_its_bu
             for path in HOSTILE_PATHS:
                 if stop.is_set():
                     return
-                status, body = _get(probe, path)
+                status, body = fetch(probe, path)
                 statuses[path][status] += 1
                 bodies[path] = body
 

@@ -363,11 +363,9 @@ def test_the_leader_killed_mid_rollout_hands_over_and_converges_without_duplicat
     _apply(plane, namespace, _wasm_service("restarted", image, **spec))
     before = _wait_ready(fleet, namespace, "restarted", 3)
     old_revision = before["status"]["revision"]
-    leader = fleet.leader()
-    assert leader is not None
     running = [o for o in fleet.operators if o.process.alive()]
     assert len(running) == 2, "a leader and a standby\n" + fleet.logs()
-    (leading,) = [o for o in running if leader.split("-")[-2] == str(o.process.pid)]
+    leader, leading = fleet.leading_operator()
 
     _apply(
         plane,
@@ -384,12 +382,7 @@ def test_the_leader_killed_mid_rollout_hands_over_and_converges_without_duplicat
     )
     leading.process.kill()
     # The standby takes the Lease once it lapses, and finishes the rollout.
-    wait_until(
-        lambda: fleet.leader() not in (None, leader),
-        timeout=30,
-        interval=0.2,
-        message=lambda: "the standby never took over\n" + fleet.logs(),
-    )
+    fleet.wait_for_new_leader(leader)
     after = _wait_ready(fleet, namespace, "restarted", 3, timeout=90)
     assert after["status"]["revision"] != old_revision
     bindings = _bindings(plane, namespace, "restarted")

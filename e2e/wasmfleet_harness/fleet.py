@@ -217,6 +217,24 @@ class LocalFleet:
         )
         return (lease or {}).get("spec", {}).get("holderIdentity") or None
 
+    def leading_operator(self) -> tuple[str, OperatorProcess]:
+        """The leader Lease's holder and the running operator that holds it (the holder
+        identity carries the process id second to last: ``host-PID-suffix``)."""
+        holder = self.leader()
+        assert holder is not None, "no operator holds the leader Lease\n" + self.logs()
+        pid = holder.split("-")[-2]
+        (leading,) = [o for o in self.operators if o.process.alive() and str(o.process.pid) == pid]
+        return holder, leading
+
+    def wait_for_new_leader(self, old: str) -> None:
+        """Waits until an operator other than the holder ``old`` holds the leader Lease."""
+        wait_until(
+            lambda: self.leader() not in (None, old),
+            timeout=30,
+            interval=0.2,
+            message=lambda: "the standby never took over\n" + self.logs(),
+        )
+
     def logs(self) -> str:
         parts = []
         for agent in self.agents.values():
@@ -243,6 +261,17 @@ class Target:
     address: str
     port: int
     node: str
+
+
+def fetch(target: Target, path: str = "/") -> tuple[int, str]:
+    """GETs ``path`` from ``target``: the status and body, error statuses included (a failed
+    connection raises OSError)."""
+    url = f"http://{target.address}:{target.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status), response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode(errors="replace")
 
 
 def endpoints_of(plane: ControlPlane, namespace: str, service: str) -> list[Target]:
