@@ -38,8 +38,9 @@ from pathlib import Path
 import wasmtime
 
 from wasmfleet_agent.oci import atomic
-from wasmfleet_agent.runtime import hostcalls
+from wasmfleet_agent.runtime import hostcalls, sandbox
 from wasmfleet_agent.runtime.errors import ModuleLoadError
+from wasmfleet_agent.runtime.shape import parse_shape
 
 __all__ = [
     "TICK_SECONDS",
@@ -71,6 +72,7 @@ class EngineSettings:
             f"arch={platform.machine()}",
             f"fuel={self.fuel}",
             "epoch=True",
+            "multi_memory=False",
             f"stack={_MAX_WASM_STACK}",
         )
         return ";".join(parts)
@@ -169,6 +171,9 @@ class _EngineSlot:
         config.epoch_interruption = True
         config.consume_fuel = settings.fuel
         config.max_wasm_stack = _MAX_WASM_STACK
+        # One memory per module, so that the store's memory limit bounds all of a request's
+        # linear memory (the limit applies per memory); `_compile` says so before this would.
+        config.wasm_multi_memory = False
         self.settings = settings
         self.engine = wasmtime.Engine(config)
         self.linker = wasmtime.Linker(self.engine)
@@ -340,6 +345,17 @@ def _compile(engine: wasmtime.Engine, path: Path, digest: str) -> wasmtime.Modul
         raise ModuleLoadError(
             f"module {digest} is a WebAssembly component or an unknown version; "
             "only core modules (WASI preview 1) are supported"
+        )
+    shape = parse_shape(data)
+    if shape is not None and shape.memories > 1:
+        raise ModuleLoadError(
+            f"module {digest} declares {shape.memories} linear memories; the agent runs "
+            "modules with at most one, so that resources.memory bounds all of a request's memory"
+        )
+    if shape is not None and shape.tables > sandbox.MAX_TABLES:
+        raise ModuleLoadError(
+            f"module {digest} declares {shape.tables} tables; the agent runs modules with at "
+            f"most {sandbox.MAX_TABLES}, so that their elements stay within a bounded size"
         )
     try:
         return wasmtime.Module(engine, data)

@@ -2,10 +2,12 @@
 
 ``poll_oneoff`` is replaced: wasmtime's version sleeps inside the host, where epoch
 interruption cannot reach, so a guest sleeping past its deadline would hold its thread (and its
-request) until it woke. This version waits on the run's own clock: never past the run's deadline
-(`sandbox.current_deadline`); once the deadline has passed it returns at once, and the guest traps
-at its next epoch check. Descriptor subscriptions report ready immediately: a guest's stdin and
-files are in memory or on local disk and never block.
+request) until it woke. An absolute time on the monotonic clock is the guest's own monotonic
+time, which starts at zero with the run (`sandbox.guest_monotonic_origin`). This version waits
+on the run's own clock: never past the run's deadline (`sandbox.current_deadline`); once the
+deadline has passed it returns at once, and the guest traps at its next epoch check. Descriptor
+subscriptions report ready immediately: a guest's stdin and files are in memory or on local
+disk and never block.
 
 Layouts are WASI preview 1's (little endian): a subscription is 48 bytes (userdata u64 at 0,
 tag u8 at 8, then clock id u32 at 16, timeout u64 at 24, precision u64 at 32, flags u16 at 40;
@@ -89,5 +91,8 @@ def _poll_oneoff(
 def _relative_wait(clock_id: int, timeout: int, flags: int) -> float:
     if not flags & _ABSTIME:
         return timeout / 1e9
-    now = time.time_ns() if clock_id == _CLOCK_REALTIME else time.monotonic_ns()
+    if clock_id == _CLOCK_REALTIME:
+        now = time.time_ns()
+    else:  # the guest's monotonic clock, which starts at zero with its run
+        now = time.monotonic_ns() - sandbox.guest_monotonic_origin()
     return max(0, timeout - now) / 1e9

@@ -6,7 +6,11 @@ handed, and nothing of the host: no inherited environment, no host stdio, no soc
 
 Limits, enforced while it runs:
 
-- linear memory: the store's limiter makes ``memory.grow`` fail beyond ``memory_limit``;
+- linear memory: the store's limiter makes ``memory.grow`` fail beyond ``memory_limit``, and a
+  store holds one memory (the engine refuses modules with more), so the cap is the whole of a
+  run's linear memory;
+- tables: at most `MAX_TABLES`, each of at most `table_elements_limit` elements, so a
+  ``table.grow`` past that fails at once instead of allocating gigabytes;
 - deadline: at every epoch tick (`engine.TICK_SECONDS`) the store calls back into
   `_on_epoch`, which traps the guest once its wall-clock deadline has passed, or once its
   output has grown past ``max_output``; a guest asleep in ``poll_oneoff`` wakes by its deadline
@@ -42,19 +46,35 @@ if TYPE_CHECKING:
     from wasmfleet_agent.runtime.engine import CompiledModule
 
 __all__ = [
+    "MAX_TABLES",
     "Failure",
     "Preopen",
     "RunLimits",
     "RunResult",
     "SandboxSpec",
     "current_deadline",
+    "guest_monotonic_origin",
     "run",
+    "table_elements_limit",
 ]
 
 FailureKind = Literal[
     "deadline", "output", "memory", "fuel", "stack", "trap", "exit", "instantiate"
 ]
 _WASM_PAGE = 65536
+
+MAX_TABLES = 4
+"""Tables one instance may have (modules declaring more are refused at load)."""
+_TABLE_ELEMENT_BYTES = 8
+"""What wasmtime spends on a table element (a pointer), for the cap below."""
+
+
+def table_elements_limit(memory_limit: int) -> int:
+    """Elements one table may hold under ``memory_limit``: at most `MAX_TABLES` tables then
+    take a quarter of the memory cap, and never fewer than 16,384 elements a table (enough for
+    the function tables of large programs built for small memories)."""
+    share = memory_limit // 4 // MAX_TABLES // _TABLE_ELEMENT_BYTES
+    return max(16_384, share)
 
 
 @dataclass(frozen=True)
@@ -135,6 +155,9 @@ class _Watch:
     fds: tuple[int, ...]
     max_output: int
     sink: OutputSink | None = None
+    monotonic_origin: int = 0
+    """The host's ``time.monotonic_ns()`` when the guest's monotonic clock read zero (or
+    slightly after: a guest's absolute wait then ends a few microseconds late, never early)."""
     offsets: dict[int, int] = field(default_factory=dict)
     reason: FailureKind | None = None
 
@@ -162,6 +185,14 @@ def current_deadline() -> float | None:
     """The monotonic deadline of the run on this thread (for host functions)."""
     watch: _Watch | None = getattr(_local, "watch", None)
     return None if watch is None else watch.deadline
+
+
+def guest_monotonic_origin() -> int:
+    """``time.monotonic_ns()`` at the zero of the guest's monotonic clock, for the run on this
+    thread: WASI's monotonic clock counts from when the run's WASI context was made, not from
+    the host's boot, so an absolute guest time is converted with it (for host functions)."""
+    watch: _Watch | None = getattr(_local, "watch", None)
+    return 0 if watch is None else watch.monotonic_origin
 
 
 _EpochCallback = ctypes.CFUNCTYPE(
@@ -308,7 +339,13 @@ def run(
     except wasmtime.WasmtimeError as error:
         raise SandboxConfigError(str(error)) from None
     store.set_wasi(config)
-    store.set_limits(memory_size=spec.memory_limit)
+    monotonic_origin = time.monotonic_ns()  # the guest's clock started inside set_wasi
+    store.set_limits(
+        memory_size=spec.memory_limit,
+        table_elements=table_elements_limit(spec.memory_limit),
+        tables=MAX_TABLES,
+        memories=1,
+    )
     if compiled.settings.fuel:
         store.set_fuel(spec.fuel if spec.fuel is not None else 2**62)
     ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _no_finalizer)
@@ -317,7 +354,7 @@ def run(
     if limits.deadline_seconds is not None:
         deadline = time.monotonic() + limits.deadline_seconds
     fds = () if inherit_stdio else (pipes.stdout, pipes.stderr)
-    watch = _Watch(deadline, fds, limits.max_output, sink)
+    watch = _Watch(deadline, fds, limits.max_output, sink, monotonic_origin=monotonic_origin)
     exit_code: int | None = None
     failure: Failure | None = None
     instantiated = started

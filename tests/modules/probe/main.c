@@ -3,7 +3,11 @@
  *   /echo        method, path, query, selected headers and the body, as CGI output
  *   /status      answers with the status and location given in the query (status=N&to=URL)
  *   /plain       prints without any header block (served as text/plain 200)
- *   /env         prints the whole environment, one variable a line
+ *   /env, /env/… prints the whole environment, one variable a line
+ *   /rawheader   writes the percent-decoded query string as its header block, then a body
+ *   /symlink     makes /scratch/link point at the query string, then tries to read through it
+ *   /abssleep    sleeps until an absolute time on the monotonic clock, the query's number of
+ *                milliseconds ahead, and prints how long it measured
  *   /open        tries to open the file named by the query string and says what happened
  *   /loop        spins forever (the deadline must stop it)
  *   /membomb     allocates until memory runs out
@@ -76,6 +80,65 @@ static void open_file(void) {
     printf("opened %s: %s\n", path, line);
 }
 
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* The query string with %XX decoded, written out as it is: any header bytes a test needs. */
+static void raw_header(void) {
+    const char *query = env_or("QUERY_STRING", "");
+    for (const char *at = query; *at != '\0'; at++) {
+        if (at[0] == '%' && hex_value(at[1]) >= 0 && hex_value(at[2]) >= 0) {
+            putchar(hex_value(at[1]) * 16 + hex_value(at[2]));
+            at += 2;
+        } else {
+            putchar(*at);
+        }
+    }
+    printf("\n\nraw header body\n");
+}
+
+static void symlink_out(void) {
+    const char *target = env_or("QUERY_STRING", "/etc/passwd");
+    int made = symlink(target, "/scratch/link");
+    printf("content-type: text/plain\n\nsymlink %s\n", made == 0 ? "made" : strerror(errno));
+    FILE *file = fopen("/scratch/link", "r");
+    if (file == NULL) {
+        printf("read through it: %s\n", strerror(errno));
+        return;
+    }
+    char line[256] = "";
+    if (fgets(line, sizeof line, file) == NULL) {
+        line[0] = '\0';
+    }
+    fclose(file);
+    printf("read through it: %s\n", line);
+}
+
+static long elapsed_ms(const struct timespec *from, const struct timespec *to) {
+    return (to->tv_sec - from->tv_sec) * 1000L + (to->tv_nsec - from->tv_nsec) / 1000000L;
+}
+
+static void absolute_sleep(void) {
+    long millis = atol(env_or("QUERY_STRING", "0"));
+    struct timespec start, until, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    until = start;
+    until.tv_sec += millis / 1000;
+    until.tv_nsec += (millis % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec += 1;
+        until.tv_nsec -= 1000000000L;
+    }
+    int failed = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    printf("content-type: text/plain\n\nslept %ld ms (error %d)\n", elapsed_ms(&start, &end),
+           failed);
+}
+
 static int recurse(int depth) {
     volatile char frame[1024];
     frame[0] = (char)depth;
@@ -93,7 +156,13 @@ int main(void) {
         status();
     } else if (strcmp(path, "/plain") == 0) {
         printf("just text, no headers\n");
-    } else if (strcmp(path, "/env") == 0) {
+    } else if (strcmp(path, "/rawheader") == 0) {
+        raw_header();
+    } else if (strcmp(path, "/symlink") == 0) {
+        symlink_out();
+    } else if (strcmp(path, "/abssleep") == 0) {
+        absolute_sleep();
+    } else if (strcmp(path, "/env") == 0 || strncmp(path, "/env/", 5) == 0) {
         printf("content-type: text/plain\n\n");
         for (char **entry = environ; *entry != NULL; entry++) {
             printf("%s\n", *entry);
