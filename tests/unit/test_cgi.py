@@ -86,11 +86,29 @@ def test_location_without_status_redirects() -> None:
     [
         (b"content-type: text/plain\nx-a: 1\n", "no empty line"),
         (b"content-type: text/plain\nnot a header\n\nbody", "invalid header line"),
-        (b"status: abc\n\n", "invalid status"),
-        (b"status: 700\n\n", "invalid status"),
+        (b"status: abc\n\n", "not a final HTTP status"),
+        (b"status: 700\n\n", "not a final HTTP status"),
+        (b"status: 100 Continue\n\n", "not a final HTTP status"),
+        (b"status: 199\n\n", "not a final HTTP status"),
+        (b"status: \xb2\xb2\xb2 x\n\n", "not a final HTTP status"),
+        (b"status: \xd9\xa2\xd9\xa0\xd9\xa0\n\n", "not a final HTTP status"),
         (b"x-a: 1\x01\n\n", "control characters"),
+        (b"x-a: caf\xe9\n\n", "not UTF-8"),
     ],
 )
 def test_malformed_cgi_output_is_an_error(output: bytes, message: str) -> None:
     with pytest.raises(CgiError, match=message):
         parse_output(output)
+
+
+def test_utf8_header_values_are_kept_as_text() -> None:
+    response = parse_output("x-name: café ✓\n\nbody".encode())
+    assert ("x-name", "café ✓") in response.headers
+
+
+def test_the_query_and_request_uri_are_passed_as_sent() -> None:
+    variables = _vars(path="/a b/c", query="q=%3C+x&r=%00", request_uri="/a%20b/c?q=%3C+x&r=%00")
+    assert variables["PATH_INFO"] == "/a b/c"
+    assert variables["QUERY_STRING"] == "q=%3C+x&r=%00"
+    assert variables["REQUEST_URI"] == "/a%20b/c?q=%3C+x&r=%00"
+    assert variables["X_FULL_URL"] == "http://svc.local:8080/a%20b/c?q=%3C+x&r=%00"

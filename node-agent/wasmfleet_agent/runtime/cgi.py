@@ -1,7 +1,9 @@
 """The WAGI request model: a request as CGI variables, the module's stdout as a response.
 
-Input (RFC 3875 names): ``REQUEST_METHOD``, ``PATH_INFO``, ``QUERY_STRING``, ``SCRIPT_NAME``
-(empty: the module is mounted at the root), ``REQUEST_URI``, WAGI's ``X_FULL_URL`` and
+Input (RFC 3875 names): ``REQUEST_METHOD``, ``PATH_INFO`` (percent-decoded),
+``QUERY_STRING`` (exactly as sent: CGI leaves decoding to the program, so ``%3C`` stays
+``%3C`` and ``+`` stays ``+``), ``SCRIPT_NAME`` (empty: the module is mounted at the root),
+``REQUEST_URI`` (the target as sent), WAGI's ``X_FULL_URL`` and
 ``X_MATCHED_ROUTE`` (``/...``: every path), ``SERVER_NAME``, ``SERVER_PORT``,
 ``SERVER_PROTOCOL``, ``SERVER_SOFTWARE``, ``GATEWAY_INTERFACE``, ``REMOTE_ADDR``,
 ``REMOTE_HOST``, ``CONTENT_TYPE`` and ``CONTENT_LENGTH`` when there is a body, and one
@@ -18,7 +20,10 @@ lines up to the first empty line, then the body. ``status: 404 Not Found`` sets 
 ``location:`` without a status redirects (302); a missing ``content-type`` defaults to
 ``text/plain``. Anything else is a module that just prints: the whole output is the body of a
 ``200 text/plain`` response. A header block without its terminating empty line, a malformed
-header line in the block or an invalid status is the module's fault and answers 502.
+header line in the block, a header value that is not UTF-8 (the agent writes headers as UTF-8,
+so anything else would reach the client changed) or a status that is not a final one (three
+ASCII digits from 200 to 599: an interim 1xx answers nothing, and the connection's next answer
+would be read as this one's) is the module's fault and answers 502.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ CGI_VARIABLES = frozenset(CGI_RESERVED_ENV)
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_NAME = re.compile(r"[0-9A-Za-z-]+")
+_STATUS = re.compile(r"([0-9]{3})(?:[ \t].*)?", re.DOTALL)
 # Both are used with fullmatch: "$" would also match before a trailing newline.
 _SKIPPED_HEADERS = frozenset({"content-type", "content-length", "proxy"})
 _MAX_HEADER_BLOCK = 64 * 1024
@@ -65,11 +71,16 @@ def request_variables(
     server_software: str,
     protocol: str = "HTTP/1.1",
     scheme: str = "http",
+    request_uri: str | None = None,
 ) -> list[tuple[str, str]]:
-    """The CGI variables of one request (and WAGI's ``X_FULL_URL``, ``X_MATCHED_ROUTE``)."""
+    """The CGI variables of one request (and WAGI's ``X_FULL_URL``, ``X_MATCHED_ROUTE``).
+
+    ``path`` is decoded, ``query`` and ``request_uri`` (the origin-form target, by default
+    ``path?query``) are as the client sent them.
+    """
     if not _passable(server_name):
         server_name = "localhost"
-    uri = f"{path}?{query}" if query else path
+    uri = request_uri if request_uri is not None else (f"{path}?{query}" if query else path)
     variables = [
         ("GATEWAY_INTERFACE", "CGI/1.1"),
         ("REQUEST_METHOD", method),
@@ -166,20 +177,24 @@ def parse_output(output: bytes) -> CgiResponse:
             shown = line[:60].decode("utf-8", "replace")
             raise CgiError(f"the module wrote an invalid header line: {shown!r}")
         name_bytes, value_bytes = parsed
-        try:
-            name = name_bytes.decode("ascii")
-            value = value_bytes.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - the token pattern is ASCII
-            raise CgiError("the module wrote a header name that is not ASCII") from None
-        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+        name = name_bytes.decode("ascii")  # the token pattern is ASCII
+        if any((byte < 32 and byte != 9) or byte == 127 for byte in value_bytes):
             raise CgiError(f"the module wrote control characters in header {name!r}")
         lowered = name.lower()
         if lowered == "status":
-            code = value.split(" ", 1)[0]
-            if not code.isdigit() or not 100 <= int(code) <= 599:
-                raise CgiError(f"the module wrote an invalid status: {value[:40]!r}")
-            status = int(code)
+            code = _STATUS.fullmatch(value_bytes.decode("latin-1"))
+            if code is None or not 200 <= int(code[1]) <= 599:
+                shown = value_bytes[:40].decode("utf-8", "replace")
+                raise CgiError(
+                    f"the module wrote a status that is not a final HTTP status "
+                    f"(three digits, 200-599): {shown!r}"
+                )
+            status = int(code[1])
             continue
+        try:
+            value = value_bytes.decode()
+        except UnicodeDecodeError:
+            raise CgiError(f"the module wrote a header {name!r} that is not UTF-8") from None
         if lowered == "content-type":
             has_type = True
         if lowered == "location":

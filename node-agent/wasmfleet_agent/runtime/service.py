@@ -79,6 +79,8 @@ class HttpModule:
             server_port=request.server_port,
             server_software=self.server_software,
             scheme=request.scheme,
+            protocol=request.protocol,
+            request_uri=request.request_uri,
         )
         try:
             compiled = self.compiled.get()

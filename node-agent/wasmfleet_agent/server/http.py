@@ -1,15 +1,19 @@
 """One served module behind aiohttp: limits before the sandbox, Wasm off the event loop.
 
-`ServiceHandler` is the aiohttp handler of one module (one binding, or ``serve``'s module).
-It refuses what it will not run before any Wasm runs: beyond ``max_concurrency`` requests
-in flight it answers 503 at once, a body over the limit gets 413, one that cannot be read (a
-Content-Encoding that does not decode, the client gone mid-body) 400, and one that does not
-arrive within ``body_timeout`` 408. A request counts as in flight only once its body is in,
-so clients that stop sending half-way hold their own connections, never the service's
-capacity. Accepted requests run on a thread pool (wasmtime releases the GIL while guest code
-runs; the event loop never waits on Wasm), each on a fresh instance. Failures inside the
-sandbox (trap, timeout, memory, output limit) become that request's 5xx with an error id that
-is also in the log, so one bad request never affects another.
+`ServiceHandler` is the aiohttp handler of one module (one binding, or ``serve``'s module). It
+refuses what it will not run before any Wasm runs: an HTTP version other than 1.0 and 1.1 gets
+505, a target that names no path (``CONNECT``, ``OPTIONS *``) 501, a malformed target or Host
+400 (`semantics`), an expectation other than ``100-continue`` 417; beyond ``max_concurrency``
+requests in flight it answers 503 at once, a body over the limit gets 413, one that cannot be
+read (the client gone mid-body) 400, and one that does not arrive within ``body_timeout`` 408.
+``Expect: 100-continue`` is answered once the request is accepted. Bodies reach the module as
+sent, ``Content-Encoding`` and all: decoding is the module's business, as in CGI, and a
+compressed bomb never inflates inside the agent. A request counts as in flight only once its
+body is in, so clients that stop sending half-way hold their own connections, never the
+service's capacity. Accepted requests run on a thread pool (wasmtime releases the GIL while
+guest code runs; the event loop never waits on Wasm), each on a fresh instance. Failures inside
+the sandbox (trap, timeout, memory, output limit) become that request's 5xx with an error id
+that is also in the log, so one bad request never affects another.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 
+from wasmfleet_agent.server import semantics
 from wasmfleet_agent.server.inflight import ServiceCells
 from wasmfleet_agent.server.metrics import AgentMetrics
 
@@ -39,13 +44,18 @@ class IncomingRequest:
 
     method: str
     path: str
+    """Percent-decoded."""
     query: str
+    """As sent."""
     headers: tuple[tuple[str, str], ...]
     body: bytes
     remote_addr: str
     server_name: str
     server_port: int
     scheme: str = "http"
+    request_uri: str | None = None
+    """The origin-form target as sent (None: ``path?query``)."""
+    protocol: str = "HTTP/1.1"
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,7 @@ class HttpLimits:
     closed (aiohttp's keep-alive timeout; nginx's is 75 s too)."""
 
 
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @dataclass
@@ -108,7 +118,12 @@ class ServiceHandler:
         aiohttp's low-level server: a module owns every path and method of its port, so an
         application with a router would only add work to each request.
         """
-        server = web.Server(self, access_log=None, keepalive_timeout=self.limits.idle_timeout)
+        server = web.Server(
+            self,
+            access_log=None,
+            keepalive_timeout=self.limits.idle_timeout,
+            auto_decompress=False,
+        )
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
         await runner.setup()
         return runner
@@ -116,11 +131,24 @@ class ServiceHandler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         shared = self.shared
-        if "\0" in request.path:
-            # PATH_INFO is an environment value, which ends at a NUL: the module would see
-            # another path than the client asked for.
-            text = "a NUL byte (%00) in the path cannot reach the module\n"
-            return self._done(started, web.Response(status=400, text=text))
+        if request.version not in (HttpVersion10, HttpVersion11):
+            return self._refuse(started, 505, "only HTTP/1.0 and HTTP/1.1 are served")
+        if request.method == hdrs.METH_CONNECT:
+            # A tunnel is not a resource a module answers for; and the connection cannot be
+            # reused: after a CONNECT the parser no longer frames requests on it.
+            response = self._refuse(started, 501, "CONNECT is not served")
+            response.force_close()
+            return response
+        try:
+            target = semantics.parse_target(request.raw_path)
+            server_name = _server_name(request, target)
+        except semantics.TargetError as error:
+            return self._refuse(started, error.status, str(error))
+        except semantics.HostError as error:
+            return self._refuse(started, 400, str(error))
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None and expect.strip().lower() != "100-continue":
+            return self._refuse(started, 417, "the only expectation served is 100-continue")
         if self._busy() >= self.limits.max_concurrency:
             return self._shed(started)
         if (
@@ -129,6 +157,9 @@ class ServiceHandler:
         ):
             self._over_body.inc()
             return self._done(started, web.Response(status=413, text="request body too large\n"))
+        if expect is not None and request.version == HttpVersion11 and request.can_read_body:
+            # The request is accepted so far: let the client send its body (RFC 9110 §10.1.1).
+            await request.writer.write(_CONTINUE)
         try:
             body = await self._read_body(request)
         except _BodyTooLargeError:
@@ -149,7 +180,7 @@ class ServiceHandler:
             shared.add(1)
         self._gauge.inc()
         try:
-            incoming = _incoming(request, body)
+            incoming = _incoming(request, body, target, server_name)
             loop = asyncio.get_running_loop()
             outcome = await loop.run_in_executor(self.pool, self.execute, incoming)
         finally:
@@ -176,9 +207,8 @@ class ServiceHandler:
                 headers={"x-wasmfleet-error-id": error_id},
             )
             return self._done(started, response)
-        headers = [(k, v) for k, v in outcome.headers if k.lower() not in _HOP_BY_HOP]
         response = web.Response(status=outcome.status, body=outcome.body)
-        for key, value in headers:
+        for key, value in semantics.forwardable_headers(outcome.headers):
             if key.lower() == "content-type":
                 response.headers["Content-Type"] = value
             else:
@@ -188,6 +218,9 @@ class ServiceHandler:
     def _busy(self) -> int:
         """Requests of this service in flight, across worker processes when shared."""
         return self.in_flight if self.shared is None else self.shared.total()
+
+    def _refuse(self, started: float, status: int, reason: str) -> web.Response:
+        return self._done(started, web.Response(status=status, text=reason + "\n"))
 
     def _shed(self, started: float) -> web.Response:
         self._over_capacity.inc()
@@ -221,33 +254,44 @@ class _BodyTooLargeError(Exception):
     pass
 
 
-def _incoming(request: web.BaseRequest, body: bytes) -> IncomingRequest:
-    host, port = _server_name_and_port(request)
-    peer = request.remote or ""
+def _incoming(
+    request: web.BaseRequest, body: bytes, target: semantics.Target, server_name: str
+) -> IncomingRequest:
     return IncomingRequest(
         method=request.method,
-        path=request.path,
-        query=request.query_string,
+        path=target.path,
+        query=target.query or "",
         headers=tuple(request.headers.items()),
         body=body,
-        remote_addr=peer,
-        server_name=host,
-        server_port=port,
+        remote_addr=request.remote or "",
+        server_name=server_name,
+        server_port=_server_port(request),
         scheme=request.scheme,
+        request_uri=target.request_uri,
+        protocol=f"HTTP/{request.version.major}.{request.version.minor}",
     )
 
 
-def _server_name_and_port(request: web.BaseRequest) -> tuple[str, int]:
-    """SERVER_NAME from the Host header (without its port), SERVER_PORT of the socket."""
-    host = request.host or "localhost"
-    if host.startswith("["):  # [v6]:port
-        name = host[1 : host.find("]")] if "]" in host else host
-    else:
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    port = 80
+def _server_name(request: web.BaseRequest, target: semantics.Target) -> str:
+    """SERVER_NAME: an absolute target's host, else the Host header's (without its port).
+
+    Both are checked even when the target's wins (RFC 9112 §3.2: a Host with an invalid
+    value is a 400). Without a Host (HTTP/1.0), the address the request arrived on.
+    """
+    host = request.headers.get(hdrs.HOST)
+    name = semantics.parse_host(host)[0] if host is not None else None
+    if target.authority is not None:
+        name = semantics.parse_host(target.authority)[0]
+    if name is None:
+        name = request.host  # aiohttp falls back to the socket's own address
+    return name or "localhost"
+
+
+def _server_port(request: web.BaseRequest) -> int:
+    """SERVER_PORT: the port the request arrived on (RFC 3875 §4.1.15)."""
     transport = request.transport
     if transport is not None:
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple) and len(local) >= 2:
-            port = int(local[1])
-    return name or "localhost", port
+            return int(local[1])
+    return 80
