@@ -228,6 +228,11 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
         default="10s",
         help="how often referenced ConfigMaps and Secrets are read again",
     )
+    parser.add_argument(
+        "--fault-injection",
+        action="store_true",
+        help="for tests: POST /debug/crash/TASK on the admin port ends that task as a crash would",
+    )
     add_registry_options(parser)
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
     parser.add_argument("--log-level", default="info")
@@ -263,6 +268,7 @@ def _node(args: argparse.Namespace) -> int:
         unload_idle_seconds=args.unload_idle,
         drain_seconds=args.drain,
         config_refresh_seconds=args.config_refresh,
+        fault_injection=args.fault_injection,
     )
     return asyncio.run(run_node(options))
 

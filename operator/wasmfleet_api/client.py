@@ -25,6 +25,7 @@ import aiohttp
 
 __all__ = [
     "API_ERRORS",
+    "MAX_WATCH_EVENT",
     "ApiError",
     "KubeClient",
     "KubeConfig",
@@ -430,7 +431,7 @@ class KubeClient:
     async def _events(
         response: aiohttp.ClientResponse,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        async for line in response.content:
+        async for line in _lines(response.content, MAX_WATCH_EVENT):
             if not line.strip():
                 continue
             event = json.loads(line)
@@ -442,6 +443,33 @@ class KubeClient:
                     str(status.get("message", "")),
                 )
             yield event["type"], event["object"]
+
+
+MAX_WATCH_EVENT = 64 << 20
+"""The longest watch event read (one JSON line). The API server stores objects of up to
+about 1.5 MiB (etcd's request limit); aiohttp's line reader stops at its buffer's high-water
+mark and raised ``LineTooLong`` on such objects, which killed the task reading the watch."""
+
+
+async def _lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    """The newline-terminated lines of ``content``, however long, up to ``limit`` bytes each
+    (a longer one is an `ApiError` 413: the stream cannot be followed past it)."""
+    pending = bytearray()
+    async for chunk in content.iter_any():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if pending:
+                pending += chunk[start:end]
+                yield bytes(pending)
+                pending.clear()
+            else:
+                yield chunk[start:end]
+            start = end + 1
+        pending += chunk[start:]
+        if len(pending) > limit:
+            raise ApiError(413, "WatchEventTooLarge", f"a watch event exceeds {limit} bytes")
+    if pending:
+        yield bytes(pending)
 
 
 def _api_error(status: int, text: str) -> ApiError:

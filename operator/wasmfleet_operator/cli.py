@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
         "--health-port", type=int, help="serve /healthz, /readyz and /metrics on this port"
     )
     run.add_argument("--health-host", default="0.0.0.0", help="address of those endpoints")
+    run.add_argument(
+        "--fault-injection",
+        action="store_true",
+        help="for tests: POST /debug/crash/TASK on the health port ends that task",
+    )
     run.add_argument("--log-format", choices=["json", "text"], default="json")
     run.add_argument("--log-level", default="info")
     return parser
@@ -99,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry=registry_settings(args),
         health_port=args.health_port,
         health_host=args.health_host,
+        fault_injection=args.fault_injection,
     )
     return asyncio.run(run_operator(options))
 

@@ -7,6 +7,12 @@ monitor (which notices heartbeats that lapse, an event no watch delivers) and a 
 resync do the work. Everything starts only once this replica holds the leader Lease, and the
 caches are filled from a full list before the first pass, so a fresh leader never mistakes a
 node it has not heard of yet for a lost one.
+
+Those long-running tasks (kopf, the workers, the event writer, the monitor, the leader
+Lease's renewal) run under a `Supervisor`: if any ends while the operator runs, the process
+logs which and why, hands the leader Lease back (unless that task was the one holding it) and
+exits 1. A standby takes over at once and Kubernetes restarts this replica: an operator never
+goes on leading with a part of itself missing.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from wasmfleet_api.client import (
     resource_for,
     retry_until_stopped,
 )
+from wasmfleet_api.supervisor import Supervisor
 from wasmfleet_operator.fleet import Fleet, Liveness
 from wasmfleet_operator.leader import LeaderElector, LostLeadershipError
 from wasmfleet_operator.metrics import OperatorMetrics, serve_health
@@ -63,6 +70,7 @@ class OperatorOptions:
     registry: ClientSettings = field(default_factory=ClientSettings)
     health_port: int | None = None
     health_host: str = "0.0.0.0"
+    fault_injection: bool = False
     identity: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -261,8 +269,15 @@ async def run_operator(options: OperatorOptions) -> int:
     resolver = Resolver(kube, options.registry)
     metrics = OperatorMetrics()
     role = ["standby"]
+    supervisor = Supervisor(stop, restart=False)
     health = (
-        await serve_health(metrics, options.health_port, lambda: role[0], options.health_host)
+        await serve_health(
+            metrics,
+            options.health_port,
+            lambda: role[0],
+            options.health_host,
+            crash=supervisor.crash if options.fault_injection else None,
+        )
         if options.health_port is not None
         else None
     )
@@ -289,40 +304,35 @@ async def run_operator(options: OperatorOptions) -> int:
                 "agents": len(reconciler.fleet.agents),
             },
         )
-        # Created before kopf starts: kopf cancels every task created after its own start.
-        tasks = [
-            asyncio.create_task(reconciler.worker(), name=f"worker-{i}")
-            for i in range(options.workers)
-        ]
-        tasks.append(asyncio.create_task(reconciler.event_writer(), name="events"))
-        holder = asyncio.create_task(elector.hold(), name="leader")
-        monitor = asyncio.create_task(_monitor(reconciler, options), name="monitor")
-        stop_waiter = asyncio.create_task(stop.wait(), name="stop")
+        # Started before kopf: kopf cancels every task created after its own start.
+        for i in range(options.workers):
+            supervisor.start(f"worker-{i}", reconciler.worker)
+        supervisor.start("events", reconciler.event_writer)
+        supervisor.start("leader", elector.hold)
+        supervisor.start("monitor", lambda: _monitor(reconciler, options))
         kopf_stop = asyncio.Event()
-        operator = asyncio.create_task(
-            kopf.operator(
+        supervisor.start(
+            "kopf",
+            lambda: kopf.operator(
                 registry=build_registry(reconciler, options),
                 clusterwide=True,
                 standalone=True,
                 stop_flag=kopf_stop,
             ),
-            name="kopf",
         )
-        done, _ = await asyncio.wait(
-            {operator, holder, stop_waiter}, return_when=asyncio.FIRST_COMPLETED
-        )
-        if holder in done:
-            error = holder.exception()
-            log.error("leadership lost; exiting", extra={"error": str(error)})
+        ended = await supervisor.wait()
+        if ended is not None:
+            log.error("exiting: the %s task ended while leading; a standby takes over", ended)
             code = 1
+        stop.set()
         kopf_stop.set()
-        for task in (*tasks, holder, monitor, stop_waiter):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(operator, timeout=10)
-        await asyncio.gather(*tasks, holder, monitor, stop_waiter, return_exceptions=True)
+        operator = supervisor.task("kopf")
+        if operator is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(operator, timeout=10)
+        await supervisor.close()
         reconciler.queue.close()
-        if code == 0:
+        if ended != "leader":  # the Lease is still ours: hand it over at once
             await elector.release()
     except LostLeadershipError:
         code = 1

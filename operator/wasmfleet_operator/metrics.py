@@ -57,9 +57,14 @@ class OperatorMetrics:
 
 
 async def serve_health(
-    metrics: OperatorMetrics, port: int, state: Callable[[], str], host: str = "0.0.0.0"
+    metrics: OperatorMetrics,
+    port: int,
+    state: Callable[[], str],
+    host: str = "0.0.0.0",
+    crash: Callable[[str], bool] | None = None,
 ) -> web.AppRunner:
-    """Starts the endpoints; ``state`` names what the process is doing (for /readyz)."""
+    """Starts the endpoints; ``state`` names what the process is doing (for /readyz). With
+    ``crash`` (``--fault-injection``, for tests), ``POST /debug/crash/TASK`` ends that task."""
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -72,7 +77,16 @@ async def serve_health(
             body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
 
+    async def crash_task(request: web.Request) -> web.Response:
+        assert crash is not None
+        task = request.match_info["task"]
+        if not crash(task):
+            return web.Response(status=404, text=f"no running task {task}\n")
+        return web.Response(text=f"task {task} ended\n")
+
     app = web.Application()
+    if crash is not None:
+        app.router.add_post("/debug/crash/{task}", crash_task)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)

@@ -7,6 +7,11 @@ stops the heartbeat; the operator notices the Lease lapse and moves the replicas
 
 When the API server becomes unreachable the agent keeps serving every replica it has; it
 resumes watching, reporting and heartbeating when the server is back.
+
+The heartbeat, the status writer, the binding watch and the allocation report run under a
+`Supervisor`: one that ends for any reason is logged and restarted, and while a critical one
+is down or keeps dying the agent is not ready (``/readyz``, the WasmAgent's condition) and does
+not renew its Lease, so the operator moves its replicas rather than trusting a blind agent.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +43,7 @@ from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.workers import WorkerPool
 from wasmfleet_api.client import ApiError, KubeClient, KubeConfig, retry_until_stopped
+from wasmfleet_api.supervisor import Supervisor
 
 __all__ = ["NodeOptions", "run_node"]
 
@@ -60,6 +66,7 @@ class NodeOptions:
     unload_idle_seconds: float = 600.0
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
+    fault_injection: bool = False
 
 
 async def _register(kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event) -> bool:
@@ -80,17 +87,22 @@ async def report_allocation(
     stop: asyncio.Event,
     *,
     interval: float = 10.0,
+    health: Callable[[], tuple[bool, str]] | None = None,
 ) -> None:
-    """Keeps WasmAgent.status.allocated at ``len(replicas)``, one write per ``interval`` at most."""
-    reported = 0
+    """Keeps WasmAgent.status (``allocated``, and the Ready condition from ``health``) current,
+    one write per ``interval`` at most."""
+    reported: tuple[int, bool, str] = (0, True, "")
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        allocated = len(replicas)
-        if allocated != reported and not stop.is_set():
+        ready, why = health() if health is not None else (True, "")
+        current = (len(replicas), ready, "" if ready else why)
+        if current != reported and not stop.is_set():
             try:
-                await apply_agent(kube, identity, allocated=allocated, ready=True)
-                reported = allocated
+                await apply_agent(
+                    kube, identity, allocated=current[0], ready=current[1], why=current[2]
+                )
+                reported = current
             except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
                 log.warning("agent status not written: %s", error)
 
@@ -147,10 +159,16 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         status=status,
         workers=workers,
     )
+    supervisor = Supervisor(
+        stop, restart=True, on_restart=lambda name: metrics.task_restarts.labels(name).inc()
+    )
     admin: web.AppRunner | None = None
     if options.admin_port is not None:
 
         def ready() -> tuple[bool, str]:
+            healthy, why = supervisor.health()
+            if not healthy:
+                return False, why
             if runner.synced.is_set():
                 return True, f"serving {len(runner.replicas)} binding(s)"
             return False, "waiting for the first list of bindings"
@@ -159,46 +177,44 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             metrics=metrics,
             ready_check=ready,
             other_metrics=workers.metrics if workers is not None else None,
+            crash=supervisor.crash if options.fault_injection else None,
         )
         admin = web.AppRunner(app, access_log=None)
         await admin.setup()
         await web.TCPSite(admin, options.admin_host, options.admin_port).start()
-    tasks: list[asyncio.Task[None]] = []
     try:
         if await _register(kube, identity, stop):
             log.info(
                 "agent registered",
                 extra={"node": identity.node_name, "address": identity.address},
             )
-            tasks = [
-                asyncio.create_task(
-                    heartbeat(kube, identity, stop=stop, contact=contact),
-                    name="heartbeat",
+            supervisor.start(
+                "heartbeat",
+                lambda: heartbeat(
+                    kube, identity, stop=stop, contact=contact, healthy=supervisor.health
                 ),
-                asyncio.create_task(status.run(stop), name="status"),
-                asyncio.create_task(
-                    watch_bindings(
-                        kube,
-                        node_name=identity.node_name,
-                        runner=runner,
-                        stop=stop,
-                        contact=contact,
-                    ),
-                    name="bindings",
+            )
+            supervisor.start("status", lambda: status.run(stop))
+            supervisor.start(
+                "bindings",
+                lambda: watch_bindings(
+                    kube, node_name=identity.node_name, runner=runner, stop=stop, contact=contact
                 ),
-                asyncio.create_task(
-                    report_allocation(kube, identity, runner.replicas, stop), name="allocation"
+            )
+            supervisor.start(
+                "allocation",
+                lambda: report_allocation(
+                    kube, identity, runner.replicas, stop, health=supervisor.health
                 ),
-            ]
+                critical=False,
+            )
             await stop.wait()
     finally:
         stop.set()
         await runner.close()
         if workers is not None:
             await workers.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await supervisor.close()
         if admin is not None:
             await admin.cleanup()
         pool.shutdown(wait=False, cancel_futures=True)

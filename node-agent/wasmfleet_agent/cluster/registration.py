@@ -60,8 +60,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def render_agent(identity: AgentIdentity, *, allocated: int, ready: bool) -> dict[str, Any]:
-    """The WasmAgent object of this agent, status included."""
+def render_agent(
+    identity: AgentIdentity, *, allocated: int, ready: bool, why: str = ""
+) -> dict[str, Any]:
+    """The WasmAgent object of this agent, status included (``why`` it is not ready)."""
     return {
         "apiVersion": API_VERSION,
         "kind": "WasmAgent",
@@ -80,8 +82,8 @@ def render_agent(identity: AgentIdentity, *, allocated: int, ready: bool) -> dic
                 {
                     "type": "Ready",
                     "status": "True" if ready else "False",
-                    "reason": "AgentReady" if ready else "AgentStarting",
-                    "message": "the agent serves its bindings" if ready else "starting",
+                    "reason": "AgentReady" if ready else "AgentUnhealthy",
+                    "message": "the agent serves its bindings" if ready else why or "starting",
                     "lastTransitionTime": _now()[:19] + "Z",
                 }
             ],
@@ -108,9 +110,9 @@ def render_lease(identity: AgentIdentity, *, renew_time: str | None = None) -> d
 
 
 async def apply_agent(
-    kube: KubeClient, identity: AgentIdentity, *, allocated: int, ready: bool
+    kube: KubeClient, identity: AgentIdentity, *, allocated: int, ready: bool, why: str = ""
 ) -> None:
-    body = render_agent(identity, allocated=allocated, ready=ready)
+    body = render_agent(identity, allocated=allocated, ready=ready, why=why)
     spec_only: Mapping[str, Any] = {k: v for k, v in body.items() if k != "status"}
     await kube.apply(spec_only)
     await kube.apply_status(body)
@@ -185,8 +187,13 @@ async def heartbeat(
     *,
     stop: asyncio.Event,
     contact: ApiContact,
+    healthy: Callable[[], tuple[bool, str]] | None = None,
 ) -> None:
     """Renews the Lease every third of its duration until ``stop`` is set.
+
+    While ``healthy`` says no (a task the agent needs keeps dying), the Lease is not renewed:
+    the operator then sees the agent NotReady and moves its replicas, instead of trusting an
+    agent that can no longer see its bindings.
 
     A renewal gets half the Lease's duration to finish. A failed one is logged and retried at
     the next tick. As the kubelet does after a failed heartbeat, every connection to the API
@@ -196,7 +203,19 @@ async def heartbeat(
     agent keeps serving what it has while the API server is unreachable.
     """
     interval = identity.lease_duration_seconds / 3
+    withheld = False
     while not stop.is_set():
+        ok, why = healthy() if healthy is not None else (True, "")
+        if not ok:
+            if not withheld:
+                log.error("not renewing the lease: %s", why)
+            withheld = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            continue
+        if withheld:
+            log.warning("healthy again; renewing the lease")
+            withheld = False
         sent = time.monotonic()
         try:
             await asyncio.wait_for(

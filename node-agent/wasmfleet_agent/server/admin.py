@@ -1,7 +1,8 @@
 """The agent's admin endpoints: ``/healthz``, ``/readyz`` and Prometheus ``/metrics``.
 
 They live on a port of their own so that a module, which owns every path of its service
-port, can never shadow them.
+port, can never shadow them. With a ``crash`` callable (``--fault-injection``, for tests only)
+``POST /debug/crash/TASK`` also ends one of the agent's long-running tasks as a crash would.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ METRICS: web.AppKey[AgentMetrics] = web.AppKey("metrics")
 OTHER_METRICS: web.AppKey[Callable[[], Awaitable[list[Snapshot]]] | None] = web.AppKey(
     "other_metrics"
 )
+CRASH: web.AppKey[Callable[[str], bool]] = web.AppKey("crash")
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -37,11 +39,19 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
+async def _crash(request: web.Request) -> web.Response:
+    task = request.match_info["task"]
+    if not request.app[CRASH](task):
+        return web.Response(status=404, text=f"no running task {task}\n")
+    return web.Response(text=f"task {task} ended\n")
+
+
 def build_admin_app(
     *,
     metrics: AgentMetrics,
     ready_check: Callable[[], tuple[bool, str]],
     other_metrics: Callable[[], Awaitable[list[Snapshot]]] | None = None,
+    crash: Callable[[str], bool] | None = None,
 ) -> web.Application:
     """``ready_check`` returns (ready, a sentence saying why or why not); ``other_metrics``
     gathers the worker processes' metrics, merged into this process's on ``/metrics``."""
@@ -52,4 +62,7 @@ def build_admin_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    if crash is not None:
+        app[CRASH] = crash
+        app.router.add_post("/debug/crash/{task}", _crash)
     return app

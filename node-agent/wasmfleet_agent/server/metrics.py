@@ -102,6 +102,12 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.task_restarts = Counter(
+            "wasmfleet_agent_task_restarts",
+            "Long-running tasks (watch, heartbeat, status writer) that ended and were restarted.",
+            ["task"],
+            registry=r,
+        )
         self.modules_loaded = Gauge(
             "wasmfleet_agent_modules_loaded",
             "Served modules whose machine code is in memory (idle ones are unloaded).",
