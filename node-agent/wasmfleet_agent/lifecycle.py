@@ -84,6 +84,11 @@ class BindingState:
     exit_code: int | None = None
     # Consecutive failures of the current kind, for backoff.
     failures: int = 0
+    failure: State | None = None
+    """The failing state of the latest failure, kept through the retries after it (which
+    pass through Pulling and Compiling) until the binding is ready again."""
+    config_error: str | None = None
+    """Why a ready binding serves its last good configuration (a source it reads is gone)."""
 
     @property
     def phase(self) -> str:
@@ -114,6 +119,7 @@ def advance(
         last_error=error if error is not None else (None if to.ready else current.last_error),
         exit_code=exit_code if exit_code is not None else current.exit_code,
         failures=failures,
+        failure=to if to.failing else (None if to.ready else current.failure),
     )
 
 

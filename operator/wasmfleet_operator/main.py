@@ -1,8 +1,10 @@
 """The operator process: leader election, then kopf's watches feeding the reconciler.
 
 kopf watches the five kinds the operator reads (WasmServices, WasmBindings, WasmAgents, the
-agents' heartbeat Leases and Nodes) with its reconnecting list-and-watch streams; every event
-only updates a cache and queues the affected WasmServices. The reconcile workers, a fleet
+agents' heartbeat Leases and Nodes) and the two it writes for routing (Services and
+EndpointSlices with its label, so that one deleted or changed by hand is repaired at once)
+with its reconnecting list-and-watch streams; every event only updates a cache and queues the
+affected WasmServices. The reconcile workers, a fleet
 monitor (which notices heartbeats that lapse, an event no watch delivers) and a periodic
 resync do the work. Everything starts only once this replica holds the leader Lease, and the
 caches are filled from a full list before the first pass, so a fresh leader never mistakes a
@@ -123,6 +125,20 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
     async def on_lease(event: Mapping[str, Any], **_: Any) -> None:
         if event["object"]["metadata"].get("namespace") == options.namespace:
             fleet.update_lease(event["object"], deleted=deleted(event))
+
+    @kopf.on.event("", "v1", "services", labels={LABEL_SERVICE: kopf.PRESENT}, registry=registry)
+    async def on_owned_service(event: Mapping[str, Any], **_: Any) -> None:
+        reconciler.on_owned("Service", event["object"], deleted=deleted(event))
+
+    @kopf.on.event(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        labels={LABEL_SERVICE: kopf.PRESENT},
+        registry=registry,
+    )
+    async def on_owned_slice(event: Mapping[str, Any], **_: Any) -> None:
+        reconciler.on_owned("EndpointSlice", event["object"], deleted=deleted(event))
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def on_node(event: Mapping[str, Any], **_: Any) -> None:

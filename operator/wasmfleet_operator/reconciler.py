@@ -12,15 +12,26 @@ step, and carries it out in the order that keeps traffic flowing:
 3. last the status, with an Event for each condition that changed.
 
 Writes that would change nothing are skipped, so a pass over a settled service costs one list.
-The names of the Services and EndpointSlices last written are remembered, so a change deletes
-the ones no longer wanted without listing them first; every ``rewrite_every``-th resync
-forgets all of it, and the next pass lists and writes everything again (repairing drift).
-Events are posted by a background task (`event_writer`), so a pass never waits on them.
+What was last written of the Services and EndpointSlices is remembered, so a change deletes
+the ones no longer wanted without listing them first. The operator also watches the objects
+it owns (`on_owned`): one deleted or changed by someone else is written again by the next
+pass, within about a second, with a Warning Event; every ``rewrite_every``-th resync rewrites
+everything as well. A binding edited by hand (`drift.binding_drift`) is put back, or deleted
+when it belongs to an old revision, with a Warning Event, and counts as not serving until its
+agent has acted on the restored spec (``status.observedGeneration``).
+
+While the routing objects cannot be written the service is not Ready (``RoutingFailed``).
+The status written last is remembered and is what the next pass compares with, so two passes
+in quick succession never report one transition twice. Events are posted by a background task
+(`event_writer`), so a pass never waits on them; an Event that repeats within ten minutes
+updates the first one's ``series.count`` instead of adding another, as Kubernetes' own
+recorder does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import json
@@ -38,6 +49,7 @@ from wasmfleet_api.base import API_VERSION
 from wasmfleet_api.client import ApiError, KubeClient, resource_for
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
 from wasmfleet_api.workload import WorkloadSpec
+from wasmfleet_operator.drift import binding_drift, drifted_fields
 from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.metrics import OperatorMetrics
 from wasmfleet_operator.planner import Plan, Replica, plan_placements
@@ -65,6 +77,7 @@ log = logging.getLogger(__name__)
 BINDINGS = resource_for(API_VERSION, "WasmBinding")
 SERVICES = resource_for("v1", "Service")
 SLICES = resource_for("discovery.k8s.io/v1", "EndpointSlice")
+EVENTS = resource_for("events.k8s.io/v1", "Event")
 RESOLVE_ANNOTATION = "wasmfleet.dev/resolve"
 """Set or change this annotation's value to resolve the module's tag again (a rollout if it
 moved), e.g. ``kubectl annotate wsvc NAME wasmfleet.dev/resolve="$(date +%s)" --overwrite``."""
@@ -90,6 +103,8 @@ class ReconcilerSettings:
     rewrite_every: int = 10
     """Every this many resyncs, forget what was written and write it all again."""
     max_pending_events: int = 10_000
+    event_series_seconds: float = 600.0
+    """An Event repeated within this long counts up the first one's series."""
 
 
 class Reconciler:
@@ -116,6 +131,16 @@ class Reconciler:
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(
             maxsize=self.settings.max_pending_events
         )
+        # Event series: (uid, type, reason, note) -> (name, namespace, count, first seen).
+        self._series: dict[tuple[str, str, str, str], tuple[str, str, int, float]] = {}
+        # What was applied of the Services and EndpointSlices, per (kind, service key), by name.
+        self._applied: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        # Routing objects someone else deleted or changed, per service key, for its Events.
+        self._tampered: dict[str, list[str]] = {}
+        # Routing objects someone else changed: (kind, service key, name).
+        self._overwrite: set[tuple[str, str, str]] = set()
+        # The status last written per service key, with the service's uid.
+        self._reported: dict[str, tuple[str, WasmServiceStatus]] = {}
         self.passes = 0
         self.metrics = metrics
 
@@ -125,8 +150,11 @@ class Reconciler:
         key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
         if deleted:
             self.services.pop(key, None)
+            self._reported.pop(key, None)
+            self._tampered.pop(key, None)
             for kind in ("Service", "EndpointSlice"):
                 self._written.pop((kind, key), None)
+                self._applied.pop((kind, key), None)
         else:
             self.services[key] = dict(obj)
         self.queue.add(key)
@@ -136,6 +164,43 @@ class Reconciler:
         service = (obj.get("spec") or {}).get("serviceName")
         if service:
             self.queue.add(f"{obj['metadata']['namespace']}/{service}")
+
+    def on_owned(self, kind: str, obj: Mapping[str, Any], *, deleted: bool) -> None:
+        """A Service or EndpointSlice carrying our label changed: if it is one this operator
+        wrote and it no longer holds what was written (or is gone), its service is queued and
+        the next pass writes it again."""
+        metadata = obj["metadata"]
+        owner = next(
+            (
+                o.get("name")
+                for o in metadata.get("ownerReferences") or []
+                if o.get("kind") == "WasmService" and o.get("controller")
+            ),
+            None,
+        )
+        if owner is None:
+            return
+        key = f"{metadata['namespace']}/{owner}"
+        applied = self._applied.get((kind, key), {}).get(metadata["name"])
+        if applied is None or key not in self.services:
+            return
+        changed = ["the whole object"] if deleted else drifted_fields(obj, applied)
+        if not changed:
+            return
+        what = f"{kind} {metadata['name']} was {'deleted' if deleted else 'changed'}"
+        if not deleted:
+            what += f" ({', '.join(changed[:5])})"
+        log.warning(
+            "routing object changed by someone else; writing it again",
+            extra={"service": key, "change": what},
+        )
+        self._tampered.setdefault(key, []).append(what)
+        if not deleted:
+            self._overwrite.add((kind, key, metadata["name"]))
+        written = self._written.get((kind, key))
+        if written is not None:
+            self._written[(kind, key)] = ("", written[1])
+        self.queue.add(key)
 
     def enqueue_all(self) -> None:
         for key in self.services:
@@ -200,24 +265,38 @@ class Reconciler:
             return
         namespace, name = key.split("/", 1)
         metadata = service.metadata
-        previous = service.status
+        uid = metadata.get("uid")
+        reported = self._reported.get(key)
+        # Our own last write is newer than the watch cache may be: only the operator writes it.
+        previous = reported[1] if reported is not None and reported[0] == uid else service.status
 
         digest, resolved_from, resolve_error = await self._digest(service, previous)
         listing = await self.kube.list(
             BINDINGS, namespace=namespace, label_selector=render_selector(name)
         )
-        uid = metadata.get("uid")
         bindings = [
             b
             for b in listing["items"]
             if any(o.get("uid") == uid for o in b["metadata"].get("ownerReferences") or [])
         ]
         liveness = self.fleet.liveness_all()
+        current_revision = (
+            render_revision(_workload(service), digest) if digest is not None else None
+        )
+        drifted = await self._repair_drift(service, bindings, current_revision, digest)
 
         def serving(binding: Mapping[str, Any]) -> bool:
             node = binding["spec"]["nodeName"]
             live = liveness.get(node)
-            return bool((binding.get("status") or {}).get("ready")) and bool(live and live.ready)
+            status = binding.get("status") or {}
+            return (
+                bool(status.get("ready"))
+                and bool(live and live.ready)
+                and binding["metadata"]["name"] not in drifted
+                # the agent has acted on this spec (not one edited since, or put back)
+                and status.get("observedGeneration")
+                in (None, binding["metadata"].get("generation"))
+            )
 
         replicas = [
             Replica(
@@ -228,8 +307,8 @@ class Reconciler:
             )
             for b in bindings
         ]
-        if digest is not None:
-            revision = render_revision(_workload(service), digest)
+        if current_revision is not None:
+            revision = current_revision
             plan = plan_placements(
                 desired=service.spec.replicas,
                 revision=revision,
@@ -263,8 +342,16 @@ class Reconciler:
             )
         # A job has no Service; one that was an http service before loses it.
         selector = render_selector(name)
-        await self._write_owned("Service", key, SERVICES, services, selector, uid)
-        await self._write_owned("EndpointSlice", key, SLICES, slices, selector, uid)
+        routing_error = None
+        try:
+            await self._write_owned("Service", key, SERVICES, services, selector, uid)
+            await self._write_owned("EndpointSlice", key, SLICES, slices, selector, uid)
+        except ApiError as error:
+            # Reported in the status below (not Ready), then retried.
+            routing_error = f"the Service or its EndpointSlices cannot be written: {error}"
+            log.warning("routing not written", extra={"service": key, "error": str(error)})
+        for change in self._tampered.pop(key, []):
+            self.post_event(service, "Warning", "RoutingRepaired", f"{change}; written again")
 
         for binding_name in plan.delete:
             await self.kube.delete(BINDINGS, binding_name, namespace)
@@ -301,6 +388,8 @@ class Reconciler:
                 phase=_phase(b, liveness),
                 ready=serving(b),
                 message=str((b.get("status") or {}).get("lastError") or ""),
+                failure=_binding_condition(b, "Failing", "True"),
+                stale_config=_binding_condition(b, "ConfigurationCurrent", "False", "message"),
             )
             for b in bindings
             if b["metadata"]["name"] not in removing
@@ -329,6 +418,7 @@ class Reconciler:
                 resolve_error=(resolve_error.reason, resolve_error.message)
                 if resolve_error
                 else None,
+                routing_error=routing_error,
             ),
             previous=previous,
             now=_now(),
@@ -337,6 +427,48 @@ class Reconciler:
         await self._write_status(service, previous, status)
         if resolve_error is not None:
             self.queue.add_after(key, self.settings.resolve_retry_seconds)
+        if routing_error is not None:
+            self.queue.add_after(key, 2.0)
+
+    async def _repair_drift(
+        self,
+        service: WasmService,
+        bindings: Sequence[Mapping[str, Any]],
+        revision: str | None,
+        digest: str | None,
+    ) -> set[str]:
+        """Puts back bindings of the current revision that someone edited, deletes edited
+        ones of older revisions, with a Warning Event each; the names of those bindings."""
+        namespace = service.metadata["namespace"]
+        drifted = set()
+        for binding in bindings:
+            spec = binding["spec"]
+            current = revision is not None and spec["revision"] == revision
+            desired = None
+            if current:
+                assert digest is not None
+                desired = render_binding(
+                    service, node=spec["nodeName"], revision=spec["revision"], digest=digest
+                )
+            changed = binding_drift(binding, desired)
+            if not changed:
+                continue
+            name = binding["metadata"]["name"]
+            drifted.add(name)
+            if desired is not None:
+                await self.kube.apply(desired)
+                action = "put back"
+            else:
+                await self.kube.delete(BINDINGS, name, namespace)
+                self.fleet.binding_nodes.pop(f"{namespace}/{name}", None)
+                action = "deleted (an old revision)"
+            note = (
+                f"binding {name} on {spec['nodeName']} was changed by someone else "
+                f"({', '.join(changed[:5])}); {action}"
+            )
+            log.warning("binding drifted", extra={"binding": f"{namespace}/{name}", "note": note})
+            self.post_event(service, "Warning", "BindingDrifted", note)
+        return drifted
 
     async def _digest(
         self, service: WasmService, previous: WasmServiceStatus | None
@@ -378,6 +510,7 @@ class Reconciler:
         known = self._written.get((kind, key))
         if known is not None and known[0] == fingerprint:
             return
+        applied = self._applied.setdefault((kind, key), {})
         namespace = key.split("/", 1)[0]
         wanted = frozenset(o["metadata"]["name"] for o in objects)
         if known is not None:
@@ -395,8 +528,23 @@ class Reconciler:
                 )
             )
         for obj in objects:
+            name = obj["metadata"]["name"]
+            applied[name] = dict(obj)
+            if (kind, key, name) in self._overwrite:
+                # What someone else set can survive an apply (a Service port they changed is
+                # another item of a keyed list, and theirs): a merge patch replaces our fields
+                # whole, lists included; the apply then owns them again.
+                self._overwrite.discard((kind, key, name))
+                with contextlib.suppress(ApiError):
+                    await self.kube.merge_patch(
+                        resource,
+                        name,
+                        {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")},
+                        namespace=namespace,
+                    )
             await self.kube.apply(obj)
         for stale_name in sorted(stale):
+            applied.pop(stale_name, None)  # our own deletion is no drift
             await self.kube.delete(resource, stale_name, namespace)
         self._written[(kind, key)] = (fingerprint, wanted)
 
@@ -415,19 +563,56 @@ class Reconciler:
                 "status": rendered,
             }
         )
+        self._reported[f"{metadata['namespace']}/{metadata['name']}"] = (
+            str(metadata.get("uid")),
+            status,
+        )
         for event in condition_events(previous, status):
-            self._event(service, event.type, event.reason, event.message)
+            self.post_event(service, event.type, event.reason, event.message)
 
     async def event_writer(self) -> None:
-        """Posts the queued Events, one at a time (best effort: a failure is logged)."""
+        """Posts the queued Events, one at a time (best effort: a failure is logged).
+
+        An Event like one posted within ``event_series_seconds`` (same object, type, reason
+        and note) is not posted again: the first one's ``series`` counts it.
+        """
+        loop = asyncio.get_running_loop()
         while True:
             body = await self._events.get()
+            now = loop.time()
+            window = self.settings.event_series_seconds
+            for old in [k for k, v in self._series.items() if now - v[3] > window]:
+                del self._series[old]
+            key = (
+                str(body["regarding"].get("uid")),
+                str(body["type"]),
+                str(body["reason"]),
+                str(body["note"]),
+            )
             try:
-                await self.kube.create(body)
-            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+                seen = self._series.get(key)
+                if seen is None:
+                    await self.kube.create(body)
+                    self._series[key] = (
+                        body["metadata"]["name"],
+                        body["metadata"]["namespace"],
+                        1,
+                        now,
+                    )
+                    continue
+                name, namespace, count, first = seen
+                series = {"count": count + 1, "lastObservedTime": body["eventTime"]}
+                await self.kube.merge_patch(EVENTS, name, {"series": series}, namespace=namespace)
+                self._series[key] = (name, namespace, count + 1, first)
+            except ApiError as error:
+                if error.not_found and key in self._series:
+                    del self._series[key]  # expired or deleted: the next one starts afresh
+                log.warning("event not recorded: %s", error)
+            except (OSError, TimeoutError, aiohttp.ClientError) as error:
                 log.warning("event not recorded: %s", error)
 
-    def _event(self, service: WasmService, type_: str, reason: str, note: str) -> None:
+    def post_event(self, service: WasmService, type_: str, reason: str, note: str) -> None:
+        """Queues an Event about ``service`` for the event writer (best effort)."""
         metadata = service.metadata
         body = {
             "apiVersion": "events.k8s.io/v1",
@@ -465,6 +650,7 @@ class Reconciler:
         ):
             return
         log.warning("invalid WasmService", extra={"service": metadata["name"], "error": problems})
+        self._reported.pop(f"{metadata['namespace']}/{metadata['name']}", None)
         condition = {
             "type": "Ready",
             "status": "False",
@@ -497,6 +683,16 @@ def _workload(service: WasmService) -> WorkloadSpec:
     return WorkloadSpec.model_validate(
         service.spec.model_dump(include=set(WorkloadSpec.model_fields))
     )
+
+
+def _binding_condition(
+    binding: Mapping[str, Any], type_: str, status: str, field: str = "reason"
+) -> str | None:
+    """The ``field`` of the binding's condition ``type_`` when it has ``status``."""
+    for condition in (binding.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == status:
+            return str(condition.get(field) or "") or None
+    return None
 
 
 def _phase(binding: Mapping[str, Any], liveness: Mapping[str, Any]) -> str:

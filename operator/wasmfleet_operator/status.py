@@ -1,9 +1,15 @@
 """What ``kubectl get`` and ``describe`` show: status, conditions and the events between them.
 
 `compute_status` turns what the operator observed (the replicas and their phases, the plan's
-unplaceable count, a failed tag resolution) into the WasmService status, keeping each
-condition's lastTransitionTime when nothing about it changed. `condition_events` says which
-transitions deserve a Kubernetes Event. Both are pure.
+unplaceable count, a failed tag resolution, routing objects that could not be written) into
+the WasmService status, keeping each condition's lastTransitionTime when nothing about it
+changed. `condition_events` says which transitions deserve a Kubernetes Event. Both are pure.
+
+A replica that failed and is being retried stays failing through its retry (its agent reports
+the failure until the replica is ready again), so Degraded does not flicker to False while a
+crash loop pulls and compiles once more. A ready replica that runs on its last good
+configuration, because a ConfigMap or Secret it reads is gone, makes the service Degraded
+(``StaleConfiguration``) while it stays Ready.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ class ObservedReplica:
     phase: str
     ready: bool
     message: str = ""
+    failure: str | None = None
+    """The phase of the latest failure (PullBackOff, CrashLoopBackOff, Failed) while the
+    replica is retried after it, None once it is ready."""
+    stale_config: str | None = None
+    """Why the replica serves its last good configuration, when it does."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,8 @@ class Observed:
     unschedulable_reason: str = ""
     # Set when the module reference could not be resolved: (reason, message).
     resolve_error: tuple[str, str] | None = None
+    # Set when the Service or EndpointSlices could not be written.
+    routing_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,14 +110,16 @@ def compute_status(
     ready_current = sum(r.ready for r in current)
     ready_all = sum(r.ready for r in observed.replicas)
     old = [r for r in observed.replicas if r.revision != observed.revision]
-    failing = [r for r in current if r.phase in _FAILURE_REASONS]
+    failing = [r for r in current if _failure_of(r) is not None]
     desired = observed.desired
 
     failure: tuple[str, str] | None = observed.resolve_error
+    if failure is None and observed.routing_error is not None:
+        failure = ("RoutingFailed", observed.routing_error)
     if failure is None and failing:
         first = sorted(failing, key=lambda r: r.name)[0]
         failure = (
-            _FAILURE_REASONS[first.phase],
+            _FAILURE_REASONS[_failure_of(first) or first.phase],
             f"{len(failing)} replica(s) failing; {first.node}: {first.message or first.phase}",
         )
     if failure is None and observed.unplaced:
@@ -128,11 +143,18 @@ def compute_status(
         if rolling and observed.resolve_error is None
         else (False, "Complete", "the current revision is fully rolled out")
     )
-    degraded = (
-        (True, failure[0], failure[1])
-        if failure is not None
-        else (False, "AsExpected", "no replica is failing")
-    )
+    stale = sorted((r for r in observed.replicas if r.stale_config), key=lambda r: r.name)
+    if failure is not None:
+        degraded = (True, failure[0], failure[1])
+    elif stale:
+        degraded = (
+            True,
+            "StaleConfiguration",
+            f"{len(stale)} replica(s) serve their last good configuration; "
+            f"{stale[0].node}: {stale[0].stale_config}",
+        )
+    else:
+        degraded = (False, "AsExpected", "no replica is failing")
 
     conditions = [
         _condition(
@@ -171,6 +193,15 @@ def compute_status(
         ],
         conditions=conditions,
     )
+
+
+def _failure_of(replica: ObservedReplica) -> str | None:
+    """The failing phase a replica is in, or is being retried after."""
+    if replica.phase in _FAILURE_REASONS:
+        return replica.phase
+    if not replica.ready and replica.failure in _FAILURE_REASONS:
+        return replica.failure
+    return None
 
 
 _NO_NEWS = {("Degraded", "False", "AsExpected"), ("Ready", "False", "ReplicasNotReady")}

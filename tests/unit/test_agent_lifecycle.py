@@ -82,3 +82,15 @@ def test_every_state_other_than_pending_is_reachable() -> None:
 def test_backoff_doubles_and_is_capped() -> None:
     assert [backoff_seconds(n) for n in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
     assert backoff_seconds(40) == 300.0
+
+
+def test_the_latest_failure_is_kept_through_its_retries_until_ready() -> None:
+    current = advance(walk(State.PULLING, State.COMPILING), State.CRASH_LOOP_BACKOFF, error="e")
+    assert current.failure is State.CRASH_LOOP_BACKOFF
+    current = advance(advance(current, State.PULLING), State.COMPILING)
+    assert (current.phase, current.failure) == ("Compiling", State.CRASH_LOOP_BACKOFF)
+    current = advance(advance(current, State.CRASH_LOOP_BACKOFF, error="e"), State.PULLING)
+    current = advance(advance(current, State.PULL_BACKOFF, error="401"), State.PULLING)
+    assert current.failure is State.PULL_BACKOFF
+    assert walk(State.PULLING, State.COMPILING, State.READY).failure is None
+    assert advance(advance(current, State.COMPILING), State.READY).failure is None

@@ -188,3 +188,35 @@ def test_a_new_service_gets_events_only_for_news() -> None:
     assert "AsExpected" not in reasons  # Degraded=False: nothing happened
     assert "ReplicasNotReady" not in reasons  # a new service is not ready yet: no news
     assert "RollingOut" in reasons
+
+
+def test_a_replica_retrying_after_a_failure_keeps_the_service_degraded() -> None:
+    retrying = ObservedReplica(
+        "b-b-rev", "b", "amd64", "rev", "Pulling", False, "bad secret", failure="CrashLoopBackOff"
+    )
+    status = compute_status(observed(replica("a"), retrying), previous=None, now="t1")
+    assert _condition(status, "Degraded") == ("True", "CrashLooping")
+    assert _condition(status, "Ready") == ("False", "CrashLooping")
+
+
+def test_a_replica_on_its_last_good_configuration_is_degraded_but_ready() -> None:
+    stale = ObservedReplica(
+        "b-b-rev", "b", "amd64", "rev", "Ready", True, stale_config="Secret s1 not found"
+    )
+    status = compute_status(observed(replica("a"), stale), previous=None, now="t1")
+    assert _condition(status, "Ready") == ("True", "AllReplicasReady")
+    assert _condition(status, "Degraded") == ("True", "StaleConfiguration")
+    degraded = next(c for c in status.conditions if c.type == "Degraded")
+    assert "b: Secret s1 not found" in degraded.message
+    events = condition_events(None, status)
+    assert any(e.type == "Warning" and e.reason == "StaleConfiguration" for e in events)
+
+
+def test_routing_that_cannot_be_written_is_not_ready() -> None:
+    status = compute_status(
+        observed(replica("a"), replica("b"), routing_error="the Service cannot be written: 422"),
+        previous=None,
+        now="t1",
+    )
+    assert _condition(status, "Ready") == ("False", "RoutingFailed")
+    assert _condition(status, "Degraded") == ("True", "RoutingFailed")

@@ -27,7 +27,7 @@ import logging
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,7 @@ class NodeRunner:
             last_error=error[:_MAX_ERROR],
             exit_code=state.exit_code,
             failures=state.failures + 1,
+            failure=State.CRASH_LOOP_BACKOFF,
         )
         self._report(replica)
 
@@ -408,14 +409,21 @@ class NodeRunner:
             await asyncio.sleep(self.settings.config_refresh_seconds)
             config, error = await self._config(replica)
             if error is not None or config is None:
-                if replica.state.last_error != str(error):
+                if replica.state.config_error != str(error):
                     log.warning(
                         "configuration unreadable; keeping the last good one",
                         extra={"binding": replica.key, "error": str(error)},
                     )
-                    replica.state = advance(replica.state, State.READY, error=str(error))
+                    replica.state = replace(
+                        advance(replica.state, State.READY, error=str(error)),
+                        config_error=str(error),
+                    )
                     self._report(replica)
                 continue
+            if replica.state.config_error is not None:
+                log.info("configuration readable again", extra={"binding": replica.key})
+                replica.state = replace(replica.state, config_error=None, last_error=None)
+                self._report(replica)
             if config.fingerprint == replica.config_fingerprint:
                 continue
             try:
@@ -506,6 +514,27 @@ def render_binding_status(
         status["lastError"] = state.last_error
     if state.exit_code is not None:
         status["exitCode"] = state.exit_code
+    conditions = []
+    if state.failure is not None and not state.ready:
+        conditions.append(
+            {
+                "type": "Failing",
+                "status": "True",
+                "reason": state.failure.value,
+                "message": state.last_error or state.failure.value,
+            }
+        )
+    if state.config_error is not None:
+        conditions.append(
+            {
+                "type": "ConfigurationCurrent",
+                "status": "False",
+                "reason": "SourceUnreadable",
+                "message": f"serving the last good configuration: {state.config_error}",
+            }
+        )
+    if conditions:
+        status["conditions"] = conditions
     return status
 
 
