@@ -92,7 +92,15 @@ def _save_state(state: dict[str, object]) -> None:
 def cmd_up(_args: argparse.Namespace) -> int:
     state = _load_state()
     if state is not None and _running_pids(state):
-        print(f"already up (state in {STATE_DIR}); run `make down` first", file=sys.stderr)
+        down = _down_components(state)
+        if down:
+            print(
+                f"partly up: {', '.join(down)} not running (see `make status`); recover with "
+                "`make down && make up`",
+                file=sys.stderr,
+            )
+        else:
+            print(f"already up (state in {STATE_DIR}); run `make down` first", file=sys.stderr)
         return 1
     if not netns_available():
         print(
@@ -237,14 +245,45 @@ def cmd_down(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _down_components(state: dict[str, object]) -> list[str]:
+    pids = state.get("pids", {})
+    assert isinstance(pids, dict)
+    running = _running_pids(state)
+    return [str(name) for name in pids if name not in running]
+
+
 def cmd_status(_args: argparse.Namespace) -> int:
+    """One line per component `up` started; exit 1 and the way back when any is not running.
+
+    The processes are not supervised (in a cluster, the operator's Deployment and the agents'
+    DaemonSet restart them): a component that died stays down until the system is restarted.
+    """
     state = _load_state()
     if state is None:
         print("nothing is up")
         return 1
+    pids = state.get("pids", {})
+    assert isinstance(pids, dict)
     running = _running_pids(state)
-    print(json.dumps({**state, "running": sorted(running)}, indent=2))
-    return 0 if running else 1
+    logs = {
+        "etcd": "control-plane/logs",
+        "kube-apiserver": "control-plane/logs",
+        "kube-controller-manager": "control-plane/logs",
+        "registry": "registry",
+    }
+    for name, pid in pids.items():
+        if name in running:
+            print(f"{name:26} running  (pid {pid})")
+        else:
+            where = STATE_DIR / logs.get(str(name), "fleet/logs")
+            print(f"{name:26} DOWN     (was pid {pid}; its log is under {where})")
+    print(f"kubeconfig: {state.get('kubeconfig')}")
+    print(f"registry:   {state.get('registry')}")
+    down = _down_components(state)
+    if down:
+        print(f"\n{len(down)} component(s) down. Recover with: make down && make up")
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
