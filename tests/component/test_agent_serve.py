@@ -108,7 +108,9 @@ async def test_a_timeout_answers_504_in_time_while_others_are_served(
     results = await asyncio.gather(*slow)
     for status, seconds, error_id in results:
         assert status == 504
-        assert probe_deadline <= seconds < probe_deadline + 0.1
+        # In time: at the deadline, not when the guest would have ended (a 60 s sleep, never
+        # for a loop); the margin allows for a loaded 2-core machine.
+        assert probe_deadline <= seconds < probe_deadline + 0.5
         assert len(error_id) == 12
     assert all(status == 200 for status, _, _ in quick)
     assert quick_elapsed < probe_deadline  # served while the slow ones were still running
