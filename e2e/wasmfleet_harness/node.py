@@ -97,6 +97,12 @@ _KUBELET_SYSCTLS = (
     "kernel/keys/root_maxbytes",
 )
 _SYSCTLS_FILE = "kernel-settings.json"
+# Written into the run directory at start, so a later run can find a dead run's workspace.
+_WORKDIR_FILE = "workdir"
+_CREATED_PATHS_FILE = "created-paths.json"
+_RUN_DIR_PREFIX = "wasmfleet-node-"
+# The parent of every cgroup of the node's Pods, in each hierarchy.
+_CGROUP_PARENT = "wasmfleet-node"
 # Paths outside the workspace that the kubelet and containerd's CNI library use whatever they
 # are configured with: the device-plugin socket, the container log symlinks, libcni's cache.
 _FIXED_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/lib/cni"))
@@ -261,6 +267,65 @@ def _restore_sysctls(saved: dict[str, str]) -> None:
             Path("/proc/sys", name).write_text(value + "\n")
 
 
+def _node_processes(markers: tuple[str, ...]) -> list[int]:
+    """Processes whose command line holds one of ``markers`` (a node's workspace or run
+    directory: containerd, its shims, the kubelet, ...) or that sit in the Pods' cgroups."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cgroups = (entry / "cgroup").read_text()
+        except OSError:
+            continue
+        if any(m in cmdline for m in markers) or f":/{_CGROUP_PARENT}/" in cgroups:
+            found.add(int(entry.name))
+    return sorted(found)
+
+
+def _kill_node_processes(markers: tuple[str, ...]) -> None:
+    for pid in _node_processes(markers):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not _node_processes(markers), timeout=10)
+
+
+def _remove_cgroup_tree(top: Path) -> None:
+    """Removes ``top`` and every cgroup below it, deepest first (they must hold no task)."""
+    if not top.is_dir():
+        return
+    for directory in sorted(
+        (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    ):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
+
+
+def _sweep_dead_run(run_dir: Path) -> None:
+    """Removes what a node whose harness process died left: its processes (containerd's
+    shims and the containers outlive their parent), mounts, cgroups and changed kernel
+    settings, then its run directory."""
+    markers = [str(run_dir)]
+    with contextlib.suppress(OSError):
+        markers.append((run_dir / _WORKDIR_FILE).read_text().strip())
+    _kill_node_processes(tuple(markers))
+    for marker in markers:
+        _unmount_below(Path(marker))
+    for hierarchy in _cgroup_hierarchies():
+        _remove_cgroup_tree(hierarchy / _CGROUP_PARENT)
+    with contextlib.suppress(OSError, ValueError):
+        _restore_sysctls(json.loads((run_dir / _SYSCTLS_FILE).read_text()))
+    with contextlib.suppress(OSError, ValueError):
+        for path in json.loads((run_dir / _CREATED_PATHS_FILE).read_text()):
+            if Path(path) in _FIXED_PATHS:
+                shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _foreign_node_processes(own_pids: set[int]) -> list[str]:
     """kubelet or kube-proxy processes on this machine that this run did not start."""
     foreign = []
@@ -269,9 +334,11 @@ def _foreign_node_processes(own_pids: set[int]) -> list[str]:
             continue
         try:
             comm = (entry / "comm").read_text().strip()
-        except OSError:
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
             continue
-        if comm in ("kubelet", "kube-proxy"):
+        # A zombie has exited; it only waits for its new parent to reap it.
+        if comm in ("kubelet", "kube-proxy") and state != "Z":
             foreign.append(f"{comm} (pid {entry.name})")
     return foreign
 
@@ -352,16 +419,12 @@ class NodeAddress:
         for interface in (self.network.address_interface, self.network.bridge):
             if _link_exists(interface):
                 _run(["ip", "link", "del", interface], check=False)
+        for stale in Path("/run").glob(f"{_RUN_DIR_PREFIX}*"):
+            pid = stale.name.removeprefix(_RUN_DIR_PREFIX)
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                _sweep_dead_run(stale)
         if iptables_chains():
             _remove_owned_chains()
-        for stale in Path("/run").glob("wasmfleet-node-*"):
-            pid = stale.name.removeprefix("wasmfleet-node-")
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                saved = stale / _SYSCTLS_FILE
-                if saved.exists():
-                    _restore_sysctls(json.loads(saved.read_text()))
-                _unmount_below(stale)
-                shutil.rmtree(stale, ignore_errors=True)
 
     def _check_ranges(self) -> None:
         ours = self.network.networks()
@@ -451,10 +514,10 @@ class Node:
         self.cni_conf_dir = self.workdir / "cni" / "net.d"
         self.cni_ipam_dir = self.workdir / "cni" / "ipam"
         # Unix socket paths are limited to 108 bytes; the workspace path can be long.
-        self.run_dir = Path(f"/run/wasmfleet-node-{os.getpid()}")
+        self.run_dir = Path(f"/run/{_RUN_DIR_PREFIX}{os.getpid()}")
         self.containerd_socket = self.run_dir / "containerd.sock"
         self.runc_root = self.run_dir / "runc"
-        self.cgroup_parent = "wasmfleet-node"
+        self.cgroup_parent = _CGROUP_PARENT
         self.sandbox_image = ""
         self.coredns_image = ""
         self.kubelet_port = 0
@@ -606,6 +669,10 @@ class Node:
             self.run_dir,
         ):
             directory.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / _WORKDIR_FILE).write_text(str(self.workdir))
+        (self.run_dir / _CREATED_PATHS_FILE).write_text(
+            json.dumps([str(p) for p in self._created_paths])
+        )
         self._create_cgroups()
         bridge = self.network.bridge
         prefix = ipaddress.ip_network(self.network.pod_cidr).prefixlen
@@ -974,11 +1041,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         runc = str(self.binaries.runc)
         for state in self._runc_containers():
             _run([runc, "--root", str(state.parent), "delete", "--force", state.name], check=False)
-        for pid in self._own_processes():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        with contextlib.suppress(TimeoutError):
-            wait_until(lambda: not self._own_processes(), timeout=10)
+        _kill_node_processes(self._markers())
 
     def _cleanup_kube_proxy(self) -> None:
         if self._kube_proxy_config is None:
@@ -990,15 +1053,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 
     def _remove_cgroups(self) -> None:
         for top in reversed(self._created_cgroups):
-            for directory in sorted(
-                (p for p in top.rglob("*") if p.is_dir()),
-                key=lambda p: len(p.parts),
-                reverse=True,
-            ):
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+            _remove_cgroup_tree(top)
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -1046,23 +1101,11 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             return []
         return [state for ns in self.runc_root.iterdir() if ns.is_dir() for state in ns.iterdir()]
 
+    def _markers(self) -> tuple[str, ...]:
+        return (str(self.workdir), str(self.run_dir))
+
     def _own_processes(self) -> list[int]:
-        """Processes of this node: any whose command line names its workspace or run
-        directory (containerd, its shims, the kubelet, ...) or that sits in its Pods'
-        cgroups."""
-        markers = (str(self.workdir), str(self.run_dir))
-        found = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                cgroups = (entry / "cgroup").read_text()
-            except OSError:
-                continue
-            if any(m in cmdline for m in markers) or f"/{self.cgroup_parent}/" in cgroups:
-                found.add(int(entry.name))
-        return sorted(found)
+        return _node_processes(self._markers())
 
 
 def _cgroup_hierarchies() -> list[Path]:
