@@ -76,6 +76,7 @@ __all__ = [
     "NodeNetwork",
     "NodeStartError",
     "iptables_chains",
+    "service_routed",
     "service_rules_present",
 ]
 
@@ -195,33 +196,38 @@ def iptables_chains() -> dict[str, list[str]]:
     return found
 
 
-def service_rules_present(cluster_ip: str, port: int, protocol: str = "tcp") -> bool:
-    """Whether kube-proxy's NAT rules would send ``cluster_ip:port`` from this host to an
-    endpoint: OUTPUT jumps to ``KUBE-SERVICES``, which matches the address and port and
-    leads to a Service chain with at least one endpoint.
+def service_routed(nat_rules: str, cluster_ip: str, port: int, protocol: str = "tcp") -> bool:
+    """Whether ``nat_rules`` (``iptables-save -t nat``) send ``cluster_ip:port`` from this
+    host to an endpoint: OUTPUT jumps to ``KUBE-SERVICES``, which matches the address,
+    protocol and port and leads to a Service chain with at least one endpoint chain."""
+    rules = [shlex.split(line) for line in nat_rules.splitlines() if line.startswith("-A ")]
 
-    A ClusterIP is not an address of this machine: without these rules a packet to it
+    def option(rule: list[str], name: str) -> str | None:
+        return rule[rule.index(name) + 1] if name in rule[:-1] else None
+
+    if not any(r[1] == "OUTPUT" and option(r, "-j") == "KUBE-SERVICES" for r in rules):
+        return False
+    service_chains = {
+        option(r, "-j")
+        for r in rules
+        if r[1] == "KUBE-SERVICES"
+        and option(r, "-d") == f"{cluster_ip}/32"
+        and option(r, "-p") == protocol
+        and option(r, "--dport") == str(port)
+    }
+    return any(
+        r[1] in service_chains and (option(r, "-j") or "").startswith("KUBE-SEP-") for r in rules
+    )
+
+
+def service_rules_present(cluster_ip: str, port: int, protocol: str = "tcp") -> bool:
+    """`service_routed` on this machine's NAT table now.
+
+    A ClusterIP is not an address of this machine: without kube-proxy's rules a packet to it
     follows the default route off the machine. Check this before sending anything to one.
     """
-    rules = _run(["iptables-save", "-t", "nat"], check=False).stdout.splitlines()
-    if not any(r.startswith("-A OUTPUT") and "-j KUBE-SERVICES" in r for r in rules):
-        return False
-    service_chains = set()
-    for rule in rules:
-        words = rule.split()
-        if (
-            words[:2] == ["-A", "KUBE-SERVICES"]
-            and f"{cluster_ip}/32" in words
-            and protocol in words
-            and str(port) in words
-            and "-j" in words
-        ):
-            service_chains.add(words[words.index("-j") + 1])
-    return any(
-        rule.startswith(f"-A {chain} ") and "-j KUBE-SEP-" in rule
-        for chain in service_chains
-        for rule in rules
-    )
+    nat = _run(["iptables-save", "-t", "nat"], check=False).stdout
+    return service_routed(nat, cluster_ip, port, protocol)
 
 
 def _remove_owned_chains() -> None:
