@@ -174,7 +174,7 @@ def test_the_node_registers_and_becomes_ready_with_the_pinned_versions(node: Nod
     assert info["containerRuntimeVersion"] == f"containerd://{containerd}"
 
 
-def test_a_pod_pulled_from_the_local_registry_runs_becomes_ready_and_logs(
+def test_a_pod_pulled_from_the_local_registry_runs_logs_and_has_no_route_off_the_machine(
     node: Node, node_namespace: str, probe_image: str
 ) -> None:
     pod = _run_pod(node, node_namespace, _pod("hello", probe_image, "serve", "--text=hi"))
@@ -184,6 +184,16 @@ def test_a_pod_pulled_from_the_local_registry_runs_becomes_ready_and_logs(
     assert pod["spec"]["nodeName"] == node.name
     logs = node.plane.kubectl("logs", "-n", node_namespace, "hello").stdout
     assert 'serving "hi" on port 8080' in logs
+
+    # Pods reach their own network, Services and the node, and nothing else (read from the
+    # Pod's routing table: nothing is sent to find out).
+    network = node.network
+    routes = set(_exec(node, node_namespace, "hello", "/probe", "routes").splitlines())
+    assert routes == {
+        f"{network.pod_cidr} via 0.0.0.0",
+        f"{network.service_cidr} via {network.gateway}",
+        f"{network.node_ip}/32 via {network.gateway}",
+    }
 
 
 def test_a_service_cluster_ip_answers_from_the_host_once_kube_proxy_routes_it(

@@ -542,10 +542,20 @@ class Node:
         """Starts every component and returns once the Node is Ready, kube-proxy has written
         its rules, the scheduler is healthy and CoreDNS answers; stops what started and
         raises `NodeStartError` naming the component if any fails."""
-        if self.plane.config.address != self.address.ip or not self.plane.config.real_nodes:
+        plane = self.plane.config
+        if plane.address != self.address.ip or not plane.real_nodes:
             raise ValueError(
                 "the control plane must run with "
                 f"ControlPlaneConfig(address={self.address.ip!r}, real_nodes=True)"
+            )
+        # kube-proxy, the Pods' routes and the DNS address are all derived from this range.
+        services = ipaddress.ip_network(plane.service_cluster_ip_range)
+        if services != ipaddress.ip_network(self.network.service_cidr) or (
+            ipaddress.ip_address(self.config.cluster_dns) not in services
+        ):
+            raise ValueError(
+                f"the control plane's service range {services} must be the node's "
+                f"{self.network.service_cidr} and hold its DNS address {self.config.cluster_dns}"
             )
         self._started = True
         self._veths_before = _veth_links()

@@ -28,7 +28,7 @@ const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(errors.New("usage: probe serve|get|resolve|whoami [args]"))
+		fail(errors.New("usage: probe serve|get|resolve|whoami|routes [args]"))
 	}
 	var err error
 	switch os.Args[1] {
@@ -40,6 +40,8 @@ func main() {
 		err = resolve(os.Args[2:])
 	case "whoami":
 		err = whoami()
+	case "routes":
+		err = routes()
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -180,4 +182,38 @@ func whoami() error {
 	}
 	fmt.Println(answer.Status.UserInfo.Username)
 	return nil
+}
+
+// routes prints the Pod's IPv4 routes as "destination/prefix via gateway", one a line, read
+// from /proc/net/route so that tests can see where a Pod could send without sending anything.
+func routes() error {
+	table, err := os.ReadFile("/proc/net/route")
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(strings.TrimSpace(string(table)), "\n")
+	for _, line := range lines[1:] {
+		fields := strings.Fields(line)
+		if len(fields) < 8 {
+			continue
+		}
+		destination, err1 := littleEndianIPv4(fields[1])
+		gateway, err2 := littleEndianIPv4(fields[2])
+		mask, err3 := littleEndianIPv4(fields[7])
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return err
+		}
+		prefix, _ := net.IPMask(mask.To4()).Size()
+		fmt.Printf("%s/%d via %s\n", destination, prefix, gateway)
+	}
+	return nil
+}
+
+// littleEndianIPv4 decodes an address as /proc/net/route prints it (hex, host byte order).
+func littleEndianIPv4(text string) (net.IP, error) {
+	var value uint32
+	if _, err := fmt.Sscanf(text, "%X", &value); err != nil {
+		return nil, fmt.Errorf("bad address %q in /proc/net/route: %w", text, err)
+	}
+	return net.IPv4(byte(value), byte(value>>8), byte(value>>16), byte(value>>24)), nil
 }
