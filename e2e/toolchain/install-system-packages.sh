@@ -6,10 +6,12 @@
 #   apache2-utils              htpasswd, for the registry's basic auth
 #   iproute2                   network namespaces for the agents' test hosts
 #   wrk                        the HTTP load generator of the benchmarks
+#   libseccomp-dev             runc is built with cgo and `-tags seccomp` against it
+#   iptables                   kube-proxy and the CNI plugins of the local node program it
 # Go is expected on PATH (the control-plane binaries and the Go modules need >= 1.26).
 set -euo pipefail
 packages=(docker-registry clang lld wasi-libc libclang-rt-14-dev-wasm32 rustc wrk
-          libstd-rust-dev-wasm32 apache2-utils iproute2)
+          libstd-rust-dev-wasm32 apache2-utils iproute2 libseccomp-dev iptables)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,4 +1,4 @@
-"""Where the pinned control-plane binaries live, and building them when they are missing.
+"""Where the pinned control-plane and node binaries live, and building them when missing.
 
 The versions are pinned in ``e2e/toolchain/versions.env``; ``e2e/toolchain/build.sh`` builds
 them through the Go module proxy into a cache directory keyed by version. This module reads
@@ -12,13 +12,16 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 __all__ = [
     "REPO_ROOT",
     "TOOLCHAIN_DIR",
     "Binaries",
+    "NodeBinaries",
     "cache_dir",
     "ensure_binaries",
+    "ensure_node_binaries",
     "pinned_versions",
 ]
 
@@ -84,16 +87,93 @@ class Binaries:
         return [p for p in paths if not os.access(p, os.X_OK)]
 
 
+@dataclass(frozen=True)
+class NodeBinaries:
+    """Paths of what a real node runs: the Kubernetes node components from the same pin as
+    the control plane, and the container runtime, OCI runtime, CNI plugins and cluster DNS."""
+
+    kubelet: Path
+    kube_proxy: Path
+    kube_scheduler: Path
+    containerd: Path
+    containerd_shim_runc_v2: Path
+    ctr: Path
+    runc: Path
+    cni_bin_dir: Path
+    coredns: Path
+    kubernetes_version: str
+    containerd_version: str
+    runc_version: str
+    cni_plugins_version: str
+    coredns_version: str
+
+    CNI_PLUGINS: ClassVar[tuple[str, ...]] = ("bridge", "host-local", "loopback", "portmap")
+
+    @classmethod
+    def from_cache(cls) -> NodeBinaries:
+        pins = pinned_versions()
+        bin_dir = cache_dir() / "bin"
+        kube = bin_dir / f"kubernetes-node-{pins['KUBERNETES_VERSION']}"
+        containerd = bin_dir / f"containerd-{pins['CONTAINERD_VERSION']}"
+        return cls(
+            kubelet=kube / "kubelet",
+            kube_proxy=kube / "kube-proxy",
+            kube_scheduler=kube / "kube-scheduler",
+            containerd=containerd / "containerd",
+            containerd_shim_runc_v2=containerd / "containerd-shim-runc-v2",
+            ctr=containerd / "ctr",
+            runc=bin_dir / f"runc-{pins['RUNC_VERSION']}" / "runc",
+            cni_bin_dir=bin_dir / f"cni-plugins-{pins['CNI_PLUGINS_VERSION']}",
+            coredns=bin_dir / f"coredns-{pins['COREDNS_VERSION']}" / "coredns",
+            kubernetes_version=pins["KUBERNETES_VERSION"],
+            containerd_version=pins["CONTAINERD_VERSION"],
+            runc_version=pins["RUNC_VERSION"],
+            cni_plugins_version=pins["CNI_PLUGINS_VERSION"],
+            coredns_version=pins["COREDNS_VERSION"],
+        )
+
+    def missing(self) -> list[Path]:
+        paths = [
+            self.kubelet,
+            self.kube_proxy,
+            self.kube_scheduler,
+            self.containerd,
+            self.containerd_shim_runc_v2,
+            self.ctr,
+            self.runc,
+            self.coredns,
+            *(self.cni_bin_dir / plugin for plugin in self.CNI_PLUGINS),
+        ]
+        return [p for p in paths if not os.access(p, os.X_OK)]
+
+
+def _build(target: str, missing: list[Path]) -> None:
+    if shutil.which("go") is None:
+        raise RuntimeError(
+            f"the {target} binaries are not cached and Go is not installed: "
+            f"missing {', '.join(map(str, missing))}"
+        )
+    subprocess.run(["bash", str(TOOLCHAIN_DIR / "build.sh"), target], check=True)
+
+
 def ensure_binaries() -> Binaries:
-    """Returns the pinned binaries, building the missing ones first (minutes when cold)."""
+    """Returns the pinned control-plane binaries, building the missing ones first (minutes
+    when cold)."""
     binaries = Binaries.from_cache()
     if binaries.missing():
-        if shutil.which("go") is None:
-            raise RuntimeError(
-                "the control-plane binaries are not cached and Go is not installed: "
-                f"missing {', '.join(map(str, binaries.missing()))}"
-            )
-        subprocess.run(["bash", str(TOOLCHAIN_DIR / "build.sh"), "all"], check=True)
+        _build("control-plane", binaries.missing())
+    still_missing = binaries.missing()
+    if still_missing:
+        raise RuntimeError(f"build.sh finished but these are missing: {still_missing}")
+    return binaries
+
+
+def ensure_node_binaries() -> NodeBinaries:
+    """Returns the pinned node binaries, building the missing ones first (cold: about
+    ten minutes on 2 cores, most of it the kubelet)."""
+    binaries = NodeBinaries.from_cache()
+    if binaries.missing():
+        _build("node", binaries.missing())
     still_missing = binaries.missing()
     if still_missing:
         raise RuntimeError(f"build.sh finished but these are missing: {still_missing}")

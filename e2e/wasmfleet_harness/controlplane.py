@@ -9,16 +9,21 @@ What runs, and why:
   and ``--authorization-mode=RBAC``, so permission tests mean what they say.
 - kube-controller-manager runs the controllers the product relies on: garbage collection
   (ownerReferences cascade), namespace deletion, service accounts and their CA bundle.
-  The node-lifecycle controller is deliberately left out: there are no kubelets, so it would
-  taint every harness-registered Node unreachable. Wasmfleet's agents report their own
-  liveness through Leases, which the operator reads; Node objects are only labels here.
+  The node-lifecycle controller is deliberately left out by default: without kubelets it
+  would taint every harness-registered Node unreachable. Wasmfleet's agents report their own
+  liveness through Leases, which the operator reads; Node objects are only labels there.
 
-No scheduler and no kubelet run: Wasmfleet places its own bindings and its agents run here as
-local processes.
+By default no scheduler and no kubelet run: Wasmfleet places its own bindings and its agents
+run as local processes. ``ControlPlaneConfig(address=..., real_nodes=True)`` prepares the
+control plane for a real node (`wasmfleet_harness.node`): the API server listens on the node's
+own non-loopback address and publishes it as the ``kubernetes`` Service's endpoint (Pods reach
+it there through kube-proxy), authorizes kubelets with the Node authorizer, reaches kubelets
+with a client certificate, and the controller manager adds the controllers real nodes need.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import ssl
 import subprocess
@@ -51,6 +56,17 @@ CONTROLLERS = (
     "resourcequota-controller",
 )
 
+# Added with real kubelets: Node conditions drive taints (a new Node loses its not-ready taint
+# only through node-lifecycle), Services with selectors get EndpointSlices for kube-proxy and
+# CoreDNS, and Pods of a deleted Node are collected.
+NODE_CONTROLLERS = (
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "pod-garbage-collector-controller",
+)
+
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -64,6 +80,22 @@ class ControlPlaneConfig:
     service_cluster_ip_range: str = "10.96.0.0/16"
     tie_to_parent: bool = True
     extra_apiserver_args: tuple[str, ...] = ()
+    # The API server's only listening address. Loopback unless a real node needs to reach it
+    # from its Pods; any other address must already exist on this machine (`NodeAddress`).
+    address: str = "127.0.0.1"
+    # Kubelets will join: Node authorizer, kubelet client certificate, node controllers.
+    real_nodes: bool = False
+
+    @property
+    def publishes_endpoint(self) -> bool:
+        """Whether the API server publishes itself as the ``kubernetes`` Service's endpoint;
+        endpoint validation refuses loopback, so only a non-loopback address is published."""
+        return not ipaddress.ip_address(self.address).is_loopback
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The ``kubernetes`` Service's ClusterIP: the first address of the service range."""
+        return str(ipaddress.ip_network(self.service_cluster_ip_range)[1])
 
 
 @dataclass
@@ -81,8 +113,8 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
-        self.apiserver_port = free_port()
-        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.apiserver_port = free_port(self.config.address)
+        self.server = f"https://{self.config.address}:{self.apiserver_port}"
         self._processes: dict[str, ManagedProcess] = {}
         self._ca: pki.CertificateAuthority | None = None
 
@@ -198,6 +230,27 @@ class ControlPlane:
         self._write_kubeconfig(path, user={"token": token})
         return path
 
+    @property
+    def ca(self) -> pki.CertificateAuthority:
+        """The CA of this run, which the API server trusts for client certificates."""
+        if self._ca is None:
+            raise RuntimeError("the control plane has not been started")
+        return self._ca
+
+    def kubeconfig_for_certificate(
+        self, stem: str, *, common_name: str, organizations: tuple[str, ...] = ()
+    ) -> Path:
+        """Issues a client certificate from the CA and writes ``<stem>.kubeconfig`` using it;
+        the API server sees user ``common_name`` in groups ``organizations``."""
+        pair = self.ca.issue(
+            stem, common_name=common_name, organizations=organizations, client=True
+        )
+        path = self.workdir / f"{stem}.kubeconfig"
+        self._write_kubeconfig(
+            path, user={"client-certificate": str(pair.cert), "client-key": str(pair.key)}
+        )
+        return path
+
     # ---- internals -------------------------------------------------------------------
 
     def _write_credentials(self) -> None:
@@ -207,7 +260,8 @@ class ControlPlane:
             "apiserver",
             common_name="kube-apiserver",
             server_hosts=(
-                "127.0.0.1",
+                # In-cluster clients dial the `kubernetes` Service's ClusterIP by address.
+                *sorted({"127.0.0.1", self.config.address, self.config.kubernetes_service_ip}),
                 "localhost",
                 "kubernetes",
                 "kubernetes.default",
@@ -224,6 +278,14 @@ class ControlPlane:
         controller_manager = ca.issue(
             "kube-controller-manager", common_name="system:kube-controller-manager", client=True
         )
+        if self.config.real_nodes:
+            # How the API server proves itself to kubelets (logs, exec, port-forward).
+            ca.issue(
+                "apiserver-kubelet-client",
+                common_name="kube-apiserver-kubelet-client",
+                organizations=("system:masters",),
+                client=True,
+            )
         pki.write_service_account_keys(self.pki_dir)
         self._write_kubeconfig(
             self.kubeconfig,
@@ -295,7 +357,7 @@ class ControlPlane:
         argv = [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self.config.address}",
             f"--secure-port={self.apiserver_port}",
             f"--tls-cert-file={p / 'apiserver.crt'}",
             f"--tls-private-key-file={p / 'apiserver.key'}",
@@ -303,23 +365,42 @@ class ControlPlane:
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={p / 'sa.pub'}",
             f"--service-account-signing-key-file={p / 'sa.key'}",
-            "--authorization-mode=RBAC",
             f"--service-cluster-ip-range={self.config.service_cluster_ip_range}",
-            # The built-in reconciler would publish 127.0.0.1 as the `kubernetes` Service's
-            # endpoint, which endpoint validation refuses; nothing here needs that Service.
-            "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             "--profiling=false",
-            *self.config.extra_apiserver_args,
         ]
+        if self.config.publishes_endpoint:
+            argv += [
+                f"--advertise-address={self.config.address}",
+                "--endpoint-reconciler-type=lease",
+            ]
+        else:
+            # The built-in reconciler would publish 127.0.0.1 as the `kubernetes` Service's
+            # endpoint, which endpoint validation refuses; without Pods nothing needs it.
+            argv.append("--endpoint-reconciler-type=none")
+        if self.config.real_nodes:
+            argv += [
+                # Kubelets act as system:node:<name>; the Node authorizer and NodeRestriction
+                # limit each to its own Node and the Pods bound to it.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={p / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            argv.append("--authorization-mode=RBAC")
+        argv += self.config.extra_apiserver_args
         self._spawn("kube-apiserver", argv)
 
     def _start_controller_manager(self) -> None:
         p = self.pki_dir
+        controllers = CONTROLLERS + (NODE_CONTROLLERS if self.config.real_nodes else ())
         argv = [
             str(self.binaries.kube_controller_manager),
             f"--kubeconfig={self.workdir / 'kube-controller-manager.kubeconfig'}",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(controllers)}",
             "--leader-elect=false",
             # Each controller acts as its own service account with its bootstrap RBAC role.
             "--use-service-account-credentials=true",

@@ -25,7 +25,14 @@ from wasmfleet_agent.oci.push import render_wasm_config, render_wasm_manifest
 from wasmfleet_harness.processes import ManagedProcess, free_port, wait_until
 from wasmfleet_harness.token_server import TokenServer
 
-__all__ = ["BasicAuth", "Registry", "RegistryTls", "push_raw_layer", "registry_binary"]
+__all__ = [
+    "BasicAuth",
+    "Registry",
+    "RegistryTls",
+    "push_raw_layer",
+    "registry_binary",
+    "upload_blob",
+]
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,39 @@ class Registry:
         """SIGKILLs the registry (a crash); a token server it started keeps running."""
         self._process.kill()
 
+    def put_manifest(self, repository: str, tag: str, manifest: bytes, *, media_type: str) -> None:
+        """PUTs ``manifest`` as ``repository:tag`` (plain HTTP, no auth); its blobs must be
+        uploaded first (`upload_blob`)."""
+        request = urllib.request.Request(
+            f"{self.url}/v2/{repository}/manifests/{tag}",
+            data=manifest,
+            method="PUT",
+            headers={"Content-Type": media_type},
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+
+def upload_blob(registry: Registry, repository: str, blob: bytes) -> str:
+    """Uploads ``blob`` to ``repository`` in one request (plain HTTP, no auth); returns its
+    digest."""
+    digest = sha256_digest(blob)
+    start = urllib.request.Request(f"{registry.url}/v2/{repository}/blobs/uploads/", method="POST")
+    with urllib.request.urlopen(start, timeout=10) as response:
+        location = response.headers["Location"]
+    if location.startswith("/"):
+        location = registry.url + location
+    separator = "&" if "?" in location else "?"
+    put = urllib.request.Request(
+        f"{location}{separator}digest={digest}",
+        data=blob,
+        method="PUT",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    with urllib.request.urlopen(put, timeout=10):
+        pass
+    return digest
+
 
 def push_raw_layer(registry: Registry, repository: str, tag: str, layer: bytes) -> None:
     """Publishes ``layer`` as a Wasm artifact's module whatever its bytes are, as a tool that
@@ -155,34 +195,11 @@ def push_raw_layer(registry: Registry, repository: str, tag: str, layer: bytes) 
     config = render_wasm_config(module_digest=sha256_digest(layer))
     descriptors = []
     for blob, media_type in ((config, formats.WASM_CONFIG), (layer, formats.WASM_LAYER)):
-        digest = sha256_digest(blob)
-        start = urllib.request.Request(
-            f"{registry.url}/v2/{repository}/blobs/uploads/", method="POST"
-        )
-        with urllib.request.urlopen(start, timeout=10) as response:
-            location = response.headers["Location"]
-        if location.startswith("/"):
-            location = registry.url + location
-        separator = "&" if "?" in location else "?"
-        put = urllib.request.Request(
-            f"{location}{separator}digest={digest}",
-            data=blob,
-            method="PUT",
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        with urllib.request.urlopen(put, timeout=10):
-            pass
+        digest = upload_blob(registry, repository, blob)
         descriptors.append(
             formats.Descriptor.model_validate(
                 {"mediaType": media_type, "digest": digest, "size": len(blob)}
             )
         )
     manifest = render_wasm_manifest(config=descriptors[0], layer=descriptors[1])
-    request = urllib.request.Request(
-        f"{registry.url}/v2/{repository}/manifests/{tag}",
-        data=manifest,
-        method="PUT",
-        headers={"Content-Type": formats.OCI_MANIFEST},
-    )
-    with urllib.request.urlopen(request, timeout=10):
-        pass
+    registry.put_manifest(repository, tag, manifest, media_type=formats.OCI_MANIFEST)
