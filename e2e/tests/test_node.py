@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from wasmfleet_harness import images
+from wasmfleet_harness import nodeimages
 from wasmfleet_harness.binaries import Binaries, NodeBinaries, ensure_node_binaries
 from wasmfleet_harness.controlplane import ControlPlane, ControlPlaneConfig
 from wasmfleet_harness.node import (
@@ -87,10 +87,10 @@ def node(
 @pytest.fixture(scope="module")
 def probe_image(registry: Registry) -> str:
     """The probe program as an image in the local registry (pulled by containerd over HTTP)."""
-    image = images.render_image(
-        [images.ImageFile("probe", images.build_probe_binary())], entrypoint=["/probe"]
+    image = nodeimages.render_image(
+        [nodeimages.ImageFile("probe", nodeimages.build_probe_binary())], entrypoint=["/probe"]
     )
-    return images.push_image(image, registry, "wasmfleet/probe", image.tag)
+    return nodeimages.push_image(image, registry, "wasmfleet/probe", image.tag)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ How it fits on a shared development machine:
   whose paths must be short, under ``/run/wasmfleet-node-<pid>``. Pods' cgroups live below
   ``/wasmfleet-node`` in every cgroup hierarchy.
 - **Images without a public registry.** The sandbox (pause) and CoreDNS images are built
-  locally (`wasmfleet_harness.images`) and imported into containerd; other images are pulled
+  locally (`wasmfleet_harness.nodeimages`) and imported into containerd; other images are pulled
   from the local registry, which containerd is told to reach over plain HTTP.
 
 - **Machine-wide settings put back.** The kubelet sets a few kernel settings at start
@@ -63,7 +63,7 @@ from typing import Any
 
 import yaml
 
-from wasmfleet_harness import images
+from wasmfleet_harness import nodeimages
 from wasmfleet_harness.binaries import NodeBinaries
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.processes import ManagedProcess, ProcessFailedError, free_port, wait_until
@@ -530,7 +530,7 @@ class Node:
         self._processes: dict[str, ManagedProcess] = {}
         self._created_cgroups: list[Path] = []
         self._veths_before: set[str] = set()
-        self._pause: images.Image | None = None
+        self._pause: nodeimages.Image | None = None
         self._saved_sysctls: dict[str, str] = {}
         self._created_paths: list[Path] = []
         self._kube_proxy_config: Path | None = None
@@ -636,10 +636,10 @@ class Node:
             timeout=timeout,
         )
 
-    def import_image(self, image: images.Image, reference: str) -> str:
+    def import_image(self, image: nodeimages.Image, reference: str) -> str:
         """Loads ``image`` into containerd as ``reference`` (for Pods with
         ``imagePullPolicy: Never``) and returns the reference."""
-        archive = images.write_docker_archive(
+        archive = nodeimages.write_docker_archive(
             image, reference, self.workdir / "images" / f"{image.tag}.tar"
         )
         self.ctr("images", "import", "--platform", "linux/amd64", str(archive))
@@ -810,8 +810,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 """
 
     def _start_containerd(self) -> None:
-        pause = images.render_image(
-            [images.ImageFile("pause", images.build_pause_binary())], entrypoint=["/pause"]
+        pause = nodeimages.render_image(
+            [nodeimages.ImageFile("pause", nodeimages.build_pause_binary())], entrypoint=["/pause"]
         )
         self._pause = pause
         self.sandbox_image = f"wasmfleet.local/pause:{pause.tag}"
@@ -844,8 +844,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     def _import_system_images(self) -> None:
         assert self._pause is not None
         self.import_image(self._pause, self.sandbox_image)
-        coredns = images.render_image(
-            [images.ImageFile("coredns", self.binaries.coredns)], entrypoint=["/coredns"]
+        coredns = nodeimages.render_image(
+            [nodeimages.ImageFile("coredns", self.binaries.coredns)], entrypoint=["/coredns"]
         )
         self.coredns_image = self.import_image(coredns, f"wasmfleet.local/coredns:{coredns.tag}")
 

@@ -122,7 +122,7 @@ def render_image(
             "WorkingDir": "/",
         },
         "rootfs": {"type": "layers", "diff_ids": [_sha256(tar)]},
-        "history": [{"created_by": "wasmfleet_harness.images"}],
+        "history": [{"created_by": "wasmfleet_harness.nodeimages"}],
     }
     config = json.dumps(config_document, sort_keys=True).encode()
     manifest_document = {
