@@ -12,11 +12,10 @@ of the test's own. Programs then run in those roots with the root read-only, a t
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from packaging.utils import canonicalize_name
 
 from wasmfleet_harness.images import distribution
 from wasmfleet_harness.images.build import BuiltImage, build_images
-from wasmfleet_harness.images.buildah import Buildah
 from wasmfleet_harness.images.recipe import IMAGE_NAMES, PLATFORMS, Platform
 from wasmfleet_harness.images.rootfs import Bind, ImageRoot
 from wasmfleet_harness.processes import Workspace, free_port, wait_until
@@ -52,54 +50,18 @@ def _pins() -> dict[str, str]:
     return pins
 
 
-@pytest.fixture(scope="module")
-def built(registry: Registry) -> dict[str, BuiltImage]:
-    return {image.name: image for image in build_images(registry=registry.host)}
-
-
-@pytest.fixture(scope="module")
-def pulled(
-    workspace: Workspace, registry: Registry, built: dict[str, BuiltImage]
-) -> Iterator[Callable[[str, Platform], ImageRoot]]:
-    """Pulls one platform's image from the registry (once) and returns its mounted root."""
-    store_dir = workspace.subdir("pulled-images")
-    store = Buildah(root=store_dir / "root", runroot=store_dir / "run")
-    roots: dict[tuple[str, Platform], ImageRoot] = {}
-
-    def pull(name: str, platform: Platform) -> ImageRoot:
-        if (name, platform) not in roots:
-            image = built[name]
-            container = store.pull(image.reference, platform=platform, tls_verify=False)
-            config = _config(registry, image, platform)
-            roots[name, platform] = ImageRoot.from_config(store.mount(container), config["config"])
-        return roots[name, platform]
-
-    yield pull
-    store.remove_all_containers()
-
-
 def _repository(image: BuiltImage) -> str:
     return image.repository.partition("/")[2]
 
 
 def _config(registry: Registry, image: BuiltImage, platform: Platform) -> dict[str, Any]:
-    index = distribution.fetch_manifest(registry.host, _repository(image), image.tag)
-    assert index is not None
-    digest = distribution.index_platforms(index)[platform]
-    manifest = distribution.fetch_manifest(registry.host, _repository(image), digest)
-    assert manifest is not None
-    assert manifest.media_type in distribution.MANIFEST_TYPES
-    blob = distribution.fetch_blob(
-        registry.host, _repository(image), manifest.body["config"]["digest"]
-    )
-    config: dict[str, Any] = json.loads(blob)
-    return config
+    return distribution.fetch_config(registry.host, _repository(image), image.tag, platform)
 
 
 def test_each_image_is_one_index_of_linux_amd64_and_linux_arm64(
-    registry: Registry, built: dict[str, BuiltImage]
+    registry: Registry, project_images: dict[str, BuiltImage]
 ) -> None:
-    for image in built.values():
+    for image in project_images.values():
         assert re.fullmatch(r"0\.1\.0-[0-9a-f]{12}", image.tag)
         index = distribution.fetch_manifest(registry.host, _repository(image), image.tag)
         assert index is not None
@@ -110,9 +72,9 @@ def test_each_image_is_one_index_of_linux_amd64_and_linux_arm64(
 
 @pytest.mark.parametrize(("name", "platform"), IMAGE_PLATFORMS, ids=_ids)
 def test_each_platforms_image_names_its_architecture_its_program_and_a_non_root_user(
-    registry: Registry, built: dict[str, BuiltImage], name: str, platform: Platform
+    registry: Registry, project_images: dict[str, BuiltImage], name: str, platform: Platform
 ) -> None:
-    config = _config(registry, built[name], platform)
+    config = _config(registry, project_images[name], platform)
     assert (config["os"], config["architecture"]) == (platform.os, platform.architecture)
     assert config["config"]["User"] == USER
     assert config["config"]["Entrypoint"] == [f"wasmfleet-{name}"]
@@ -120,9 +82,9 @@ def test_each_platforms_image_names_its_architecture_its_program_and_a_non_root_
 
 @pytest.mark.parametrize(("name", "platform"), IMAGE_PLATFORMS, ids=_ids)
 def test_the_program_starts_in_its_image_as_its_named_user_on_a_read_only_root(
-    pulled: Callable[[str, Platform], ImageRoot], name: str, platform: Platform
+    image_root: Callable[[str, Platform], ImageRoot], name: str, platform: Platform
 ) -> None:
-    root = pulled(name, platform)
+    root = image_root(name, platform)
     helped = root.run(root.entrypoint_with("--help"), timeout=120)
     assert helped.returncode == 0, helped.stderr
     assert helped.stdout.startswith(f"usage: wasmfleet-{name}")
@@ -148,7 +110,7 @@ def test_the_program_starts_in_its_image_as_its_named_user_on_a_read_only_root(
 
 @pytest.mark.parametrize(("name", "platform"), IMAGE_PLATFORMS, ids=_ids)
 def test_every_module_of_the_program_imports_in_its_image(
-    pulled: Callable[[str, Platform], ImageRoot], name: str, platform: Platform
+    image_root: Callable[[str, Platform], ImageRoot], name: str, platform: Platform
 ) -> None:
     packages = {
         "agent": ["wasmfleet_agent", "wasmfleet_api"],
@@ -164,7 +126,7 @@ def test_every_module_of_the_program_imports_in_its_image(
         "        count += 1\n"
         "print(count)\n"
     )
-    root = pulled(name, platform)
+    root = image_root(name, platform)
     result = root.run(["python3", "-c", walk, *packages], timeout=300)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) > 10
@@ -177,9 +139,9 @@ def _site_packages(root: ImageRoot) -> Path:
 
 @pytest.mark.parametrize("name", IMAGE_NAMES)
 def test_an_image_holds_its_own_program_and_never_the_harness(
-    pulled: Callable[[str, Platform], ImageRoot], name: str
+    image_root: Callable[[str, Platform], ImageRoot], name: str
 ) -> None:
-    root = pulled(name, PLATFORMS[0])
+    root = image_root(name, PLATFORMS[0])
     venv = root.root / "opt" / "wasmfleet"
     site = _site_packages(root)
     assert not [p for p in venv.rglob("*") if "wasmfleet_harness" in p.name]
@@ -206,11 +168,11 @@ def test_an_image_holds_its_own_program_and_never_the_harness(
 
 @pytest.mark.parametrize("name", IMAGE_NAMES)
 def test_every_distribution_in_an_image_is_the_version_ci_pins(
-    pulled: Callable[[str, Platform], ImageRoot], name: str
+    image_root: Callable[[str, Platform], ImageRoot], name: str
 ) -> None:
     pins = _pins()
     unpinned = []
-    for metadata in _site_packages(pulled(name, PLATFORMS[1])).glob("*.dist-info/METADATA"):
+    for metadata in _site_packages(image_root(name, PLATFORMS[1])).glob("*.dist-info/METADATA"):
         fields = dict(
             line.split(": ", 1) for line in metadata.read_text().splitlines() if ": " in line
         )
@@ -224,9 +186,11 @@ def test_every_distribution_in_an_image_is_the_version_ci_pins(
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=_ids)
 def test_the_agent_image_runs_a_module_to_completion_as_wasmtime_run_does(
-    pulled: Callable[[str, Platform], ImageRoot], wasm_modules: dict[str, Path], platform: Platform
+    image_root: Callable[[str, Platform], ImageRoot],
+    wasm_modules: dict[str, Path],
+    platform: Platform,
 ) -> None:
-    root = pulled("agent", platform)
+    root = image_root("agent", platform)
     module = Bind(wasm_modules["hello-c"], "/modules/hello-c.wasm")
     result = root.run(
         root.entrypoint_with("run", "/modules/hello-c.wasm"), binds=[module], timeout=300
@@ -247,12 +211,12 @@ def _get(url: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=_ids)
 def test_the_agent_image_serves_a_module_over_http_as_the_chart_runs_it(
-    pulled: Callable[[str, Platform], ImageRoot],
+    image_root: Callable[[str, Platform], ImageRoot],
     wasm_modules: dict[str, Path],
     workspace: Workspace,
     platform: Platform,
 ) -> None:
-    root = pulled("agent", platform)
+    root = image_root("agent", platform)
     port, admin = free_port(), free_port()
     state = workspace.subdir(f"image-agent-state-{platform.architecture}")
     cache = Bind(state, "/var/lib/wasmfleet", writable=True)
@@ -291,9 +255,9 @@ def test_the_agent_image_serves_a_module_over_http_as_the_chart_runs_it(
 
 
 def test_a_second_build_of_unchanged_code_pushes_nothing_and_names_the_same_index(
-    registry: Registry, built: dict[str, BuiltImage]
+    registry: Registry, project_images: dict[str, BuiltImage]
 ) -> None:
     again = {image.name: image for image in build_images(registry=registry.host)}
-    for name, image in built.items():
+    for name, image in project_images.items():
         assert again[name].outcome == "in registry"
         assert (again[name].tag, again[name].digest) == (image.tag, image.digest)

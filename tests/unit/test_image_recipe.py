@@ -238,3 +238,15 @@ def test_the_launcher_makes_the_root_read_only_last_and_runs_the_program_as_the_
     assert script.rstrip().splitlines()[-2] == 'mount -o remount,bind,ro "$root"'
     assert '--userspec="$user"' in script.splitlines()[-1]
     assert command[-4:] == ["/opt/bin", "--", "prog", "arg"]
+
+
+def test_a_mount_point_that_crosses_a_symlink_of_the_image_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "run").symlink_to("/run")  # absolute: it would lead to the host's
+    image = ImageRoot(tmp_path, "1:1", {}, ("prog",))
+    with pytest.raises(ValueError, match="crosses a symlink"):
+        image.command(["prog"], [Bind(tmp_path, "/var/run/secrets/token")])
+    with pytest.raises(ValueError, match=r"without '\.\.'"):
+        image.command(["prog"], [Bind(tmp_path, "/run/../../etc")])
+    assert image.command(["prog"], [Bind(tmp_path, "/run/secrets/token")])[-1] == "prog"

@@ -20,6 +20,7 @@ __all__ = [
     "MANIFEST_TYPES",
     "Document",
     "fetch_blob",
+    "fetch_config",
     "fetch_manifest",
     "index_platforms",
 ]
@@ -82,3 +83,21 @@ def index_platforms(index: Document) -> dict[Platform, str]:
         for entry in index.body.get("manifests", [])
         if "platform" in entry
     }
+
+
+def fetch_config(registry: str, repository: str, tag: str, platform: Platform) -> dict[str, Any]:
+    """The image configuration of ``platform``'s image in the index ``tag``, as a node's
+    runtime reads it: index, then that platform's manifest, then its config blob."""
+    index = fetch_manifest(registry, repository, tag)
+    if index is None:
+        raise LookupError(f"{registry}/{repository}:{tag} is not in the registry")
+    digest = index_platforms(index).get(platform)
+    if digest is None:
+        raise LookupError(f"{registry}/{repository}:{tag} has no image for {platform}")
+    manifest = fetch_manifest(registry, repository, digest)
+    if manifest is None or manifest.media_type not in MANIFEST_TYPES:
+        raise LookupError(f"{registry}/{repository}@{digest} is not an image manifest")
+    config: dict[str, Any] = json.loads(
+        fetch_blob(registry, repository, manifest.body["config"]["digest"])
+    )
+    return config

@@ -121,6 +121,18 @@ class ImageRoot:
             env["HOME"] = self._home()
         return env
 
+    def _check_mount_point(self, guest: str) -> None:
+        # The launcher creates mount points with the host's view of the root: a symlink on
+        # the way (Debian's /var/run -> /run) would lead it out of the root, onto the host.
+        # A runtime resolves such paths inside the root; here they are refused.
+        if not guest.startswith("/") or ".." in guest.split("/"):
+            raise ValueError(f"mount point {guest!r} must be an absolute path without '..'")
+        path = self.root
+        for element in guest.strip("/").split("/"):
+            path = path / element
+            if path.is_symlink():
+                raise ValueError(f"mount point {guest!r} crosses a symlink in the image: {path}")
+
     def _launcher_environment(self) -> dict[str, str]:
         # The launcher runs host tools first; it sets the image's PATH before the program.
         return {**self._environment(), "PATH": _HOST_PATH}
@@ -142,6 +154,8 @@ class ImageRoot:
         return [*self.entrypoint, *args]
 
     def command(self, argv: Sequence[str], binds: Sequence[Bind] = ()) -> list[str]:
+        for guest in ("/tmp", "/proc", "/dev", *(bind.guest for bind in binds)):
+            self._check_mount_point(guest)
         return render_launcher(
             self.root,
             argv,
