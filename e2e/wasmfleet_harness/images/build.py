@@ -254,6 +254,15 @@ def _build(
 
     listed = f"localhost/{spec.repository}:{tag}"
     store.create_manifest_list(listed, [local[p] for p in platforms])
+    # Only the newest build of an image stays in the store, which would otherwise grow by an
+    # image per platform with every change. Lists first: they name the images.
+    stale = [
+        name
+        for name in store.image_names(f"localhost/{spec.repository}")
+        if not name.rpartition(":")[2].startswith(tag)
+    ]
+    for name in sorted(stale, key=lambda n: not store.manifest_exists(n)):
+        store.remove_image(name)
     outcome = "built" if any(b.seconds for b in built) else "cached"
     if registry is None:
         return BuiltImage(

@@ -157,6 +157,24 @@ class Buildah:
             self.run("rm", container, check=False)
             raise
 
+    def image_names(self, repository: str) -> list[str]:
+        """Names (``repository:tag``) of the stored images and manifest lists in
+        ``repository``."""
+        images: list[dict[str, Any]] = json.loads(self.run("images", "--json").stdout or "[]")
+        return [
+            name
+            for image in images or []
+            for name in image.get("names") or []
+            if name.rpartition(":")[0] == repository
+        ]
+
+    def remove_image(self, reference: str) -> None:
+        """Removes an image or a manifest list (not the images a list names)."""
+        if self.manifest_exists(reference):
+            self.run("manifest", "rm", reference)
+        else:
+            self.run("rmi", reference)
+
     def create_manifest_list(self, reference: str, images: Sequence[str]) -> None:
         """Makes ``reference`` a manifest list of exactly ``images`` (each already stored);
         a list of that name from an earlier run is replaced."""
