@@ -26,7 +26,7 @@ from pathlib import Path
 
 from wasmfleet_harness.binaries import REPO_ROOT, cache_dir
 from wasmfleet_harness.images import distribution
-from wasmfleet_harness.images.base import BaseImage, apt_mirror, ensure_base
+from wasmfleet_harness.images.base import BaseImage, apt_mirror, ensure_base, require_emulation
 from wasmfleet_harness.images.buildah import Buildah
 from wasmfleet_harness.images.recipe import (
     IMAGE_NAMES,
@@ -155,6 +155,9 @@ def build_images(
     if base is None:
         base = BaseSpec(mirror=apt_mirror(BaseSpec.suite) or BaseSpec.mirror)
     builder = host_platform()
+    for platform in platforms:
+        # Every build runs a step of each platform (useradd): fail early, and say why.
+        require_emulation(platform)
     bases: dict[Platform, BaseImage] = {}
     for platform in sorted({*platforms, builder}):
         made = ensure_base(
