@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,11 @@ import pytest
 from wasmfleet_harness.binaries import REPO_ROOT, Binaries, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.findings import Findings
+from wasmfleet_harness.images import distribution
+from wasmfleet_harness.images.build import BuiltImage, build_images
+from wasmfleet_harness.images.buildah import Buildah
+from wasmfleet_harness.images.recipe import Platform
+from wasmfleet_harness.images.rootfs import ImageRoot
 from wasmfleet_harness.modules import build_all
 from wasmfleet_harness.processes import Workspace, install_termination_handler
 from wasmfleet_harness.registry import BasicAuth, Registry
@@ -27,7 +32,9 @@ __all__ = [
     "binaries",
     "control_plane",
     "findings",
+    "image_root",
     "namespace",
+    "project_images",
     "registry",
     "registry_basic_auth",
     "registry_with_basic_auth",
@@ -150,3 +157,37 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.kubectl("create", "namespace", name)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="session")
+def project_images(registry: Registry) -> dict[str, BuiltImage]:
+    """The operator and agent images (name -> image) for linux/amd64 and linux/arm64 in the
+    session's registry: built, or reused from the image store in ``~/.cache/wasmfleet``.
+
+    Cold, this makes the Debian base images first (debootstrap; arm64 under emulation): give
+    the first test that asks for it a long timeout.
+    """
+    return {image.name: image for image in build_images(registry=registry.host)}
+
+
+@pytest.fixture(scope="session")
+def image_root(
+    workspace: Workspace, registry: Registry, project_images: dict[str, BuiltImage]
+) -> Iterator[Callable[[str, Platform], ImageRoot]]:
+    """``image_root(name, platform)``: that image pulled from the registry into an image store
+    of the session's own (once), its root mounted, with the settings of its configuration."""
+    directory = workspace.subdir("pulled-images")
+    store = Buildah(root=directory / "root", runroot=directory / "run")
+    roots: dict[tuple[str, Platform], ImageRoot] = {}
+
+    def pull(name: str, platform: Platform) -> ImageRoot:
+        if (name, platform) not in roots:
+            image = project_images[name]
+            container = store.pull(image.reference, platform=platform, tls_verify=False)
+            repository = image.repository.partition("/")[2]
+            config = distribution.fetch_config(registry.host, repository, image.tag, platform)
+            roots[name, platform] = ImageRoot.from_config(store.mount(container), config["config"])
+        return roots[name, platform]
+
+    yield pull
+    store.remove_all_containers()
