@@ -39,11 +39,12 @@ modules: $(INSTALLED)
 images: system-packages python
 	$(BIN)/python -m wasmfleet_harness.images $(if $(REGISTRY),--registry $(REGISTRY))
 
-## lint: formatting, lint rules and strict typing
+## lint: formatting, lint rules, strict typing and the import contracts (the layers)
 lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: $(INSTALLED)
 	$(BIN)/ruff format .

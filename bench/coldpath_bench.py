@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 
-from wasmfleet_api.client import KubeClient, KubeConfig, resource_for
+from wasmfleet_common.kube import KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.binaries import REPO_ROOT, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane

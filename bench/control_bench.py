@@ -76,10 +76,9 @@ from wasmfleet_agent.cluster.registration import (
 )
 from wasmfleet_agent.cluster.runner import render_binding_status
 from wasmfleet_agent.lifecycle import BindingState, State
-from wasmfleet_agent.oci.client import sha256_digest
 from wasmfleet_api.base import API_VERSION
 from wasmfleet_api.binding import WasmBinding
-from wasmfleet_api.client import (
+from wasmfleet_common.kube import (
     ApiError,
     KubeClient,
     KubeConfig,
@@ -100,6 +99,7 @@ from wasmfleet_harness.processes import (
     wait_until,
 )
 from wasmfleet_harness.registry import Registry
+from wasmfleet_oci.client import sha256_digest
 
 OUT = REPO_ROOT / "build" / "bench"
 MODULE = REPO_ROOT / "build" / "modules" / "hello-c.wasm"

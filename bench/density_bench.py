@@ -32,10 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from wasmfleet_agent.oci.client import RegistryClient
-from wasmfleet_agent.oci.push import push_module
-from wasmfleet_agent.oci.reference import parse_reference
-from wasmfleet_api.client import KubeClient, KubeConfig, resource_for
+from wasmfleet_common.kube import KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.agent import ServedModule
 from wasmfleet_harness.binaries import REPO_ROOT, ensure_binaries
 from wasmfleet_harness.controlplane import ControlPlane
@@ -43,6 +40,9 @@ from wasmfleet_harness.fleet import LocalFleet
 from wasmfleet_harness.modules import build_all, with_custom_section
 from wasmfleet_harness.netns import NetworkHosts, netns_available
 from wasmfleet_harness.registry import Registry
+from wasmfleet_oci.client import RegistryClient
+from wasmfleet_oci.push import push_module
+from wasmfleet_oci.reference import parse_reference
 
 OUT = REPO_ROOT / "build" / "bench"
 NAMESPACE = "density"

@@ -42,8 +42,7 @@ from typing import Any
 
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, Runtime
 from wasmfleet_agent.runtime.sandbox import RunLimits, SandboxSpec
-from wasmfleet_agent.runtime.service import HttpModule
-from wasmfleet_agent.server.http import IncomingRequest
+from wasmfleet_agent.runtime.service import HttpModule, IncomingRequest
 from wasmfleet_harness.agent import wasmtime_cli
 from wasmfleet_harness.binaries import REPO_ROOT
 from wasmfleet_harness.host import machine_facts

@@ -25,9 +25,8 @@ from typing import Any
 
 import pytest
 
-from wasmfleet_agent.oci.client import ClientSettings
-from wasmfleet_api.client import KubeClient, KubeConfig
 from wasmfleet_api.wasmservice import WasmService
+from wasmfleet_common.kube import KubeClient, KubeConfig
 from wasmfleet_harness import rawhttp
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.controlplane import ControlPlane
@@ -43,6 +42,7 @@ from wasmfleet_harness.services import (
     wait_ready,
     wasm_service,
 )
+from wasmfleet_oci.client import ClientSettings
 from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.reconciler import Reconciler
 from wasmfleet_operator.resolver import Resolver

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from wasmfleet_api.client import ApiError, KubeClient, KubeConfig, resource_for
+from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.partition import Relay
 

@@ -20,7 +20,7 @@ import pytest
 
 from wasmfleet_agent.cluster.registration import AgentIdentity, render_agent, render_lease
 from wasmfleet_api.base import API_VERSION
-from wasmfleet_api.client import ApiError, KubeClient, KubeConfig, resource_for
+from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.chart import ChartIdentities, run_as_chart_identities
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.processes import Workspace

@@ -41,14 +41,14 @@ from hypothesis import strategies as st
 from kubernetes import client, config
 from pydantic import ValidationError
 
-from wasmfleet_agent.oci.reference import parse_reference
 from wasmfleet_api.base import GROUP, VERSION
-from wasmfleet_api.client import ApiError, KubeClient, KubeConfig, resource_for
 from wasmfleet_api.units import parse_duration, parse_quantity
 from wasmfleet_api.wasmservice import WasmService
 from wasmfleet_api.workload import WorkloadSpec
+from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.findings import Findings
+from wasmfleet_oci.reference import parse_reference
 from wasmfleet_operator.planner import NodeInfo, Replica, Taint, plan_placements
 from wasmfleet_operator.reconciler import invalid_spec_message
 from wasmfleet_operator.render import (

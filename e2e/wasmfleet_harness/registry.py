@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from wasmfleet_agent.oci import formats
-from wasmfleet_agent.oci.client import sha256_digest
-from wasmfleet_agent.oci.push import render_wasm_config, render_wasm_manifest
 from wasmfleet_harness.processes import ManagedProcess, free_port, wait_until
 from wasmfleet_harness.token_server import TokenServer
+from wasmfleet_oci import formats
+from wasmfleet_oci.client import sha256_digest
+from wasmfleet_oci.push import render_wasm_config, render_wasm_manifest
 
 __all__ = [
     "BasicAuth",

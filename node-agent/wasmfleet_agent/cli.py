@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from wasmfleet_agent.oci.options import add_registry_options, registry_settings
-from wasmfleet_agent.oci.store import PullPolicy
 from wasmfleet_agent.runtime.sandbox import Preopen
 from wasmfleet_agent.standalone import ModuleOptions, ServeOptions, run_module, serve
-from wasmfleet_api import logs
+from wasmfleet_agent.store import PullPolicy
 from wasmfleet_api.units import parse_duration, parse_quantity
+from wasmfleet_common import logs
+from wasmfleet_oci.options import add_registry_options, registry_settings
 
 __all__ = ["main"]
 
@@ -241,7 +241,7 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
 def _node(args: argparse.Namespace) -> int:
     from wasmfleet_agent.cluster.node import NodeOptions, run_node
     from wasmfleet_agent.cluster.registration import AgentIdentity, kube_architecture
-    from wasmfleet_api.client import KubeConfig
+    from wasmfleet_common.kube import KubeConfig
 
     kube = (
         KubeConfig.from_kubeconfig(args.kubeconfig)

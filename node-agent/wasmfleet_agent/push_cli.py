@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wasmfleet_agent.oci import auth, client, errors, push, reference
+from wasmfleet_oci import auth, client, errors, push, reference
 
 __all__ = ["main"]
 

@@ -20,12 +20,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from wasmfleet_agent.oci import auth, errors
-from wasmfleet_agent.oci.client import ClientSettings, RegistryClient
-from wasmfleet_agent.oci.store import ModuleStore, PullPolicy
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
-from wasmfleet_agent.runtime.loader import LocatedModule, locate
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
 from wasmfleet_agent.runtime.service import HttpModule, run_job
 from wasmfleet_agent.server.admin import build_admin_app
@@ -34,6 +30,9 @@ from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
 from wasmfleet_agent.server.workers import WorkerError, WorkerPool
 from wasmfleet_agent.sockets import bind_in_namespace
+from wasmfleet_agent.store import LocatedModule, ModuleStore, PullPolicy, locate
+from wasmfleet_oci import auth, errors
+from wasmfleet_oci.client import ClientSettings, RegistryClient
 
 __all__ = ["TRAP_EXIT_CODE", "ModuleOptions", "run_module", "serve"]
 

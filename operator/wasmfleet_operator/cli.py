@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from wasmfleet_agent.oci.options import add_registry_options, registry_settings
-from wasmfleet_api import logs
 from wasmfleet_api.units import parse_duration
+from wasmfleet_common import logs
+from wasmfleet_oci.options import add_registry_options, registry_settings
 
 __all__ = ["main"]
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(level=args.log_level, json_format=args.log_format == "json")
     # One line per watch event ("Handler ... succeeded") is noise; failures still show.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    from wasmfleet_api.client import KubeConfig
+    from wasmfleet_common.kube import KubeConfig
     from wasmfleet_operator.main import OperatorOptions, run_operator
 
     kube = (

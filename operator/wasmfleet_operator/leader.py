@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from wasmfleet_api.client import ApiError, KubeClient, resource_for
+from wasmfleet_common.kube import ApiError, KubeClient, resource_for
 
 __all__ = ["LeaderElector", "LostLeadershipError"]
 

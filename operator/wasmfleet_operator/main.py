@@ -32,16 +32,16 @@ from typing import Any
 
 import kopf
 
-from wasmfleet_agent.oci.client import ClientSettings
 from wasmfleet_api.base import API_VERSION, GROUP, VERSION
-from wasmfleet_api.client import (
+from wasmfleet_common.kube import (
     KubeClient,
     KubeConfig,
     load_configuration,
     resource_for,
     retry_until_stopped,
 )
-from wasmfleet_api.supervisor import Supervisor
+from wasmfleet_common.supervisor import Supervisor
+from wasmfleet_oci.client import ClientSettings
 from wasmfleet_operator.fleet import Fleet, Liveness
 from wasmfleet_operator.leader import LeaderElector, LostLeadershipError
 from wasmfleet_operator.metrics import OperatorMetrics, serve_health

@@ -46,9 +46,9 @@ import aiohttp
 from pydantic import ValidationError
 
 from wasmfleet_api.base import API_VERSION
-from wasmfleet_api.client import ApiError, KubeClient, resource_for
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
 from wasmfleet_api.workload import WorkloadSpec
+from wasmfleet_common.kube import ApiError, KubeClient, resource_for
 from wasmfleet_operator.drift import binding_drift, drifted_fields
 from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.metrics import OperatorMetrics

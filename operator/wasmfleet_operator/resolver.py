@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from wasmfleet_agent.oci import auth, errors
-from wasmfleet_agent.oci.client import ClientSettings, RegistryClient
-from wasmfleet_agent.oci.reference import parse_reference
 from wasmfleet_api.base import LocalObjectReference
-from wasmfleet_api.client import ApiError, KubeClient, resource_for
+from wasmfleet_common.kube import ApiError, KubeClient, resource_for
+from wasmfleet_oci import auth, errors
+from wasmfleet_oci.client import ClientSettings, RegistryClient
+from wasmfleet_oci.reference import parse_reference
 
 __all__ = ["ResolveError", "Resolver"]
 

@@ -17,8 +17,7 @@ import pytest
 
 from wasmfleet_agent.runtime.engine import CompiledModule, Runtime
 from wasmfleet_agent.runtime.sandbox import RunLimits, SandboxSpec
-from wasmfleet_agent.runtime.service import HttpModule
-from wasmfleet_agent.server.http import HttpOutcome, IncomingRequest
+from wasmfleet_agent.runtime.service import HttpModule, HttpOutcome, IncomingRequest
 from wasmfleet_harness.agent import ServedModule
 from wasmfleet_harness.binaries import REPO_ROOT
 from wasmfleet_harness.modules import fetch_vendored

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from wasmfleet_agent.oci import errors, formats
-from wasmfleet_agent.oci.client import ClientSettings, RegistryClient, sha256_digest
-from wasmfleet_agent.oci.push import push_module
-from wasmfleet_agent.oci.reference import Reference, parse_reference
 from wasmfleet_harness.loopback import Intercept, LoopbackProxy
 from wasmfleet_harness.processes import free_port
 from wasmfleet_harness.registry import Registry
+from wasmfleet_oci import errors, formats
+from wasmfleet_oci.client import ClientSettings, RegistryClient, sha256_digest
+from wasmfleet_oci.push import push_module
+from wasmfleet_oci.reference import Reference, parse_reference
 
 SETTINGS = ClientSettings(max_attempts=4, backoff_initial=0.1, backoff_max=5.0)
 

@@ -24,14 +24,14 @@ from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from wasmfleet_agent.oci import errors, formats
-from wasmfleet_agent.oci.auth import Credentials
-from wasmfleet_agent.oci.client import ClientSettings, RegistryClient, sha256_digest
-from wasmfleet_agent.oci.push import render_wasm_config, render_wasm_manifest
-from wasmfleet_agent.oci.reference import Reference, parse_reference
-from wasmfleet_agent.oci.store import ModuleStore, PulledModule, PullPolicy
+from wasmfleet_agent.store import ModuleStore, PulledModule, PullPolicy
 from wasmfleet_harness.loopback import LoopbackProxy
 from wasmfleet_harness.processes import free_port
+from wasmfleet_oci import errors, formats
+from wasmfleet_oci.auth import Credentials
+from wasmfleet_oci.client import ClientSettings, RegistryClient, sha256_digest
+from wasmfleet_oci.push import render_wasm_config, render_wasm_manifest
+from wasmfleet_oci.reference import Reference, parse_reference
 
 MiB = 1024 * 1024
 REPOSITORY = "hostile/app"

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from wasmfleet_agent.oci import errors, formats
-from wasmfleet_agent.oci.client import RegistryClient, sha256_digest
-from wasmfleet_agent.oci.push import push_module
-from wasmfleet_agent.oci.reference import Reference, parse_reference
-from wasmfleet_agent.oci.store import ModuleStore, PullPolicy
+from wasmfleet_agent.store import ModuleStore, PullPolicy
 from wasmfleet_harness.registry import BasicAuth, Registry
+from wasmfleet_oci import errors, formats
+from wasmfleet_oci.client import RegistryClient, sha256_digest
+from wasmfleet_oci.push import push_module
+from wasmfleet_oci.reference import Reference, parse_reference
 
 HELLO = ("hello-rust", "hello-go", "hello-c")
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from wasmfleet_agent.oci import errors
-from wasmfleet_agent.oci.auth import Credentials
-from wasmfleet_agent.oci.client import ClientSettings, RegistryClient
-from wasmfleet_agent.oci.push import push_module
-from wasmfleet_agent.oci.reference import Reference, parse_reference
-from wasmfleet_agent.oci.store import ModuleStore, PullPolicy
+from wasmfleet_agent.store import ModuleStore, PullPolicy
 from wasmfleet_harness.loopback import LoopbackProxy
 from wasmfleet_harness.pki import CertificateAuthority
 from wasmfleet_harness.registry import BasicAuth, Registry, RegistryTls
+from wasmfleet_oci import errors
+from wasmfleet_oci.auth import Credentials
+from wasmfleet_oci.client import ClientSettings, RegistryClient
+from wasmfleet_oci.push import push_module
+from wasmfleet_oci.reference import Reference, parse_reference
 
 SIGNATURE = "X-Signature=presigned-s3cr3t"
 

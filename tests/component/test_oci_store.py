@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from wasmfleet_agent.oci import errors
-from wasmfleet_agent.oci.client import ClientSettings, RegistryClient, sha256_digest
-from wasmfleet_agent.oci.push import push_module
-from wasmfleet_agent.oci.reference import Reference, parse_reference
-from wasmfleet_agent.oci.store import ModuleStore, PullPolicy
+from wasmfleet_agent.store import ModuleStore, PullPolicy
 from wasmfleet_harness.loopback import LoopbackProxy
 from wasmfleet_harness.modules import with_custom_section
 from wasmfleet_harness.registry import Registry
+from wasmfleet_oci import errors
+from wasmfleet_oci.client import ClientSettings, RegistryClient, sha256_digest
+from wasmfleet_oci.push import push_module
+from wasmfleet_oci.reference import Reference, parse_reference
 
 MiB = 1024 * 1024
 FAST = ClientSettings(max_attempts=2, backoff_initial=0.01, backoff_max=0.02)

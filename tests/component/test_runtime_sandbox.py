@@ -15,8 +15,7 @@ import wasmtime
 from wasmfleet_agent.runtime.engine import TICK_SECONDS, EngineSettings, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec, run
-from wasmfleet_agent.runtime.service import HttpModule
-from wasmfleet_agent.server.http import IncomingRequest
+from wasmfleet_agent.runtime.service import HttpModule, IncomingRequest
 
 SLACK = 0.1  # what a deadline may be overrun by (the acceptance bound), far above one tick
 

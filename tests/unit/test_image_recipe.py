@@ -26,11 +26,13 @@ from wasmfleet_harness.images.rootfs import Bind, ImageRoot, render_launcher
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_agent_dockerfile_copies_the_agent_the_api_and_the_pins_only() -> None:
+def test_the_agent_dockerfile_copies_the_agent_the_shared_packages_and_the_pins_only() -> None:
     sources = parse_copy_sources((REPO / "node-agent" / "Dockerfile").read_text())
     assert sources == (
         ".ci/constraints.txt",
         "operator/wasmfleet_api",
+        "operator/wasmfleet_common",
+        "operator/wasmfleet_oci",
         "node-agent/pyproject.toml",
         "node-agent/wasmfleet_agent",
         "operator/install-venv.sh",
@@ -77,7 +79,8 @@ def test_an_url_is_refused_as_an_image_input() -> None:
         ("pyproject.toml", True),
         (".venv/bin/python", True),
         ("node-agent/wasmfleet_agent/cli.py", False),
-        ("node-agent/wasmfleet_agent/oci/client.py", False),
+        ("operator/wasmfleet_oci/client.py", False),
+        ("operator/wasmfleet_common/kube.py", False),
         ("node-agent/wasmfleet_agent/__pycache__/cli.cpython-311.pyc", True),
         ("operator/wasmfleet_api/stray.pyc", True),
         ("operator/pyproject.toml", False),

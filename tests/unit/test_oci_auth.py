@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from wasmfleet_agent.oci import errors
-from wasmfleet_agent.oci.auth import (
+from wasmfleet_oci import errors
+from wasmfleet_oci.auth import (
     Credentials,
     find_credentials,
     normalize_registry_key,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wasmfleet_agent.oci.client import (
+from wasmfleet_oci.client import (
     ClientSettings,
     plan_backoff,
     plan_retry_delay,

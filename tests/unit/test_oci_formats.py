@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from wasmfleet_agent.oci import errors, formats
+from wasmfleet_oci import errors, formats
 
 WASM = b"\0asm\x01\0\0\0" + b"module body"
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from wasmfleet_agent.oci import formats
-from wasmfleet_agent.oci.push import render_wasm_config, render_wasm_manifest
+from wasmfleet_oci import formats
+from wasmfleet_oci.push import render_wasm_config, render_wasm_manifest
 
 MODULE_DIGEST = "sha256:" + hashlib.sha256(b"\0asm\x01\0\0\0").hexdigest()
 

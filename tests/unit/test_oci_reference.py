@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wasmfleet_agent.oci.reference import Reference, parse_digest, parse_reference
+from wasmfleet_oci.reference import Reference, parse_digest, parse_reference
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from wasmfleet_agent.oci import errors, formats
-from wasmfleet_agent.oci.reference import parse_reference
 from wasmfleet_agent.runtime import cgi
 from wasmfleet_api.wasmservice import WasmService
+from wasmfleet_oci import errors, formats
+from wasmfleet_oci.reference import parse_reference
 from wasmfleet_operator.planner import NodeInfo, Replica, plan_placements
 from wasmfleet_operator.render import render_revision
 

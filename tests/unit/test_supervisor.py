@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from wasmfleet_api.supervisor import Supervisor
+from wasmfleet_common.supervisor import Supervisor
 
 
 async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:

@@ -24,7 +24,7 @@ import aiohttp
 from wasmfleet_agent.cluster.registration import ApiContact
 from wasmfleet_api.base import API_VERSION
 from wasmfleet_api.binding import WasmBinding
-from wasmfleet_api.client import ApiError, KubeClient, resource_for
+from wasmfleet_common.kube import ApiError, KubeClient, resource_for
 
 __all__ = ["BindingRunner", "StatusWriter", "watch_bindings"]
 

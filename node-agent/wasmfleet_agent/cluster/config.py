@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wasmfleet_agent.oci import auth
-from wasmfleet_api.client import ApiError, KubeClient, resource_for
 from wasmfleet_api.workload import ConfigMapFiles, FileMount, SecretFiles, WorkloadSpec
+from wasmfleet_common.kube import ApiError, KubeClient, resource_for
+from wasmfleet_oci import auth
 
 __all__ = ["ConfigError", "ResolvedConfig", "reads_objects", "resolve_config"]
 

@@ -36,14 +36,14 @@ from wasmfleet_agent.cluster.registration import (
     heartbeat,
 )
 from wasmfleet_agent.cluster.runner import NodeRunner, RunnerSettings
-from wasmfleet_agent.oci.client import ClientSettings, RegistryClient
-from wasmfleet_agent.oci.store import ModuleStore
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.workers import WorkerPool
-from wasmfleet_api.client import ApiError, KubeClient, KubeConfig, retry_until_stopped
-from wasmfleet_api.supervisor import Supervisor
+from wasmfleet_agent.store import ModuleStore
+from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, retry_until_stopped
+from wasmfleet_common.supervisor import Supervisor
+from wasmfleet_oci.client import ClientSettings, RegistryClient
 
 __all__ = ["NodeOptions", "run_node"]
 

@@ -20,7 +20,7 @@ from importlib import metadata
 from typing import Any
 
 from wasmfleet_api.base import API_VERSION
-from wasmfleet_api.client import KubeClient
+from wasmfleet_common.kube import KubeClient
 
 __all__ = [
     "LEASE_LABEL",

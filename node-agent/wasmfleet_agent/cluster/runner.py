@@ -43,9 +43,6 @@ from wasmfleet_agent.cluster.config import (
 )
 from wasmfleet_agent.cluster.registration import ApiContact
 from wasmfleet_agent.lifecycle import BindingState, State, advance, backoff_seconds
-from wasmfleet_agent.oci import auth, errors
-from wasmfleet_agent.oci.reference import parse_reference
-from wasmfleet_agent.oci.store import ModuleStore
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, ModuleSlot, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, RunResult, SandboxSpec
@@ -55,10 +52,13 @@ from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
 from wasmfleet_agent.server.workers import WorkerError, WorkerPool, WorkerSite
 from wasmfleet_agent.sockets import bind_in_namespace
+from wasmfleet_agent.store import ModuleStore
 from wasmfleet_api.binding import WasmBinding
-from wasmfleet_api.client import KubeClient
 from wasmfleet_api.units import parse_duration, parse_quantity
 from wasmfleet_api.workload import HttpSpec, WorkloadSpec
+from wasmfleet_common.kube import KubeClient
+from wasmfleet_oci import auth, errors
+from wasmfleet_oci.reference import parse_reference
 
 __all__ = ["NodeRunner", "Replica", "RunnerSettings", "render_binding_status"]
 

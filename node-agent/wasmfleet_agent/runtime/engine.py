@@ -37,10 +37,10 @@ from pathlib import Path
 
 import wasmtime
 
-from wasmfleet_agent.oci import atomic
 from wasmfleet_agent.runtime import hostcalls, sandbox
 from wasmfleet_agent.runtime.errors import ModuleLoadError
 from wasmfleet_agent.runtime.shape import parse_shape
+from wasmfleet_oci import atomic
 
 __all__ = [
     "TICK_SECONDS",

@@ -32,11 +32,49 @@ from wasmfleet_agent.runtime import cgi
 from wasmfleet_agent.runtime.engine import CompiledModule, ModuleSlot
 from wasmfleet_agent.runtime.errors import ModuleLoadError
 from wasmfleet_agent.runtime.sandbox import Failure, RunLimits, RunResult, SandboxSpec, run
-from wasmfleet_agent.server.http import HttpOutcome, IncomingRequest
 
-__all__ = ["HttpModule", "JobAttempt", "JobRunner", "run_job"]
+__all__ = [
+    "HttpModule",
+    "HttpOutcome",
+    "IncomingRequest",
+    "JobAttempt",
+    "JobRunner",
+    "run_job",
+]
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IncomingRequest:
+    """What the module is told about a request (the WAGI/CGI inputs)."""
+
+    method: str
+    path: str
+    """Percent-decoded."""
+    query: str
+    """As sent."""
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    remote_addr: str
+    server_name: str
+    server_port: int
+    scheme: str = "http"
+    request_uri: str | None = None
+    """The origin-form target as sent (None: ``path?query``)."""
+    protocol: str = "HTTP/1.1"
+
+
+@dataclass(frozen=True)
+class HttpOutcome:
+    """What to answer; ``error`` set means the module failed and ``status`` is a 5xx."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    error: str | None = None
+    instantiate_seconds: float = 0.0
+
 
 _CLIENT_TEXT = {
     "deadline": (504, "module timed out"),

@@ -29,44 +29,14 @@ from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 
+from wasmfleet_agent.runtime.service import HttpOutcome, IncomingRequest
 from wasmfleet_agent.server import semantics
 from wasmfleet_agent.server.inflight import ServiceCells
 from wasmfleet_agent.server.metrics import AgentMetrics
 
-__all__ = ["HttpLimits", "HttpOutcome", "IncomingRequest", "ServiceHandler"]
+__all__ = ["HttpLimits", "ServiceHandler"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IncomingRequest:
-    """What the module is told about a request (the WAGI/CGI inputs)."""
-
-    method: str
-    path: str
-    """Percent-decoded."""
-    query: str
-    """As sent."""
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    remote_addr: str
-    server_name: str
-    server_port: int
-    scheme: str = "http"
-    request_uri: str | None = None
-    """The origin-form target as sent (None: ``path?query``)."""
-    protocol: str = "HTTP/1.1"
-
-
-@dataclass(frozen=True)
-class HttpOutcome:
-    """What to answer; ``error`` set means the module failed and ``status`` is a 5xx."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-    error: str | None = None
-    instantiate_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from wasmfleet_agent.server.http import ServiceHandler
 from wasmfleet_agent.server.inflight import InFlightCells
 from wasmfleet_agent.server.metrics import AgentMetrics, snapshot
 from wasmfleet_agent.server.orders import ServeOrder, read_message, receive_fd, write_message
-from wasmfleet_api import logs
+from wasmfleet_common import logs
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from wasmfleet_agent.oci import errors
-from wasmfleet_agent.oci.reference import parse_registry_host
+from wasmfleet_oci import errors
+from wasmfleet_oci.reference import parse_registry_host
 
 __all__ = [
     "BearerToken",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wasmfleet_agent.oci.client import ClientSettings
+from wasmfleet_oci.client import ClientSettings
 
 __all__ = ["add_registry_options", "registry_settings"]
 

@@ -13,9 +13,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from wasmfleet_agent.oci import auth, formats
-from wasmfleet_agent.oci.client import RegistryClient, sha256_digest
-from wasmfleet_agent.oci.reference import Reference
+from wasmfleet_oci import auth, formats
+from wasmfleet_oci.client import RegistryClient, sha256_digest
+from wasmfleet_oci.reference import Reference
 
 __all__ = [
     "PushedModule",

@@ -16,6 +16,9 @@ re-resolved) but downloads only what the cache lacks.
 
 As with kubelet's image cache, ``IfNotPresent`` serves a cached module to any caller, with or
 without credentials; use ``Always`` where access must be re-checked on every pull.
+
+`locate` chooses the source of a module the standalone commands are given: a local ``.wasm``
+file, read where it is, or a reference, pulled through a store.
 """
 
 from __future__ import annotations
@@ -35,11 +38,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from wasmfleet_agent.oci import atomic, auth, errors, formats
-from wasmfleet_agent.oci.client import RegistryClient
-from wasmfleet_agent.oci.reference import Reference, parse_digest, parse_reference
+from wasmfleet_oci import atomic, auth, errors, formats
+from wasmfleet_oci.client import RegistryClient
+from wasmfleet_oci.reference import Reference, parse_digest, parse_reference
 
-__all__ = ["ModuleStore", "PullPolicy", "PulledModule"]
+__all__ = [
+    "LocatedModule",
+    "ModuleStore",
+    "PullPolicy",
+    "PulledModule",
+    "SourceError",
+    "is_local_path",
+    "locate",
+]
 
 _log = logging.getLogger(__name__)
 _HEX_LENGTH = 64
@@ -534,3 +545,55 @@ def _hash_file(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             hasher.update(chunk)
     return "sha256:" + hasher.hexdigest()
+
+
+class SourceError(ValueError):
+    """A module source that is neither a readable file nor a usable reference."""
+
+
+@dataclass(frozen=True)
+class LocatedModule:
+    path: Path
+    digest: str
+    """The module's own sha256 (what the compiled-code cache is keyed by)."""
+    source: str
+    """The path or reference it was asked for, with the manifest digest for a reference."""
+    cached: bool
+
+
+def is_local_path(source: str) -> bool:
+    """A file path (``./x.wasm``, ``/abs``, or anything ending in ``.wasm`` that exists)."""
+    return source.startswith(("/", "./", "../")) or (
+        source.endswith(".wasm") and Path(source).is_file()
+    )
+
+
+async def locate(
+    source: str,
+    store: ModuleStore | None,
+    *,
+    policy: PullPolicy = PullPolicy.IF_NOT_PRESENT,
+    credentials: auth.Credentials | None = None,
+) -> LocatedModule:
+    """The module at ``source`` on local disk, pulled through ``store`` when a reference."""
+    if is_local_path(source):
+        path = Path(source)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError as error:
+            raise SourceError(f"cannot read {source}: {error.strerror}") from None
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        return LocatedModule(path, digest, source, cached=True)
+    if store is None:
+        raise SourceError(f"{source} is a registry reference but no module store is set up")
+    try:
+        reference = parse_reference(source)
+    except ValueError as error:
+        raise SourceError(f"{source!r} is neither a .wasm file nor a reference: {error}") from None
+    pulled = await store.pull(reference, policy=policy, credentials=credentials)
+    return LocatedModule(
+        pulled.path,
+        pulled.module_digest,
+        f"{source} ({pulled.manifest_digest})",
+        cached=pulled.cached,
+    )

@@ -25,8 +25,8 @@ from typing import IO, Any, Literal, Protocol
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from wasmfleet_agent.oci import errors
-from wasmfleet_agent.oci.reference import parse_digest
+from wasmfleet_oci import errors
+from wasmfleet_oci.reference import parse_digest
 
 __all__ = [
     "DOCKER_IMAGE_CONFIG",

@@ -31,8 +31,8 @@ from typing import BinaryIO, Literal
 import aiohttp
 from yarl import URL
 
-from wasmfleet_agent.oci import atomic, auth, errors, formats
-from wasmfleet_agent.oci.reference import Reference, parse_digest
+from wasmfleet_oci import atomic, auth, errors, formats
+from wasmfleet_oci.reference import Reference, parse_digest
 
 __all__ = [
     "ClientSettings",
