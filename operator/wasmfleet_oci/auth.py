@@ -26,15 +26,18 @@ from wasmfleet_oci import errors
 from wasmfleet_oci.reference import parse_registry_host
 
 __all__ = [
+    "PULL_SECRET_TYPE",
     "BearerToken",
     "Challenge",
     "Credentials",
+    "PullSecretError",
     "fetch_bearer_token",
     "find_credentials",
     "normalize_registry_key",
     "parse_docker_config",
     "parse_token_response",
     "parse_www_authenticate",
+    "pull_secret_credentials",
 ]
 
 _DEFAULT_TOKEN_LIFETIME = 60.0  # seconds; the token spec's default when expires_in is absent
@@ -167,6 +170,42 @@ def parse_docker_config(document: str | bytes | Mapping[str, Any]) -> dict[str, 
         credentials = _entry_credentials(registry, entry)
         if credentials is not None:
             found[registry] = credentials
+    return found
+
+
+PULL_SECRET_TYPE = "kubernetes.io/dockerconfigjson"
+"""The one Secret type a pull secret may have (``kubectl create secret docker-registry``)."""
+
+
+class PullSecretError(ValueError):
+    """A pull secret that cannot give credentials (wrong type, not a docker config)."""
+
+
+def pull_secret_credentials(
+    secrets: Sequence[tuple[str, Mapping[str, Any] | None]],
+) -> dict[str, Credentials]:
+    """Registry name -> credentials from a workload's pull secrets, as (name, Secret object,
+    or None where it does not exist), in the order the workload lists them.
+
+    The one rule both programs apply, so that the operator never resolves a tag with a Secret
+    the agents then refuse: a missing Secret only means anonymous pulls (as for kubelets); a
+    Secret of another type than `PULL_SECRET_TYPE`, or whose ``.dockerconfigjson`` is not a
+    docker config, raises `PullSecretError` naming it; for a registry named by several, the
+    first one listed wins.
+    """
+    found: dict[str, Credentials] = {}
+    for name, secret in secrets:
+        if secret is None:
+            continue
+        if secret.get("type") != PULL_SECRET_TYPE:
+            raise PullSecretError(f"pull secret {name} is not of type {PULL_SECRET_TYPE}")
+        encoded = (secret.get("data") or {}).get(".dockerconfigjson", "")
+        try:
+            configs = parse_docker_config(base64.b64decode(encoded, validate=True))
+        except (ValueError, binascii.Error):
+            raise PullSecretError(f"pull secret {name} is not a valid docker config") from None
+        for registry, credentials in configs.items():
+            found.setdefault(registry, credentials)
     return found
 
 

@@ -1,14 +1,14 @@
 """Tag to digest: the operator asks the registry once per rollout, so every node runs one digest.
 
-Uses the agent's OCI client (the same auth, retries and TLS rules), with credentials from the
-service's pull secrets. Errors come back as a reason the status can show: ModuleNotFound
-when the registry does not have the tag, PullFailed for everything else (refused
-credentials, an unreachable registry), InvalidImage for a reference that cannot be parsed.
+Uses the OCI client the agents use (the same auth, retries and TLS rules), with credentials
+from the service's pull secrets read by the same rule (`auth.pull_secret_credentials`). Errors
+come back as a reason the status can show: ModuleNotFound when the registry does not have the
+tag, PullFailed for everything else (refused credentials, an unreachable registry),
+InvalidImage for a reference that cannot be parsed.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 
 import aiohttp
@@ -69,25 +69,18 @@ class Resolver:
     async def _credentials(
         self, namespace: str, secrets: Sequence[LocalObjectReference], registry: str
     ) -> auth.Credentials | None:
+        read = []
         for ref in secrets:
             try:
-                secret = await self.kube.get(SECRETS, ref.name, namespace)
+                read.append((ref.name, await self.kube.get(SECRETS, ref.name, namespace)))
             except ApiError as error:
-                if error.not_found:
-                    continue
-                raise ResolveError(
-                    "PullFailed", f"cannot read pull secret {ref.name}: {error.reason}"
-                ) from None
-            encoded = (secret.get("data") or {}).get(".dockerconfigjson")
-            if not encoded:
-                continue
-            try:
-                configs = auth.parse_docker_config(base64.b64decode(encoded))
-            except ValueError:
-                raise ResolveError(
-                    "PullFailed", f"pull secret {ref.name} is not a valid docker config"
-                ) from None
-            found = auth.find_credentials(configs, registry=registry)
-            if found is not None:
-                return found
-        return None
+                if not error.not_found:
+                    raise ResolveError(
+                        "PullFailed", f"cannot read pull secret {ref.name}: {error.reason}"
+                    ) from None
+                read.append((ref.name, None))
+        try:
+            configs = auth.pull_secret_credentials(read)
+        except auth.PullSecretError as error:
+            raise ResolveError("PullFailed", str(error)) from None
+        return auth.find_credentials(configs, registry=registry)

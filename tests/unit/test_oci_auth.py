@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 
-from wasmfleet_oci import errors
+from wasmfleet_oci import auth, errors
 from wasmfleet_oci.auth import (
     Credentials,
     find_credentials,
@@ -183,3 +184,43 @@ def test_a_token_answer_without_a_token_is_unauthorized(body: bytes) -> None:
 
 def test_a_token_never_shows_in_a_repr() -> None:
     assert "s3cr3t" not in repr(parse_token_response(b'{"token": "s3cr3t"}', now=0))
+
+
+def _pull_secret(config: object, type_: str = "kubernetes.io/dockerconfigjson") -> dict[str, Any]:
+    encoded = base64.b64encode(json.dumps(config).encode()).decode()
+    return {"type": type_, "data": {".dockerconfigjson": encoded}}
+
+
+def test_pull_secrets_give_credentials_the_first_listed_winning_and_missing_ones_skipped() -> None:
+    first = _pull_secret({"auths": {"r.example.com": {"username": "a", "password": "1"}}})
+    second = _pull_secret(
+        {
+            "auths": {
+                "r.example.com": {"username": "b", "password": "2"},
+                "other.example.com:5000": {"username": "c", "password": "3"},
+            }
+        }
+    )
+    found = auth.pull_secret_credentials([("gone", None), ("first", first), ("second", second)])
+    assert found["r.example.com"].username == "a"
+    assert found["other.example.com:5000"].username == "c"
+    assert auth.pull_secret_credentials([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        (_pull_secret({"auths": {}}, type_="Opaque"), "not of type kubernetes.io/dockerconfigjson"),
+        (
+            {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "%%"}},
+            "not a valid",
+        ),
+        (_pull_secret(["not", "an", "object"]), "not a valid docker config"),
+    ],
+)
+def test_a_pull_secret_that_cannot_give_credentials_is_refused_by_name(
+    secret: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(auth.PullSecretError, match=message) as refused:
+        auth.pull_secret_credentials([("regcred", secret)])
+    assert "pull secret regcred" in str(refused.value)

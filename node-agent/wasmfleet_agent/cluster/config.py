@@ -32,7 +32,6 @@ __all__ = ["ConfigError", "ResolvedConfig", "reads_objects", "resolve_config"]
 
 CONFIG_MAPS = resource_for("v1", "ConfigMap")
 SECRETS = resource_for("v1", "Secret")
-_DOCKER_CONFIG_TYPE = "kubernetes.io/dockerconfigjson"
 
 
 class ConfigError(Exception):
@@ -133,20 +132,13 @@ async def resolve_config(
         host = await _materialize(reader, mount, files_dir / str(index))
         mounts.append((host, mount.mount_path, mount.writable))
 
-    credentials: dict[str, auth.Credentials] = {}
-    for secret_ref in workload.module.pull_secrets:
-        obj = await reader.read("Secret", secret_ref.name)
-        if obj is None:
-            continue  # as kubelets do: a missing pull secret only means anonymous pulls
-        if obj.get("type") != _DOCKER_CONFIG_TYPE:
-            raise ConfigError(f"pull secret {secret_ref.name} is not of type {_DOCKER_CONFIG_TYPE}")
-        document = _decode("Secret", obj).get(".dockerconfigjson", b"")
-        try:
-            credentials.update(auth.parse_docker_config(document))
-        except ValueError:
-            raise ConfigError(
-                f"pull secret {secret_ref.name} is not a valid docker config"
-            ) from None
+    secrets = [
+        (ref.name, await reader.read("Secret", ref.name)) for ref in workload.module.pull_secrets
+    ]
+    try:
+        credentials = auth.pull_secret_credentials(secrets)
+    except auth.PullSecretError as error:
+        raise ConfigError(str(error)) from None
     return ResolvedConfig(tuple(env), tuple(mounts), credentials, reader.fingerprint())
 
 
