@@ -44,22 +44,14 @@ from pydantic import ValidationError
 from wasmfleet_api.base import GROUP, VERSION
 from wasmfleet_api.units import parse_duration, parse_quantity
 from wasmfleet_api.wasmservice import WasmService
-from wasmfleet_api.workload import WorkloadSpec
 from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.findings import Findings
 from wasmfleet_oci.reference import parse_reference
-from wasmfleet_operator.planner import NodeInfo, Replica, Taint, plan_placements
+from wasmfleet_operator.planner import NodeInfo, Taint
 from wasmfleet_operator.reconciler import invalid_spec_message
-from wasmfleet_operator.render import (
-    Endpoint,
-    render_binding,
-    render_endpoint_slices,
-    render_revision,
-    render_selector,
-    render_service,
-)
-from wasmfleet_operator.status import Observed, ObservedReplica, compute_status
+from wasmfleet_operator.render import render_binding, render_revision
+from wasmfleet_operator.service_plan import NodeFacts, ServiceView, plan_service, render_url
 
 SECTION = "Malformed WasmService specs"
 EXAMPLES = settings(
@@ -560,7 +552,7 @@ NODES = (
         taints=(Taint("dedicated", "wasm", "NoSchedule"),),
     ),
 )
-OLD_REPLICA = Replica(name="subject-r0", node="node-a", revision="r0", ready=True)
+OLD_DIGEST = "sha256:" + "0" * 64
 
 # Every duration and quantity the agents parse, and the bounds the CRD states for it. Go reads
 # a duration to whole nanoseconds (``1h0.0000000001s`` is 1h), hence a hair of tolerance.
@@ -591,65 +583,47 @@ def _values(node: Any, path: str) -> Iterator[Any]:
 
 
 def _honour(service: WasmService) -> list[dict[str, Any]]:
-    """One reconcile pass over ``service`` with its module resolved to DIGEST: plans, renders
-    and computes the status as `Reconciler.reconcile` does, and returns the objects it would
-    write (binding first)."""
-    metadata = service.metadata
-    name, namespace = metadata["name"], metadata["namespace"]
-    workload = WorkloadSpec.model_validate(
-        service.spec.model_dump(include=set(WorkloadSpec.model_fields))
+    """The operator's own pass (`plan_service`) over ``service`` with its module resolved to
+    DIGEST, beside a ready replica of an older revision on node-a; returns the objects the pass
+    writes (bindings first)."""
+    old = render_binding(
+        service,
+        node="node-a",
+        revision=render_revision(service.spec.workload(), OLD_DIGEST),
+        digest=OLD_DIGEST,
     )
-    revision = render_revision(workload, DIGEST)
-    plan = plan_placements(
-        desired=service.spec.replicas,
-        revision=revision,
-        placement=service.spec.placement,
-        strategy=service.spec.strategy,
-        nodes=NODES,
-        replicas=[OLD_REPLICA],
-    )
-    placed = [p.node for p in plan.create]
-    assert len(placed) == len(set(placed)), plan
-    assert set(placed) <= {n.name for n in NODES}, plan
-    assert len(placed) <= service.spec.replicas, plan
-    assert set(plan.delete) <= {OLD_REPLICA.name}, plan
-
-    # The binding's content does not depend on the node: render one even if none is placed.
-    binding = render_binding(
-        service, node=placed[0] if placed else "node-a", revision=revision, digest=DIGEST
-    )
-    written = [binding]
-    url = None
-    if service.spec.http is not None:
-        written.append(render_service(service))
-        written += render_endpoint_slices(service, [Endpoint("10.0.0.1", 8080, "node-a")])
-        url = f"http://{name}.{namespace}.svc.cluster.local:{service.spec.http.port}"
-    compute_status(
-        Observed(
-            generation=int(metadata.get("generation") or 0),
-            desired=service.spec.replicas,
-            revision=revision,
+    old["metadata"]["generation"] = 1
+    old["status"] = {
+        "phase": "Ready",
+        "ready": True,
+        "address": "10.0.0.1",
+        "port": 8080,
+        "observedGeneration": 1,
+    }
+    plan = plan_service(
+        ServiceView(
+            service=service,
+            previous=service.status,
             digest=DIGEST,
-            replicas=[
-                ObservedReplica(
-                    name=binding["metadata"]["name"],
-                    node=node,
-                    arch="amd64",
-                    revision=revision,
-                    phase="Pending",
-                    ready=False,
-                )
-                for node in placed
-            ],
-            url=url,
-            selector=render_selector(name),
-            unplaced=plan.unplaced,
-            unschedulable_reason=plan.unschedulable_reason,
-        ),
-        previous=service.status,
-        now="2026-01-01T00:00:00Z",
+            bindings=[old],
+            nodes=NODES,
+            facts={
+                node.name: NodeFacts(ready=True, architecture=node.arch, address="10.0.0.1")
+                for node in NODES
+            },
+            now="2026-01-01T00:00:00Z",
+        )
     )
-    return written
+    placed = [b["spec"]["nodeName"] for b in plan.create]
+    assert len(placed) == len(set(placed)), plan.placements
+    assert set(placed) <= {n.name for n in NODES}, plan.placements
+    assert len(placed) <= service.spec.replicas, plan.placements
+    assert set(plan.delete) <= {old["metadata"]["name"]}, plan.placements
+    assert not plan.put_back, "a binding the operator rendered itself counts as drifted"
+    assert not plan.remove_drifted, "a binding the operator rendered itself counts as drifted"
+    if service.spec.http is not None:
+        assert plan.status.url == render_url(service)
+    return [old, *plan.create, *plan.service_objects, *plan.endpoint_slices]
 
 
 # ---- the property ------------------------------------------------------------------------

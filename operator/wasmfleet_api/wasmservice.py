@@ -159,6 +159,11 @@ class WasmServiceSpec(WorkloadSpec):
     )
     """How updates roll out."""
 
+    def workload(self) -> WorkloadSpec:
+        """What every replica runs: this spec without its replica count, placement and
+        rollout strategy (a binding carries exactly this)."""
+        return WorkloadSpec.model_validate(self.model_dump(include=set(WorkloadSpec.model_fields)))
+
 
 class PlacementStatus(KubeModel):
     """One replica: where it runs and how it is doing."""

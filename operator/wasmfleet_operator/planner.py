@@ -32,9 +32,9 @@ from wasmfleet_api.wasmservice import Placement, RollingUpdate, Toleration
 
 __all__ = [
     "NodeInfo",
+    "PlacedReplica",
     "Plan",
     "PlannedReplica",
-    "Replica",
     "Taint",
     "plan_placements",
     "resolve_int_or_percent",
@@ -73,7 +73,7 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
-class Replica:
+class PlacedReplica:
     """An existing binding of this service."""
 
     name: str
@@ -205,7 +205,7 @@ def plan_placements(
     placement: Placement,
     strategy: RollingUpdate,
     nodes: Sequence[NodeInfo],
-    replicas: Sequence[Replica],
+    replicas: Sequence[PlacedReplica],
 ) -> Plan:
     """The next step from ``replicas`` towards ``desired`` replicas of ``revision``."""
     by_name = {n.name: n for n in nodes}

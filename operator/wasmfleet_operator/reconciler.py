@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -47,27 +48,14 @@ from pydantic import ValidationError
 
 from wasmfleet_api.base import API_VERSION
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
-from wasmfleet_api.workload import WorkloadSpec
 from wasmfleet_common.kube import ApiError, KubeClient, resource_for
-from wasmfleet_operator.drift import binding_drift, drifted_fields
+from wasmfleet_operator.drift import drifted_fields
 from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.metrics import OperatorMetrics
-from wasmfleet_operator.planner import Plan, Replica, plan_placements
-from wasmfleet_operator.render import (
-    Endpoint,
-    render_binding,
-    render_endpoint_slices,
-    render_revision,
-    render_selector,
-    render_service,
-)
+from wasmfleet_operator.render import render_selector
 from wasmfleet_operator.resolver import ResolveError, Resolver
-from wasmfleet_operator.status import (
-    Observed,
-    ObservedReplica,
-    compute_status,
-    condition_events,
-)
+from wasmfleet_operator.service_plan import NodeFacts, ServiceView, plan_service
+from wasmfleet_operator.status import Event
 from wasmfleet_operator.workqueue import WorkQueue
 
 __all__ = ["RESOLVE_ANNOTATION", "Reconciler", "ReconcilerSettings", "invalid_spec_message"]
@@ -254,6 +242,7 @@ class Reconciler:
     # ---- one pass ------------------------------------------------------------------
 
     async def reconcile(self, key: str) -> None:
+        """One pass: read, resolve, plan (`plan_service`), write, report."""
         self.passes += 1
         body = self.services.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -264,8 +253,7 @@ class Reconciler:
             await self._report_invalid(body, error)
             return
         namespace, name = key.split("/", 1)
-        metadata = service.metadata
-        uid = metadata.get("uid")
+        uid = service.metadata.get("uid")
         reported = self._reported.get(key)
         # Our own last write is newer than the watch cache may be: only the operator writes it.
         previous = reported[1] if reported is not None and reported[0] == uid else service.status
@@ -274,201 +262,84 @@ class Reconciler:
         listing = await self.kube.list(
             BINDINGS, namespace=namespace, label_selector=render_selector(name)
         )
-        bindings = [
-            b
-            for b in listing["items"]
-            if any(o.get("uid") == uid for o in b["metadata"].get("ownerReferences") or [])
-        ]
-        liveness = self.fleet.liveness_all()
-        current_revision = (
-            render_revision(_workload(service), digest) if digest is not None else None
+        view = ServiceView(
+            service=service,
+            previous=previous,
+            digest=digest,
+            resolved_from=resolved_from,
+            resolve_error=(resolve_error.reason, resolve_error.message) if resolve_error else None,
+            bindings=[
+                b
+                for b in listing["items"]
+                if any(o.get("uid") == uid for o in b["metadata"].get("ownerReferences") or [])
+            ],
+            nodes=self.fleet.node_infos(),
+            facts=self._facts(),
+            cluster_domain=self.settings.cluster_domain,
+            now=_now(),
         )
-        drifted = await self._repair_drift(service, bindings, current_revision, digest)
+        plan = plan_service(view)
 
-        def serving(binding: Mapping[str, Any]) -> bool:
-            node = binding["spec"]["nodeName"]
-            live = liveness.get(node)
-            status = binding.get("status") or {}
-            return (
-                bool(status.get("ready"))
-                and bool(live and live.ready)
-                and binding["metadata"]["name"] not in drifted
-                # the agent has acted on this spec (not one edited since, or put back)
-                and status.get("observedGeneration")
-                in (None, binding["metadata"].get("generation"))
-            )
-
-        replicas = [
-            Replica(
-                name=b["metadata"]["name"],
-                node=b["spec"]["nodeName"],
-                revision=b["spec"]["revision"],
-                ready=serving(b),
-            )
-            for b in bindings
-        ]
-        if current_revision is not None:
-            revision = current_revision
-            plan = plan_placements(
-                desired=service.spec.replicas,
-                revision=revision,
-                placement=service.spec.placement,
-                strategy=service.spec.strategy,
-                nodes=self.fleet.node_infos(),
-                replicas=replicas,
-            )
-        else:
-            # Without a digest there is no new revision: keep what runs, report why.
-            revision = previous.revision if previous and previous.revision else ""
-            plan = Plan()
-        removing = set(plan.delete)
-
-        url = None
-        services: list[dict[str, Any]] = []
-        slices: list[dict[str, Any]] = []
-        if service.spec.http is not None:
-            endpoints = []
-            for b in bindings:
-                status = b.get("status") or {}
-                if b["metadata"]["name"] in removing or not serving(b) or not status.get("port"):
-                    continue
-                address = status.get("address") or self.fleet.address(b["spec"]["nodeName"])
-                endpoints.append(Endpoint(address, int(status["port"]), b["spec"]["nodeName"]))
-            services = [render_service(service)]
-            slices = render_endpoint_slices(service, endpoints)
-            port = service.spec.http.port
-            url = f"http://{name}.{namespace}.svc.{self.settings.cluster_domain}" + (
-                "" if port == 80 else f":{port}"
-            )
+        for binding in plan.put_back:
+            await self.kube.apply(binding)
+        for binding_name in plan.remove_drifted:
+            await self.kube.delete(BINDINGS, binding_name, namespace)
+            self.fleet.binding_nodes.pop(f"{namespace}/{binding_name}", None)
         # A job has no Service; one that was an http service before loses it.
         selector = render_selector(name)
-        routing_error = None
         try:
-            await self._write_owned("Service", key, SERVICES, services, selector, uid)
-            await self._write_owned("EndpointSlice", key, SLICES, slices, selector, uid)
+            await self._write_owned("Service", key, SERVICES, plan.service_objects, selector, uid)
+            await self._write_owned(
+                "EndpointSlice", key, SLICES, plan.endpoint_slices, selector, uid
+            )
         except ApiError as error:
-            # Reported in the status below (not Ready), then retried.
-            routing_error = f"the Service or its EndpointSlices cannot be written: {error}"
+            # Reported in the status (not Ready), then retried.
             log.warning("routing not written", extra={"service": key, "error": str(error)})
+            routing_error = f"the Service or its EndpointSlices cannot be written: {error}"
+            plan = plan_service(dataclasses.replace(view, routing_error=routing_error))
+            self.queue.add_after(key, 2.0)
         for change in self._tampered.pop(key, []):
             self.post_event(service, "Warning", "RoutingRepaired", f"{change}; written again")
 
         for binding_name in plan.delete:
             await self.kube.delete(BINDINGS, binding_name, namespace)
             self.fleet.binding_nodes.pop(f"{namespace}/{binding_name}", None)
-        created = []
-        for placed in plan.create:
-            assert digest is not None
-            body_ = render_binding(
-                service, node=placed.node, revision=placed.revision, digest=digest
-            )
-            await self.kube.apply(body_)
-            self.fleet.binding_nodes[f"{namespace}/{body_['metadata']['name']}"] = placed.node
-            created.append(body_)
+        for binding in plan.create:
+            await self.kube.apply(binding)
+            node = binding["spec"]["nodeName"]
+            self.fleet.binding_nodes[f"{namespace}/{binding['metadata']['name']}"] = node
         if self.metrics is not None:
-            self.metrics.placements.labels("create").inc(len(created))
+            self.metrics.placements.labels("create").inc(len(plan.create))
             self.metrics.placements.labels("delete").inc(len(plan.delete))
         if plan.create or plan.delete:
             log.info(
                 "placements changed",
                 extra={
                     "service": key,
-                    "revision": revision,
-                    "placed_on": [str(c["spec"]["nodeName"]) for c in created],
+                    "revision": plan.revision,
+                    "placed_on": [str(c["spec"]["nodeName"]) for c in plan.create],
                     "removed": list(plan.delete),
                 },
             )
-
-        observed = [
-            ObservedReplica(
-                name=b["metadata"]["name"],
-                node=b["spec"]["nodeName"],
-                arch=self.fleet.architecture(b["spec"]["nodeName"]),
-                revision=b["spec"]["revision"],
-                phase=_phase(b, liveness),
-                ready=serving(b),
-                message=str((b.get("status") or {}).get("lastError") or ""),
-                failure=_binding_condition(b, "Failing", "True"),
-                stale_config=_binding_condition(b, "ConfigurationCurrent", "False", "message"),
-            )
-            for b in bindings
-            if b["metadata"]["name"] not in removing
-        ] + [
-            ObservedReplica(
-                name=c["metadata"]["name"],
-                node=c["spec"]["nodeName"],
-                arch=self.fleet.architecture(c["spec"]["nodeName"]),
-                revision=c["spec"]["revision"],
-                phase="Pending",
-                ready=False,
-            )
-            for c in created
-        ]
-        status = compute_status(
-            Observed(
-                generation=int(metadata.get("generation") or 0),
-                desired=service.spec.replicas,
-                revision=revision,
-                digest=digest or (previous.digest if previous else None),
-                replicas=observed,
-                url=url,
-                selector=render_selector(name),
-                unplaced=plan.unplaced,
-                unschedulable_reason=plan.unschedulable_reason,
-                resolve_error=(resolve_error.reason, resolve_error.message)
-                if resolve_error
-                else None,
-                routing_error=routing_error,
-            ),
-            previous=previous,
-            now=_now(),
-        )
-        status = status.model_copy(update={"resolved_from": resolved_from})
-        await self._write_status(service, previous, status)
+        for event in plan.events:
+            if event.reason == "BindingDrifted":
+                log.warning("binding drifted", extra={"service": key, "note": event.message})
+        await self._write_status(service, previous, plan.status, plan.events)
         if resolve_error is not None:
             self.queue.add_after(key, self.settings.resolve_retry_seconds)
-        if routing_error is not None:
-            self.queue.add_after(key, 2.0)
 
-    async def _repair_drift(
-        self,
-        service: WasmService,
-        bindings: Sequence[Mapping[str, Any]],
-        revision: str | None,
-        digest: str | None,
-    ) -> set[str]:
-        """Puts back bindings of the current revision that someone edited, deletes edited
-        ones of older revisions, with a Warning Event each; the names of those bindings."""
-        namespace = service.metadata["namespace"]
-        drifted = set()
-        for binding in bindings:
-            spec = binding["spec"]
-            current = revision is not None and spec["revision"] == revision
-            desired = None
-            if current:
-                assert digest is not None
-                desired = render_binding(
-                    service, node=spec["nodeName"], revision=spec["revision"], digest=digest
-                )
-            changed = binding_drift(binding, desired)
-            if not changed:
-                continue
-            name = binding["metadata"]["name"]
-            drifted.add(name)
-            if desired is not None:
-                await self.kube.apply(desired)
-                action = "put back"
-            else:
-                await self.kube.delete(BINDINGS, name, namespace)
-                self.fleet.binding_nodes.pop(f"{namespace}/{name}", None)
-                action = "deleted (an old revision)"
-            note = (
-                f"binding {name} on {spec['nodeName']} was changed by someone else "
-                f"({', '.join(changed[:5])}); {action}"
+    def _facts(self) -> dict[str, NodeFacts]:
+        """What the fleet knows of every node with an agent, for `plan_service`."""
+        liveness = self.fleet.liveness_all()
+        names = set(liveness) | set(self.fleet.agents) | set(self.fleet.nodes)
+        return {
+            node: NodeFacts(
+                ready=bool(liveness.get(node) and liveness[node].ready),
+                architecture=self.fleet.architecture(node),
+                address=self.fleet.address(node),
             )
-            log.warning("binding drifted", extra={"binding": f"{namespace}/{name}", "note": note})
-            self.post_event(service, "Warning", "BindingDrifted", note)
-        return drifted
+            for node in names
+        }
 
     async def _digest(
         self, service: WasmService, previous: WasmServiceStatus | None
@@ -549,10 +420,16 @@ class Reconciler:
         self._written[(kind, key)] = (fingerprint, wanted)
 
     async def _write_status(
-        self, service: WasmService, previous: WasmServiceStatus | None, status: WasmServiceStatus
+        self,
+        service: WasmService,
+        previous: WasmServiceStatus | None,
+        status: WasmServiceStatus,
+        events: Sequence[Event],
     ) -> None:
         rendered = status.to_kube()
         if previous is not None and previous.to_kube() == rendered:
+            for event in events:  # a pass that changes only bindings still reports them
+                self.post_event(service, event.type, event.reason, event.message)
             return
         metadata = service.metadata
         await self.kube.apply_status(
@@ -567,7 +444,7 @@ class Reconciler:
             str(metadata.get("uid")),
             status,
         )
-        for event in condition_events(previous, status):
+        for event in events:
             self.post_event(service, event.type, event.reason, event.message)
 
     async def event_writer(self) -> None:
@@ -677,27 +554,3 @@ def invalid_spec_message(error: ValidationError) -> str:
         for e in error.errors()[:5]
     )
     return problems[:1024]
-
-
-def _workload(service: WasmService) -> WorkloadSpec:
-    return WorkloadSpec.model_validate(
-        service.spec.model_dump(include=set(WorkloadSpec.model_fields))
-    )
-
-
-def _binding_condition(
-    binding: Mapping[str, Any], type_: str, status: str, field: str = "reason"
-) -> str | None:
-    """The ``field`` of the binding's condition ``type_`` when it has ``status``."""
-    for condition in (binding.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == type_ and condition.get("status") == status:
-            return str(condition.get(field) or "") or None
-    return None
-
-
-def _phase(binding: Mapping[str, Any], liveness: Mapping[str, Any]) -> str:
-    live = liveness.get(binding["spec"]["nodeName"])
-    phase = str((binding.get("status") or {}).get("phase") or "Pending")
-    if live is None or not live.ready:
-        return "NodeNotReady" if phase != "Pending" else phase
-    return phase

@@ -80,9 +80,7 @@ def render_binding(
 ) -> dict[str, Any]:
     """The WasmBinding that runs ``revision`` of ``service`` on ``node``."""
     name = service.metadata["name"]
-    workload = WorkloadSpec.model_validate(
-        service.spec.model_dump(include=set(WorkloadSpec.model_fields))
-    )
+    workload = service.spec.workload()
     spec = WasmBindingSpec(
         service_name=name, node_name=node, revision=revision, digest=digest, workload=workload
     )

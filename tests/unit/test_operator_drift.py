@@ -7,7 +7,6 @@ from typing import Any
 
 from wasmfleet_api.wasmservice import WasmService
 from wasmfleet_operator.drift import binding_drift, drifted_fields
-from wasmfleet_operator.reconciler import _workload
 from wasmfleet_operator.render import render_binding, render_revision
 
 DIGEST = "sha256:" + "b" * 64
@@ -44,7 +43,7 @@ def test_fields_the_server_adds_are_no_drift_but_changed_or_missing_ones_are() -
 
 def test_a_binding_as_rendered_has_not_drifted() -> None:
     service = _service()
-    revision = render_revision(_workload(service), DIGEST)
+    revision = render_revision(service.spec.workload(), DIGEST)
     binding = render_binding(service, node="n1", revision=revision, digest=DIGEST)
     assert binding_drift(binding, binding) == []
     assert binding_drift(binding, None) == []
@@ -52,7 +51,7 @@ def test_a_binding_as_rendered_has_not_drifted() -> None:
 
 def test_an_edited_digest_is_drift_even_without_the_desired_spec() -> None:
     service = _service()
-    revision = render_revision(_workload(service), DIGEST)
+    revision = render_revision(service.spec.workload(), DIGEST)
     binding = render_binding(service, node="n1", revision=revision, digest=DIGEST)
     edited = copy.deepcopy(binding)
     edited["spec"]["digest"] = OTHER

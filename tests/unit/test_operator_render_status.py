@@ -15,6 +15,7 @@ from wasmfleet_operator.render import (
     render_revision,
     render_service,
 )
+from wasmfleet_operator.service_plan import ServiceView, plan_service, render_url
 from wasmfleet_operator.status import (
     Observed,
     ObservedReplica,
@@ -54,7 +55,7 @@ def test_the_revision_changes_with_the_workload_or_digest_but_not_with_replicas(
 
 
 def _workload(svc: WasmService) -> WorkloadSpec:
-    return WorkloadSpec.model_validate(svc.spec.model_dump(include=set(WorkloadSpec.model_fields)))
+    return svc.spec.workload()
 
 
 def test_a_binding_names_its_node_revision_and_owner_and_parses_as_the_api_type() -> None:
@@ -220,3 +221,15 @@ def test_routing_that_cannot_be_written_is_not_ready() -> None:
     )
     assert _condition(status, "Ready") == ("False", "RoutingFailed")
     assert _condition(status, "Degraded") == ("True", "RoutingFailed")
+
+
+def test_the_url_names_the_port_unless_it_is_80() -> None:
+    for port, url in [
+        (80, "http://hello.team.svc.cluster.local"),
+        (8080, "http://hello.team.svc.cluster.local:8080"),
+    ]:
+        svc = service(http={"port": port})
+        assert render_url(svc) == url
+        plan = plan_service(ServiceView(service=svc, previous=None, digest=DIGEST, now="t1"))
+        assert plan.status.url == url
+    assert render_url(service(http=None, job={})) is None

@@ -10,8 +10,8 @@ import pytest
 from wasmfleet_api.wasmservice import Placement, RollingUpdate, Spread, Toleration
 from wasmfleet_operator.planner import (
     NodeInfo,
+    PlacedReplica,
     Plan,
-    Replica,
     Taint,
     plan_placements,
     resolve_int_or_percent,
@@ -28,7 +28,7 @@ NODES = (
 def plan(
     desired: int,
     *,
-    replicas: Sequence[Replica] = (),
+    replicas: Sequence[PlacedReplica] = (),
     nodes: Sequence[NodeInfo] = NODES,
     placement: Placement | None = None,
     strategy: RollingUpdate | None = None,
@@ -44,10 +44,10 @@ def plan(
     )
 
 
-def apply(replicas: list[Replica], step: Plan, *, ready: bool) -> list[Replica]:
+def apply(replicas: list[PlacedReplica], step: Plan, *, ready: bool) -> list[PlacedReplica]:
     """What the world looks like after a plan is carried out (and new replicas start)."""
     kept = [r for r in replicas if r.name not in step.delete]
-    made = [Replica(f"{p.revision}-{p.node}", p.node, p.revision, ready) for p in step.create]
+    made = [PlacedReplica(f"{p.revision}-{p.node}", p.node, p.revision, ready) for p in step.create]
     return kept + made
 
 
@@ -59,7 +59,7 @@ def test_replicas_go_to_distinct_nodes_least_loaded_first() -> None:
 
 
 def test_a_plan_for_a_converged_service_is_empty() -> None:
-    replicas = [Replica("x", "a", "r2", True), Replica("y", "b", "r2", True)]
+    replicas = [PlacedReplica("x", "a", "r2", True), PlacedReplica("y", "b", "r2", True)]
     assert plan(2, replicas=replicas).empty
 
 
@@ -116,20 +116,20 @@ def test_a_not_ready_or_full_or_cordoned_node_takes_no_new_replica() -> None:
 
 
 def test_existing_replicas_stay_where_they_are() -> None:
-    replicas = [Replica("x", "c", "r2", True)]
+    replicas = [PlacedReplica("x", "c", "r2", True)]
     step = plan(2, replicas=replicas, nodes=(replace(NODES[0], allocated=9), *NODES[1:]))
     assert [p.node for p in step.create] == ["b"]
     assert step.delete == ()
 
 
 def test_a_replica_on_a_node_that_no_longer_matches_is_not_moved() -> None:
-    replicas = [Replica("x", "a", "r2", True)]
+    replicas = [PlacedReplica("x", "a", "r2", True)]
     assert plan(1, replicas=replicas, placement=Placement(architectures=["arm64"])).empty
 
 
 def test_replicas_of_a_lost_node_are_replaced_and_deleted() -> None:
     nodes = (replace(NODES[0], ready=False, lost=True), *NODES[1:])
-    replicas = [Replica("x", "a", "r2", True), Replica("y", "b", "r2", True)]
+    replicas = [PlacedReplica("x", "a", "r2", True), PlacedReplica("y", "b", "r2", True)]
     step = plan(2, replicas=replicas, nodes=nodes)
     assert step.delete == ("x",)
     assert [p.node for p in step.create] == ["c"]
@@ -137,37 +137,37 @@ def test_replicas_of_a_lost_node_are_replaced_and_deleted() -> None:
 
 def test_replicas_of_a_node_not_ready_within_grace_are_kept() -> None:
     nodes = (replace(NODES[0], ready=False), *NODES[1:])
-    replicas = [Replica("x", "a", "r2", False), Replica("y", "b", "r2", True)]
+    replicas = [PlacedReplica("x", "a", "r2", False), PlacedReplica("y", "b", "r2", True)]
     assert plan(2, replicas=replicas, nodes=nodes).empty
 
 
 def test_a_replica_on_a_vanished_node_is_deleted() -> None:
-    step = plan(1, replicas=[Replica("x", "gone", "r2", True)])
+    step = plan(1, replicas=[PlacedReplica("x", "gone", "r2", True)])
     assert step.delete == ("x",)
     assert len(step.create) == 1
 
 
 def test_scaling_down_removes_not_ready_replicas_first() -> None:
-    replicas = [Replica("x", "a", "r2", True), Replica("y", "b", "r2", False)]
+    replicas = [PlacedReplica("x", "a", "r2", True), PlacedReplica("y", "b", "r2", False)]
     assert plan(1, replicas=replicas).delete == ("y",)
 
 
 def test_scaling_to_zero_removes_everything() -> None:
-    replicas = [Replica("x", "a", "r2", True), Replica("o", "b", "r1", True)]
+    replicas = [PlacedReplica("x", "a", "r2", True), PlacedReplica("o", "b", "r1", True)]
     step = plan(0, replicas=replicas)
     assert sorted(step.delete) == ["o", "x"]
     assert step.create == ()
 
 
 def test_duplicate_replicas_of_one_revision_on_one_node_are_reduced_to_one() -> None:
-    replicas = [Replica("x1", "a", "r2", True), Replica("x2", "a", "r2", False)]
+    replicas = [PlacedReplica("x1", "a", "r2", True), PlacedReplica("x2", "a", "r2", False)]
     step = plan(1, replicas=replicas)
     assert step.delete == ("x2",)
     assert step.create == ()
 
 
 def test_a_rollout_with_surge_keeps_every_old_replica_until_new_ones_are_ready() -> None:
-    replicas = [Replica("o1", "a", "r1", True), Replica("o2", "b", "r1", True)]
+    replicas = [PlacedReplica("o1", "a", "r1", True), PlacedReplica("o2", "b", "r1", True)]
     strategy = RollingUpdate(max_surge=1, max_unavailable=0)
     history = []
     for _ in range(10):
@@ -185,7 +185,7 @@ def test_a_rollout_with_surge_keeps_every_old_replica_until_new_ones_are_ready()
 
 
 def test_a_rollout_without_surge_replaces_one_at_a_time() -> None:
-    replicas = [Replica("o1", "a", "r1", True), Replica("o2", "b", "r1", True)]
+    replicas = [PlacedReplica("o1", "a", "r1", True), PlacedReplica("o2", "b", "r1", True)]
     strategy = RollingUpdate(max_surge=0, max_unavailable=1)
     first = plan(2, replicas=replicas, strategy=strategy)
     assert first.create == ()
@@ -198,14 +198,14 @@ def test_a_rollout_without_surge_replaces_one_at_a_time() -> None:
 
 def test_a_rollout_can_reuse_the_nodes_of_the_old_revision() -> None:
     nodes = NODES[:2]
-    replicas = [Replica("o1", "a", "r1", True), Replica("o2", "b", "r1", True)]
+    replicas = [PlacedReplica("o1", "a", "r1", True), PlacedReplica("o2", "b", "r1", True)]
     step = plan(2, replicas=replicas, nodes=nodes)
     assert len(step.create) == 1
     assert step.create[0].node in {"a", "b"}
 
 
 def test_not_ready_old_replicas_are_removed_at_once() -> None:
-    replicas = [Replica("o1", "a", "r1", False), Replica("n1", "b", "r2", True)]
+    replicas = [PlacedReplica("o1", "a", "r1", False), PlacedReplica("n1", "b", "r2", True)]
     step = plan(1, replicas=replicas)
     assert step.delete == ("o1",)
 
@@ -229,14 +229,14 @@ def test_spread_with_do_not_schedule_leaves_a_replica_unplaced_rather_than_skew(
         NodeInfo("d", "amd64", {"zone": "z2"}),
         NodeInfo("e", "amd64", {"zone": "z3"}),
     )
-    replicas = [Replica("x", "a", "r2", True), Replica("y", "b", "r2", True)]
+    replicas = [PlacedReplica("x", "a", "r2", True), PlacedReplica("y", "b", "r2", True)]
     step = plan(5, replicas=replicas, nodes=nodes, placement=placement)
     zones = _zone_counts(nodes, replicas, step)
     assert max(zones.values()) - min(zones.values()) <= 1
 
 
 def _zone_counts(
-    nodes: Sequence[NodeInfo], replicas: Sequence[Replica], step: Plan
+    nodes: Sequence[NodeInfo], replicas: Sequence[PlacedReplica], step: Plan
 ) -> dict[str, int]:
     zone = {n.name: n.labels["zone"] for n in nodes}
     counts: dict[str, int] = {}

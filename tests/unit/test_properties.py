@@ -22,7 +22,7 @@ from wasmfleet_agent.runtime import cgi
 from wasmfleet_api.wasmservice import WasmService
 from wasmfleet_oci import errors, formats
 from wasmfleet_oci.reference import parse_reference
-from wasmfleet_operator.planner import NodeInfo, Replica, plan_placements
+from wasmfleet_operator.planner import NodeInfo, PlacedReplica, plan_placements
 from wasmfleet_operator.render import render_revision
 
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -300,7 +300,7 @@ def test_any_spec_is_refused_clearly_or_planned_without_crashing(
         placement=service.spec.placement,
         strategy=service.spec.strategy,
         nodes=infos,
-        replicas=[Replica(name="old", node=infos[0].name, revision="r0", ready=True)]
+        replicas=[PlacedReplica(name="old", node=infos[0].name, revision="r0", ready=True)]
         if infos
         else [],
     )
@@ -312,8 +312,5 @@ def test_any_spec_is_refused_clearly_or_planned_without_crashing(
 
 
 def _workload(service: WasmService) -> Any:
-    from wasmfleet_api.workload import WorkloadSpec
 
-    return WorkloadSpec.model_validate(
-        service.spec.model_dump(include=set(WorkloadSpec.model_fields))
-    )
+    return service.spec.workload()

@@ -1,0 +1,275 @@
+"""Everything one reconcile pass of one WasmService writes, decided by one pure function.
+
+`Reconciler.reconcile` reads (the service, the status it last wrote, its bindings, the fleet),
+resolves the module's tag, then asks `plan_service` for the whole pass and carries it out:
+bindings edited by hand put back or removed, the Service and EndpointSlices, the bindings the
+rollout deletes and creates, the status and its Events. Nothing here does I/O, so the tests
+(and the property test against the real API server) call this very function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
+from wasmfleet_operator.drift import binding_drift
+from wasmfleet_operator.planner import NodeInfo, PlacedReplica, Plan, plan_placements
+from wasmfleet_operator.render import (
+    Endpoint,
+    render_binding,
+    render_endpoint_slices,
+    render_revision,
+    render_selector,
+    render_service,
+)
+from wasmfleet_operator.status import (
+    Event,
+    Observed,
+    ObservedReplica,
+    compute_status,
+    condition_events,
+)
+
+__all__ = ["NodeFacts", "ServicePlan", "ServiceView", "plan_service", "render_url"]
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the operator knows of one node's agent."""
+
+    ready: bool = False
+    """The agent's Lease is fresh."""
+    architecture: str = ""
+    address: str = ""
+    """Where the agent serves (a binding's own reported address wins)."""
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """Everything one pass reads about one service."""
+
+    service: WasmService
+    previous: WasmServiceStatus | None
+    """The status last written (the operator's own write, or the stored one)."""
+    digest: str | None
+    """The resolved module digest; None when the tag could not be resolved."""
+    resolved_from: str | None = None
+    resolve_error: tuple[str, str] | None = None
+    """(reason, message) of a failed resolution."""
+    bindings: Sequence[Mapping[str, Any]] = ()
+    """The service's own bindings, as listed."""
+    nodes: Sequence[NodeInfo] = ()
+    """The planner's view of the fleet."""
+    facts: Mapping[str, NodeFacts] = field(default_factory=dict)
+    cluster_domain: str = "cluster.local"
+    routing_error: str | None = None
+    """Why this pass could not write the Service or its EndpointSlices (known only after
+    trying: the pass plans again with it for the status)."""
+    now: str = ""
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """The writes of one pass, in the order they happen."""
+
+    put_back: tuple[dict[str, Any], ...]
+    """Bindings of the current revision someone edited: applied again as rendered."""
+    remove_drifted: tuple[str, ...]
+    """Bindings of an old revision someone edited: deleted."""
+    service_objects: tuple[dict[str, Any], ...]
+    """The Service (none for a job)."""
+    endpoint_slices: tuple[dict[str, Any], ...]
+    """Ready replicas not about to go, one slice per port."""
+    delete: tuple[str, ...]
+    """Bindings the rollout removes."""
+    create: tuple[dict[str, Any], ...]
+    """Bindings the rollout adds."""
+    status: WasmServiceStatus
+    events: tuple[Event, ...]
+    """BindingDrifted for each edited binding, then one per condition transition."""
+    revision: str
+    placements: Plan
+
+
+def render_url(service: WasmService, cluster_domain: str = "cluster.local") -> str | None:
+    """The URL an http service answers at in the cluster (no port when it is 80)."""
+    if service.spec.http is None:
+        return None
+    metadata = service.metadata
+    port = service.spec.http.port
+    host = f"{metadata['name']}.{metadata['namespace']}.svc.{cluster_domain}"
+    return f"http://{host}" + ("" if port == 80 else f":{port}")
+
+
+def plan_service(view: ServiceView) -> ServicePlan:
+    """The pass over ``view``: what to write, and the status that reports it."""
+    service, previous, digest = view.service, view.previous, view.digest
+    name = service.metadata["name"]
+    revision = render_revision(service.spec.workload(), digest) if digest is not None else None
+
+    put_back: list[dict[str, Any]] = []
+    remove_drifted: list[str] = []
+    events: list[Event] = []
+    for binding in view.bindings:
+        spec = binding["spec"]
+        desired = None
+        if revision is not None and spec["revision"] == revision:
+            assert digest is not None
+            desired = render_binding(
+                service, node=spec["nodeName"], revision=revision, digest=digest
+            )
+        changed = binding_drift(binding, desired)
+        if not changed:
+            continue
+        binding_name = binding["metadata"]["name"]
+        if desired is not None:
+            put_back.append(desired)
+            action = "put back"
+        else:
+            remove_drifted.append(binding_name)
+            action = "deleted (an old revision)"
+        note = (
+            f"binding {binding_name} on {spec['nodeName']} was changed by someone else "
+            f"({', '.join(changed[:5])}); {action}"
+        )
+        events.append(Event("Warning", "BindingDrifted", note))
+    drifted = {b["metadata"]["name"] for b in put_back} | set(remove_drifted)
+
+    def serving(binding: Mapping[str, Any]) -> bool:
+        status = binding.get("status") or {}
+        facts = view.facts.get(binding["spec"]["nodeName"])
+        return (
+            bool(status.get("ready"))
+            and facts is not None
+            and facts.ready
+            and binding["metadata"]["name"] not in drifted
+            # the agent has acted on this spec (not one edited since, or put back)
+            and status.get("observedGeneration") in (None, binding["metadata"].get("generation"))
+        )
+
+    if revision is not None:
+        placements = plan_placements(
+            desired=service.spec.replicas,
+            revision=revision,
+            placement=service.spec.placement,
+            strategy=service.spec.strategy,
+            nodes=view.nodes,
+            replicas=[
+                PlacedReplica(
+                    name=b["metadata"]["name"],
+                    node=b["spec"]["nodeName"],
+                    revision=b["spec"]["revision"],
+                    ready=serving(b),
+                )
+                for b in view.bindings
+            ],
+        )
+    else:
+        # Without a digest there is no new revision: keep what runs, report why.
+        revision = previous.revision if previous and previous.revision else ""
+        placements = Plan()
+    removing = set(placements.delete)
+
+    service_objects: list[dict[str, Any]] = []
+    slices: list[dict[str, Any]] = []
+    if service.spec.http is not None:
+        endpoints = []
+        for binding in view.bindings:
+            status = binding.get("status") or {}
+            if binding["metadata"]["name"] in removing or not serving(binding):
+                continue
+            if not status.get("port"):
+                continue
+            node = binding["spec"]["nodeName"]
+            facts = view.facts.get(node, NodeFacts())
+            address = status.get("address") or facts.address
+            endpoints.append(Endpoint(address, int(status["port"]), node))
+        service_objects = [render_service(service)]
+        slices = render_endpoint_slices(service, endpoints)
+
+    created = []
+    for placed in placements.create:
+        assert digest is not None
+        created.append(
+            render_binding(service, node=placed.node, revision=placed.revision, digest=digest)
+        )
+
+    def arch(node: str) -> str:
+        return view.facts.get(node, NodeFacts()).architecture
+
+    observed = [
+        ObservedReplica(
+            name=b["metadata"]["name"],
+            node=b["spec"]["nodeName"],
+            arch=arch(b["spec"]["nodeName"]),
+            revision=b["spec"]["revision"],
+            phase=_phase(b, view.facts),
+            ready=serving(b),
+            message=str((b.get("status") or {}).get("lastError") or ""),
+            failure=_condition(b, "Failing", "True"),
+            stale_config=_condition(b, "ConfigurationCurrent", "False", "message"),
+        )
+        for b in view.bindings
+        if b["metadata"]["name"] not in removing
+    ] + [
+        ObservedReplica(
+            name=c["metadata"]["name"],
+            node=c["spec"]["nodeName"],
+            arch=arch(c["spec"]["nodeName"]),
+            revision=c["spec"]["revision"],
+            phase="Pending",
+            ready=False,
+        )
+        for c in created
+    ]
+    status = compute_status(
+        Observed(
+            generation=int(service.metadata.get("generation") or 0),
+            desired=service.spec.replicas,
+            revision=revision,
+            digest=digest or (previous.digest if previous else None),
+            replicas=observed,
+            url=render_url(service, view.cluster_domain),
+            selector=render_selector(name),
+            unplaced=placements.unplaced,
+            unschedulable_reason=placements.unschedulable_reason,
+            resolve_error=view.resolve_error,
+            routing_error=view.routing_error,
+        ),
+        previous=previous,
+        now=view.now,
+    ).model_copy(update={"resolved_from": view.resolved_from})
+    if previous is None or previous.to_kube() != status.to_kube():
+        events += condition_events(previous, status)
+    return ServicePlan(
+        put_back=tuple(put_back),
+        remove_drifted=tuple(remove_drifted),
+        service_objects=tuple(service_objects),
+        endpoint_slices=tuple(slices),
+        delete=placements.delete,
+        create=tuple(created),
+        status=status,
+        events=tuple(events),
+        revision=revision,
+        placements=placements,
+    )
+
+
+def _condition(
+    binding: Mapping[str, Any], type_: str, status: str, field_: str = "reason"
+) -> str | None:
+    """The ``field_`` of the binding's condition ``type_`` when it has ``status``."""
+    for condition in (binding.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == status:
+            return str(condition.get(field_) or "") or None
+    return None
+
+
+def _phase(binding: Mapping[str, Any], facts: Mapping[str, NodeFacts]) -> str:
+    node = facts.get(binding["spec"]["nodeName"])
+    phase = str((binding.get("status") or {}).get("phase") or "Pending")
+    if node is None or not node.ready:
+        return "NodeNotReady" if phase != "Pending" else phase
+    return phase
