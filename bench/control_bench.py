@@ -75,9 +75,9 @@ from wasmfleet_agent.cluster.registration import (
     render_lease,
 )
 from wasmfleet_agent.cluster.runner import render_binding_status
-from wasmfleet_agent.lifecycle import BindingState, State
+from wasmfleet_agent.lifecycle import BindingState
 from wasmfleet_api.base import API_VERSION
-from wasmfleet_api.binding import WasmBinding
+from wasmfleet_api.binding import BindingPhase, WasmBinding
 from wasmfleet_common.kube import (
     ApiError,
     KubeClient,
@@ -202,7 +202,7 @@ class AckRunner:
             name,
             render_binding_status(
                 binding,
-                BindingState(State.READY),
+                BindingState(BindingPhase.READY),
                 address=self.identity.address,
                 port=port,
                 module_digest=self.module_digest,

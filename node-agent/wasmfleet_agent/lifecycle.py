@@ -16,56 +16,53 @@ what the agent writes into the binding's status.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
+
+from wasmfleet_api.binding import BindingPhase
+from wasmfleet_common.backoff import Backoff
 
 __all__ = [
+    "RESTART_BACKOFF",
     "TRANSITIONS",
     "BindingState",
     "IllegalTransitionError",
-    "State",
     "advance",
-    "backoff_seconds",
 ]
 
 
-class State(Enum):
-    PENDING = "Pending"
-    PULLING = "Pulling"
-    PULL_BACKOFF = "PullBackOff"
-    COMPILING = "Compiling"
-    READY = "Ready"
-    RUNNING = "Running"
-    CRASH_LOOP_BACKOFF = "CrashLoopBackOff"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    TERMINATING = "Terminating"
-
-    @property
-    def ready(self) -> bool:
-        """Whether a replica in this state serves (http) or runs (job)."""
-        return self in (State.READY, State.RUNNING, State.SUCCEEDED)
-
-    @property
-    def failing(self) -> bool:
-        return self in (State.PULL_BACKOFF, State.CRASH_LOOP_BACKOFF, State.FAILED)
-
-
-_ANY = frozenset(State)
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.PULLING, State.TERMINATING}),
-    State.PULLING: frozenset({State.COMPILING, State.PULL_BACKOFF, State.TERMINATING}),
-    State.PULL_BACKOFF: frozenset({State.PULLING, State.TERMINATING}),
-    State.COMPILING: frozenset(
-        {State.READY, State.RUNNING, State.CRASH_LOOP_BACKOFF, State.TERMINATING}
+# The phases are the API's (`BindingPhase`): the state machine and the binding's status speak
+# one vocabulary.
+_ANY = frozenset(BindingPhase)
+TRANSITIONS: dict[BindingPhase, frozenset[BindingPhase]] = {
+    BindingPhase.PENDING: frozenset({BindingPhase.PULLING, BindingPhase.TERMINATING}),
+    BindingPhase.PULLING: frozenset(
+        {BindingPhase.COMPILING, BindingPhase.PULL_BACKOFF, BindingPhase.TERMINATING}
     ),
-    State.READY: frozenset({State.CRASH_LOOP_BACKOFF, State.PULLING, State.TERMINATING}),
-    State.RUNNING: frozenset(
-        {State.SUCCEEDED, State.CRASH_LOOP_BACKOFF, State.FAILED, State.TERMINATING}
+    BindingPhase.PULL_BACKOFF: frozenset({BindingPhase.PULLING, BindingPhase.TERMINATING}),
+    BindingPhase.COMPILING: frozenset(
+        {
+            BindingPhase.READY,
+            BindingPhase.RUNNING,
+            BindingPhase.CRASH_LOOP_BACKOFF,
+            BindingPhase.TERMINATING,
+        }
     ),
-    State.CRASH_LOOP_BACKOFF: frozenset({State.PULLING, State.FAILED, State.TERMINATING}),
-    State.SUCCEEDED: frozenset({State.PULLING, State.TERMINATING}),
-    State.FAILED: frozenset({State.PULLING, State.TERMINATING}),
-    State.TERMINATING: frozenset(),
+    BindingPhase.READY: frozenset(
+        {BindingPhase.CRASH_LOOP_BACKOFF, BindingPhase.PULLING, BindingPhase.TERMINATING}
+    ),
+    BindingPhase.RUNNING: frozenset(
+        {
+            BindingPhase.SUCCEEDED,
+            BindingPhase.CRASH_LOOP_BACKOFF,
+            BindingPhase.FAILED,
+            BindingPhase.TERMINATING,
+        }
+    ),
+    BindingPhase.CRASH_LOOP_BACKOFF: frozenset(
+        {BindingPhase.PULLING, BindingPhase.FAILED, BindingPhase.TERMINATING}
+    ),
+    BindingPhase.SUCCEEDED: frozenset({BindingPhase.PULLING, BindingPhase.TERMINATING}),
+    BindingPhase.FAILED: frozenset({BindingPhase.PULLING, BindingPhase.TERMINATING}),
+    BindingPhase.TERMINATING: frozenset(),
 }
 assert set(TRANSITIONS) == _ANY
 
@@ -78,13 +75,13 @@ class IllegalTransitionError(RuntimeError):
 class BindingState:
     """Where one binding is, and what went wrong last."""
 
-    state: State = State.PENDING
+    state: BindingPhase = BindingPhase.PENDING
     restarts: int = 0
     last_error: str | None = None
     exit_code: int | None = None
     # Consecutive failures of the current kind, for backoff.
     failures: int = 0
-    failure: State | None = None
+    failure: BindingPhase | None = None
     """The failing state of the latest failure, kept through the retries after it (which
     pass through Pulling and Compiling) until the binding is ready again."""
     config_error: str | None = None
@@ -101,7 +98,7 @@ class BindingState:
 
 def advance(
     current: BindingState,
-    to: State,
+    to: BindingPhase,
     *,
     error: str | None = None,
     exit_code: int | None = None,
@@ -112,7 +109,7 @@ def advance(
     if to not in TRANSITIONS[current.state]:
         raise IllegalTransitionError(f"{current.state.value} -> {to.value} is not allowed")
     failures = current.failures + 1 if to.failing else (0 if to.ready else current.failures)
-    restarts = current.restarts + (1 if to is State.CRASH_LOOP_BACKOFF else 0)
+    restarts = current.restarts + (1 if to is BindingPhase.CRASH_LOOP_BACKOFF else 0)
     return BindingState(
         state=to,
         restarts=restarts,
@@ -123,8 +120,5 @@ def advance(
     )
 
 
-def backoff_seconds(failures: int, *, base: float = 1.0, cap: float = 300.0) -> float:
-    """Exponential backoff after ``failures`` consecutive failures: 1, 2, 4, ... capped."""
-    if failures <= 0:
-        return 0.0
-    return float(min(cap, base * 2 ** (failures - 1)))
+RESTART_BACKOFF = Backoff(base=1.0, cap=60.0)
+"""The wait before a failed binding tries again: 1, 2, 4, ... seconds, up to a minute."""

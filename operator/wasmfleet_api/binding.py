@@ -8,6 +8,7 @@ read the WasmService itself. The agent reports the replica's lifecycle in the st
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -23,19 +24,38 @@ __all__ = [
     "WasmBindingStatus",
 ]
 
-BindingPhase = Literal[
-    "Pending",
-    "Pulling",
-    "PullBackOff",
-    "Compiling",
-    "Ready",
-    "CrashLoopBackOff",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Terminating",
-]
-BINDING_PHASES: tuple[BindingPhase, ...] = BindingPhase.__args__  # type: ignore[attr-defined]
+
+class BindingPhase(StrEnum):
+    """Where a replica is in its lifecycle: the one vocabulary of the agent's state machine
+    (`wasmfleet_agent.lifecycle`), the binding's ``status.phase`` and the operator's view."""
+
+    PENDING = "Pending"
+    PULLING = "Pulling"
+    PULL_BACKOFF = "PullBackOff"
+    COMPILING = "Compiling"
+    READY = "Ready"
+    CRASH_LOOP_BACKOFF = "CrashLoopBackOff"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+
+    @property
+    def ready(self) -> bool:
+        """Whether a replica in this phase serves (http) or runs (job)."""
+        return self in (BindingPhase.READY, BindingPhase.RUNNING, BindingPhase.SUCCEEDED)
+
+    @property
+    def failing(self) -> bool:
+        """Whether this phase is a failure the replica backs off from (or ends in)."""
+        return self in (
+            BindingPhase.PULL_BACKOFF,
+            BindingPhase.CRASH_LOOP_BACKOFF,
+            BindingPhase.FAILED,
+        )
+
+
+BINDING_PHASES: tuple[str, ...] = tuple(phase.value for phase in BindingPhase)
 
 _DIGEST_RULE = rule(
     "self.matches(r'^sha256:[a-f0-9]{64}$')", "must be a sha256 digest: sha256:<64 hex digits>"
@@ -62,7 +82,7 @@ class WasmBindingStatus(KubeModel):
 
     observed_generation: int | None = None
     """The .metadata.generation the agent last acted on."""
-    phase: BindingPhase = "Pending"
+    phase: BindingPhase = BindingPhase.PENDING
     """Lifecycle phase of the replica."""
     ready: bool = False
     """Whether the replica serves requests (http) or is running (job)."""

@@ -1,18 +1,22 @@
-"""Durations and quantities as Kubernetes writes them, parsed the same way everywhere.
+"""Durations, quantities and times as Kubernetes writes them, the same way everywhere.
 
 The CRDs validate these strings at admission (with the same grammar, as CEL rules); the
 operator and the agents parse them with these functions, so what the API server accepts is
-exactly what the code understands.
+exactly what the code understands. Times are written as Kubernetes' ``Time`` (seconds) and
+``MicroTime`` (microseconds), always in UTC.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from decimal import Decimal, InvalidOperation
 
 __all__ = [
     "DURATION_PATTERN",
     "QUANTITY_PATTERN",
+    "format_micro_time",
+    "format_time",
     "parse_duration",
     "parse_quantity",
     "render_duration",
@@ -80,3 +84,21 @@ def parse_quantity(value: int | str) -> int:
     except InvalidOperation as error:  # pragma: no cover - the pattern admits only numbers
         raise ValueError(f"invalid quantity {value!r}") from error
     return int(amount.to_integral_value(rounding="ROUND_CEILING"))
+
+
+def format_time(moment: datetime.datetime | None = None) -> str:
+    """``moment`` (default: now) as a Kubernetes ``Time``: ``2026-01-02T03:04:05Z``."""
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_micro_time(moment: datetime.datetime | None = None) -> str:
+    """``moment`` (default: now) as a Kubernetes ``MicroTime``: ``…T03:04:05.123456Z``."""
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _utc(moment: datetime.datetime | None) -> datetime.datetime:
+    if moment is None:
+        return datetime.datetime.now(datetime.UTC)
+    if moment.tzinfo is None:
+        raise ValueError("a time must be timezone-aware")
+    return moment.astimezone(datetime.UTC)

@@ -3,7 +3,8 @@
 - `kube`: the one place where Wasmfleet's own code talks to the Kubernetes API, with the
   retry-until-stopped loop for start-up calls;
 - `supervisor`: long-running tasks that must not die quietly;
+- `backoff`: the one backoff policy of every retry loop;
 - `logs`: JSON or text logging with structured extras.
 """
 
-__all__ = ["kube", "logs", "supervisor"]
+__all__ = ["backoff", "kube", "logs", "supervisor"]

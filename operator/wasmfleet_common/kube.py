@@ -23,9 +23,13 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from wasmfleet_common.backoff import Backoff
+
 __all__ = [
     "API_ERRORS",
     "MAX_WATCH_EVENT",
+    "NETWORK_ERRORS",
+    "START_BACKOFF",
     "ApiError",
     "KubeClient",
     "KubeConfig",
@@ -99,8 +103,13 @@ _RESOURCES = {
 }
 
 
-API_ERRORS = (ApiError, OSError, TimeoutError, aiohttp.ClientError)
+NETWORK_ERRORS = (OSError, TimeoutError, aiohttp.ClientError)
+"""What a call raises when the network or the server's connection fails."""
+API_ERRORS = (ApiError, *NETWORK_ERRORS)
 """What a call to the API server raises when the server or the network fails: worth a retry."""
+
+START_BACKOFF = Backoff(base=0.5, cap=10.0)
+"""Waits between start-up calls to the API server that failed."""
 
 
 async def retry_until_stopped(
@@ -108,24 +117,24 @@ async def retry_until_stopped(
     stop: asyncio.Event,
     *,
     on_error: Callable[[BaseException, float], None],
-    first_delay: float = 0.5,
-    max_delay: float = 10.0,
+    backoff: Backoff = START_BACKOFF,
 ) -> bool:
     """Runs ``attempt`` until it succeeds (True) or ``stop`` is set (False).
 
     After each `API_ERRORS` failure, ``on_error(error, delay)`` reports it and the next try
-    waits ``delay``, doubled each time up to ``max_delay``; a stop cuts the wait short.
+    waits ``backoff``'s delay; a stop cuts the wait short.
     """
-    delay = first_delay
+    failures = 0
     while not stop.is_set():
         try:
             await attempt()
             return True
         except API_ERRORS as error:
+            failures += 1
+            delay = backoff.delay(failures)
             on_error(error, delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
-        delay = min(delay * 2, max_delay)
     return False
 
 

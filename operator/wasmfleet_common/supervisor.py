@@ -29,11 +29,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from wasmfleet_common.backoff import Backoff
+
 __all__ = ["Supervisor"]
 
 log = logging.getLogger(__name__)
 
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
+TASK_BACKOFF = Backoff(base=0.5, cap=30.0)
+"""Waits before a task that ended starts again (``restart=True``)."""
 
 
 @dataclass
@@ -57,16 +61,14 @@ class Supervisor:
         *,
         restart: bool,
         on_restart: Callable[[str], None] | None = None,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
+        backoff: Backoff = TASK_BACKOFF,
         window: float = 60.0,
         tolerated: int = 2,
     ) -> None:
         self.stop = stop
         self.restart = restart
         self.on_restart = on_restart
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        self.backoff = backoff
         self.window = window
         """Seconds over which ends are counted, and a task must run to reset its backoff."""
         self.tolerated = tolerated
@@ -179,7 +181,7 @@ class Supervisor:
                 return
             entry.down_since = loop.time()
             failures = 1 if loop.time() - started >= self.window else failures + 1
-            delay = min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1))
+            delay = self.backoff.delay(failures)
             log.warning("restarting task %s in %.1fs", entry.name, delay)
             if self.on_restart is not None:
                 self.on_restart(entry.name)

@@ -31,6 +31,7 @@ from typing import BinaryIO, Literal
 import aiohttp
 from yarl import URL
 
+from wasmfleet_common.backoff import Backoff
 from wasmfleet_oci import atomic, auth, errors, formats
 from wasmfleet_oci.reference import Reference, parse_digest
 
@@ -38,7 +39,6 @@ __all__ = [
     "ClientSettings",
     "FetchedManifest",
     "RegistryClient",
-    "plan_backoff",
     "plan_retry_delay",
     "plan_scheme",
     "sha256_digest",
@@ -49,6 +49,10 @@ _MAX_ERROR_BODY = 16 * 1024
 _CHUNK = 64 * 1024
 _Kind = Literal["manifest", "blob", "upload"]
 _Origin = tuple[str, str, int | None]
+
+
+REQUEST_BACKOFF = Backoff(base=0.2, cap=5.0)
+"""Waits between tries of one registry request (a numeric Retry-After wins, up to the cap)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,8 @@ class ClientSettings:
     """Use plain HTTP for ``localhost``, ``127.0.0.0/8`` and ``::1`` without listing them."""
     max_attempts: int = 4
     """Tries per request (connection errors, 5xx, 429); at least 1."""
-    backoff_initial: float = 0.2
-    backoff_max: float = 5.0
+    backoff: Backoff = REQUEST_BACKOFF
+    """Waits between tries."""
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     """Longest silence while reading a response; a large blob may take longer in total."""
@@ -91,19 +95,13 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def plan_backoff(attempt: int, *, initial: float, maximum: float) -> float:
-    """Seconds to wait before retry number ``attempt`` (1-based): doubling, capped."""
-    return float(min(maximum, initial * (2 ** max(0, attempt - 1))))
-
-
-def plan_retry_delay(
-    attempt: int, *, retry_after: str | None, initial: float, maximum: float
-) -> float:
-    """Like `plan_backoff`, but honours a numeric ``Retry-After`` up to ``maximum``."""
+def plan_retry_delay(attempt: int, *, retry_after: str | None, backoff: Backoff) -> float:
+    """The wait before retry number ``attempt`` (1-based): a numeric ``Retry-After`` up to
+    the backoff's cap, else the backoff's own delay."""
     if retry_after is not None:
         with contextlib.suppress(ValueError):
-            return max(0.0, min(maximum, float(retry_after.strip())))
-    return plan_backoff(attempt, initial=initial, maximum=maximum)
+            return max(0.0, min(backoff.cap, float(retry_after.strip())))
+    return backoff.delay(attempt)
 
 
 def _split_host_port(authority: str) -> tuple[str, int | None]:
@@ -532,9 +530,7 @@ class RegistryClient:
     # -- the request loop: redirects, challenges, retries ---------------------------------------
 
     def _backoff(self, attempt: int) -> float:
-        return plan_backoff(
-            attempt, initial=self.settings.backoff_initial, maximum=self.settings.backoff_max
-        )
+        return self.settings.backoff.delay(attempt)
 
     @contextlib.asynccontextmanager
     async def _open(
@@ -630,8 +626,7 @@ class RegistryClient:
                 delay = plan_retry_delay(
                     attempt,
                     retry_after=response.headers.get("Retry-After"),
-                    initial=self.settings.backoff_initial,
-                    maximum=self.settings.backoff_max,
+                    backoff=self.settings.backoff,
                 )
                 response.release()
                 await self._sleep(delay)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from wasmfleet_api.units import format_time
 from wasmfleet_oci import auth, formats
 from wasmfleet_oci.client import RegistryClient, sha256_digest
 from wasmfleet_oci.reference import Reference
@@ -51,7 +52,7 @@ def render_wasm_config(*, module_digest: str, created: datetime.datetime | None 
         "layerDigests": [module_digest],
     }
     if created is not None:
-        document["created"] = _timestamp(created)
+        document["created"] = format_time(created)
     return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -71,12 +72,6 @@ def render_wasm_manifest(
     if annotations:
         document["annotations"] = dict(sorted(annotations.items()))
     return json.dumps(document, separators=(",", ":")).encode()
-
-
-def _timestamp(moment: datetime.datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("the creation time must be timezone-aware")
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def push_module(
@@ -111,7 +106,7 @@ async def push_module(
         digest=sha256_digest(config_bytes),
         size=len(config_bytes),
     )
-    annotations = {CREATED_ANNOTATION: _timestamp(created)} if created is not None else None
+    annotations = {CREATED_ANNOTATION: format_time(created)} if created is not None else None
     manifest = render_wasm_manifest(config=config, layer=layer, annotations=annotations)
     await client.push_blob(reference=reference, data=config_bytes, credentials=credentials)
     await client.push_blob(reference=reference, data=module, credentials=credentials)

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-from wasmfleet_common.kube import ApiError, KubeClient, resource_for
+from wasmfleet_api.units import format_micro_time
+from wasmfleet_common.kube import API_ERRORS, ApiError, KubeClient, resource_for
 
 __all__ = ["LeaderElector", "LostLeadershipError"]
 
@@ -30,10 +28,6 @@ LEASES = resource_for("coordination.k8s.io/v1", "Lease")
 
 class LostLeadershipError(Exception):
     pass
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -52,7 +46,7 @@ class LeaderElector:
         spec = (previous or {}).get("spec") or {}
         transitions = int(spec.get("leaseTransitions") or 0)
         ours = spec.get("holderIdentity") == self.identity
-        now = _now()
+        now = format_micro_time()
         body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -115,7 +109,7 @@ class LeaderElector:
             try:
                 if await self.try_acquire():
                     return True
-            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+            except API_ERRORS as error:
                 log.warning("leader election attempt failed: %s", error)
             if not logged:
                 log.info("waiting to become the leader", extra={"lease": self.name})
@@ -132,14 +126,14 @@ class LeaderElector:
                 if await self.try_acquire():
                     continue
                 raise LostLeadershipError("another replica holds the lease")
-            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+            except API_ERRORS as error:
                 log.warning("lease renewal failed: %s", error)
             if time.monotonic() - self._renewed_at > self.duration:
                 raise LostLeadershipError(f"lease not renewed for {self.duration:.0f}s")
 
     async def release(self) -> None:
         """Gives the Lease up so that a standby takes over at once."""
-        with contextlib.suppress(ApiError, OSError, TimeoutError, aiohttp.ClientError):
+        with contextlib.suppress(*API_ERRORS):
             current = await self.kube.get(LEASES, self.name, self.namespace)
             if (current.get("spec") or {}).get("holderIdentity") != self.identity:
                 return

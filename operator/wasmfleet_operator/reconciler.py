@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import json
 import logging
@@ -43,12 +42,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from pydantic import ValidationError
 
 from wasmfleet_api.base import API_VERSION
+from wasmfleet_api.units import format_micro_time, format_time
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
-from wasmfleet_common.kube import ApiError, KubeClient, resource_for
+from wasmfleet_common.kube import API_ERRORS, NETWORK_ERRORS, ApiError, KubeClient, resource_for
 from wasmfleet_operator.drift import drifted_fields
 from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.metrics import OperatorMetrics
@@ -69,14 +68,6 @@ EVENTS = resource_for("events.k8s.io/v1", "Event")
 RESOLVE_ANNOTATION = "wasmfleet.dev/resolve"
 """Set or change this annotation's value to resolve the module's tag again (a rollout if it
 moved), e.g. ``kubectl annotate wsvc NAME wasmfleet.dev/resolve="$(date +%s)" --overwrite``."""
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _micro_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _fingerprint(objects: Any) -> str:
@@ -225,7 +216,7 @@ class Reconciler:
                 await self.reconcile(key)
             except asyncio.CancelledError:
                 raise
-            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+            except API_ERRORS as error:
                 result = "retry"
                 log.warning("reconcile failed; retrying", extra={"key": key, "error": str(error)})
                 self.queue.add_after(key, 2.0)
@@ -276,7 +267,7 @@ class Reconciler:
             nodes=self.fleet.node_infos(),
             facts=self._facts(),
             cluster_domain=self.settings.cluster_domain,
-            now=_now(),
+            now=format_time(),
         )
         plan = plan_service(view)
 
@@ -485,7 +476,7 @@ class Reconciler:
                 if error.not_found and key in self._series:
                     del self._series[key]  # expired or deleted: the next one starts afresh
                 log.warning("event not recorded: %s", error)
-            except (OSError, TimeoutError, aiohttp.ClientError) as error:
+            except NETWORK_ERRORS as error:
                 log.warning("event not recorded: %s", error)
 
     def post_event(self, service: WasmService, type_: str, reason: str, note: str) -> None:
@@ -498,7 +489,7 @@ class Reconciler:
                 "name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
                 "namespace": metadata["namespace"],
             },
-            "eventTime": _micro_now(),
+            "eventTime": format_micro_time(),
             "reportingController": "wasmfleet.dev/operator",
             "reportingInstance": self.settings.identity[:128],
             "action": "Reconcile",
@@ -533,7 +524,7 @@ class Reconciler:
             "status": "False",
             "reason": "InvalidSpec",
             "message": problems,
-            "lastTransitionTime": _now(),
+            "lastTransitionTime": format_time(),
             "observedGeneration": metadata.get("generation"),
         }
         await self.kube.apply_status(

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import aiohttp
-
 from wasmfleet_api.base import LocalObjectReference
-from wasmfleet_common.kube import ApiError, KubeClient, resource_for
+from wasmfleet_common.kube import NETWORK_ERRORS, ApiError, KubeClient, resource_for
 from wasmfleet_oci import auth, errors
 from wasmfleet_oci.client import ClientSettings, RegistryClient
 from wasmfleet_oci.reference import parse_reference
@@ -63,7 +61,7 @@ class Resolver:
             ) from None
         except errors.RegistryError as error:
             raise ResolveError("PullFailed", f"{image}: {error}") from None
-        except (OSError, TimeoutError, aiohttp.ClientError) as error:
+        except NETWORK_ERRORS as error:
             raise ResolveError("PullFailed", f"{image}: registry unreachable: {error}") from None
 
     async def _credentials(

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wasmfleet_api.base import Condition
+from wasmfleet_api.binding import BindingPhase
 from wasmfleet_api.wasmservice import PlacementStatus, WasmServiceStatus
 
 __all__ = [
@@ -29,10 +30,10 @@ __all__ = [
 ]
 
 # Agent phases that mean a replica is failing, and the reason the service reports for each.
-_FAILURE_REASONS = {
-    "PullBackOff": "PullFailed",
-    "CrashLoopBackOff": "CrashLooping",
-    "Failed": "Failed",
+_FAILURE_REASONS: dict[str, str] = {
+    BindingPhase.PULL_BACKOFF: "PullFailed",
+    BindingPhase.CRASH_LOOP_BACKOFF: "CrashLooping",
+    BindingPhase.FAILED: "Failed",
 }
 
 

@@ -14,6 +14,7 @@ import pytest
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.runtime.sandbox import Preopen, SandboxSpec
 from wasmfleet_agent.runtime.service import JobRunner, run_job
+from wasmfleet_common.backoff import Backoff
 from wasmfleet_harness.agent import agent_command, wasmtime_cli
 
 
@@ -179,8 +180,7 @@ async def test_failed_jobs_are_retried_with_exponential_backoff(
         runner = JobRunner(
             run_once=lambda: asyncio.to_thread(run_job, compiled, failing, timeout=10, name="j"),
             backoff_limit=3,
-            backoff=0.5,
-            max_backoff=1.5,
+            backoff=Backoff(base=0.5, cap=1.5),
             sleep=record,
         )
         attempts = await runner.run()

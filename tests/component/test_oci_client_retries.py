@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from wasmfleet_common.backoff import Backoff
 from wasmfleet_harness.loopback import Intercept, LoopbackProxy
 from wasmfleet_harness.processes import free_port
 from wasmfleet_harness.registry import Registry
@@ -16,7 +17,7 @@ from wasmfleet_oci.client import ClientSettings, RegistryClient, sha256_digest
 from wasmfleet_oci.push import push_module
 from wasmfleet_oci.reference import Reference, parse_reference
 
-SETTINGS = ClientSettings(max_attempts=4, backoff_initial=0.1, backoff_max=5.0)
+SETTINGS = ClientSettings(max_attempts=4, backoff=Backoff(base=0.1, cap=5.0))
 
 
 class RecordingSleep:

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from wasmfleet_agent.store import ModuleStore, PulledModule, PullPolicy
+from wasmfleet_common.backoff import Backoff
 from wasmfleet_harness.loopback import LoopbackProxy
 from wasmfleet_harness.processes import free_port
 from wasmfleet_oci import errors, formats
@@ -38,8 +39,7 @@ REPOSITORY = "hostile/app"
 TAG = "v1"
 FAST = ClientSettings(
     max_attempts=2,
-    backoff_initial=0.001,
-    backoff_max=0.01,
+    backoff=Backoff(base=0.001, cap=0.01),
     connect_timeout=2.0,
     read_timeout=5.0,
     max_redirects=3,

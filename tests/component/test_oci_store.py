@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from wasmfleet_agent.store import ModuleStore, PullPolicy
+from wasmfleet_common.backoff import Backoff
 from wasmfleet_harness.loopback import LoopbackProxy
 from wasmfleet_harness.modules import with_custom_section
 from wasmfleet_harness.registry import Registry
@@ -21,7 +22,7 @@ from wasmfleet_oci.push import push_module
 from wasmfleet_oci.reference import Reference, parse_reference
 
 MiB = 1024 * 1024
-FAST = ClientSettings(max_attempts=2, backoff_initial=0.01, backoff_max=0.02)
+FAST = ClientSettings(max_attempts=2, backoff=Backoff(base=0.01, cap=0.02))
 
 
 def _variant(module: bytes, label: str, padding: int = 0) -> bytes:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from wasmfleet_common.backoff import Backoff
 from wasmfleet_oci.client import (
     ClientSettings,
-    plan_backoff,
     plan_retry_delay,
     plan_scheme,
 )
@@ -44,18 +44,21 @@ def test_an_insecure_registry_listed_without_a_port_gets_http_on_every_port() ->
     assert plan_scheme("other.lan", settings=settings) == "https"
 
 
-def test_backoff_doubles_from_the_initial_delay_up_to_the_cap() -> None:
-    delays = [plan_backoff(n, initial=0.5, maximum=3.0) for n in range(1, 6)]
-    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+def test_backoff_doubles_from_the_base_up_to_the_cap() -> None:
+    delays = [Backoff(base=0.5, cap=3.0).delay(n) for n in range(6)]
+    assert delays == [0.0, 0.5, 1.0, 2.0, 3.0, 3.0]
+    assert Backoff(base=1.0, cap=300.0).delay(10_000) == 300.0
 
 
 def test_a_numeric_retry_after_is_honoured_up_to_the_cap() -> None:
-    assert plan_retry_delay(1, retry_after="2", initial=0.1, maximum=5) == 2.0
-    assert plan_retry_delay(1, retry_after="120", initial=0.1, maximum=5) == 5.0
+    backoff = Backoff(base=0.1, cap=5)
+    assert plan_retry_delay(1, retry_after="2", backoff=backoff) == 2.0
+    assert plan_retry_delay(1, retry_after="120", backoff=backoff) == 5.0
 
 
 def test_a_retry_after_date_falls_back_to_backoff() -> None:
-    delay = plan_retry_delay(2, retry_after="Wed, 21 Oct 2015 07:28:00 GMT", initial=0.1, maximum=5)
+    backoff = Backoff(base=0.1, cap=5)
+    delay = plan_retry_delay(2, retry_after="Wed, 21 Oct 2015 07:28:00 GMT", backoff=backoff)
     assert delay == 0.2
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from wasmfleet_common.backoff import Backoff
 from wasmfleet_common.supervisor import Supervisor
 
 
@@ -35,7 +36,9 @@ async def test_a_task_that_raises_is_restarted_and_counted() -> None:
             raise RuntimeError("boom")
         await stop.wait()
 
-    supervisor = Supervisor(stop, restart=True, on_restart=restarted.append, backoff_base=0.01)
+    supervisor = Supervisor(
+        stop, restart=True, on_restart=restarted.append, backoff=Backoff(0.01, 0.01)
+    )
     supervisor.start("flaky", flaky)
     await _until(lambda: len(runs) == 3)
     assert restarted == ["flaky", "flaky"]
@@ -45,7 +48,7 @@ async def test_a_task_that_raises_is_restarted_and_counted() -> None:
 
 async def test_health_is_false_while_a_critical_task_is_down_and_when_it_keeps_dying() -> None:
     stop = asyncio.Event()
-    supervisor = Supervisor(stop, restart=True, backoff_base=0.2, tolerated=2, window=60)
+    supervisor = Supervisor(stop, restart=True, backoff=Backoff(0.2, 0.2), tolerated=2, window=60)
 
     async def forever() -> None:
         await stop.wait()

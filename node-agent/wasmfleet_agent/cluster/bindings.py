@@ -19,17 +19,18 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import aiohttp
-
 from wasmfleet_agent.cluster.registration import ApiContact
 from wasmfleet_api.base import API_VERSION
 from wasmfleet_api.binding import WasmBinding
-from wasmfleet_common.kube import ApiError, KubeClient, resource_for
+from wasmfleet_common.backoff import Backoff
+from wasmfleet_common.kube import NETWORK_ERRORS, ApiError, KubeClient, resource_for
 
 __all__ = ["BindingRunner", "StatusWriter", "watch_bindings"]
 
 log = logging.getLogger(__name__)
 BINDINGS = resource_for(API_VERSION, "WasmBinding")
+WATCH_BACKOFF = Backoff(base=1.0, cap=30.0)
+"""Waits before listing again after a failure (cut short when the API server is back)."""
 
 
 class BindingRunner(Protocol):
@@ -95,12 +96,11 @@ async def watch_bindings(
             if error.status != 410:  # 410: our resourceVersion is too old; relist at once
                 failures += 1
                 log.warning("binding watch failed (%s); keeping what runs", error)
-        except (OSError, TimeoutError, aiohttp.ClientError) as error:
+        except NETWORK_ERRORS as error:
             failures += 1
             log.warning("API server unreachable (%s); keeping what runs", error)
         if failures:
-            delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-            await _back_off(delay, stop, contact)
+            await _back_off(WATCH_BACKOFF.delay(failures), stop, contact)
 
 
 async def _back_off(delay: float, stop: asyncio.Event, contact: ApiContact | None) -> None:
@@ -169,6 +169,6 @@ class StatusWriter:
                 if not error.not_found:  # a deleted binding needs no status
                     log.warning("status of %s not written: %s", key, error)
                     self._pending.setdefault(key, status)
-            except (OSError, TimeoutError, aiohttp.ClientError) as error:
+            except NETWORK_ERRORS as error:
                 log.warning("status of %s not written: %s", key, error)
                 self._pending.setdefault(key, status)

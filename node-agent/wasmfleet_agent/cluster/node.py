@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from wasmfleet_agent.cluster.bindings import StatusWriter, watch_bindings
@@ -41,7 +40,7 @@ from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.workers import WorkerPool
 from wasmfleet_agent.store import ModuleStore
-from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, retry_until_stopped
+from wasmfleet_common.kube import API_ERRORS, KubeClient, KubeConfig, retry_until_stopped
 from wasmfleet_common.supervisor import Supervisor
 from wasmfleet_oci.client import ClientSettings, RegistryClient
 
@@ -103,7 +102,7 @@ async def report_allocation(
                     kube, identity, allocated=current[0], ready=current[1], why=current[2]
                 )
                 reported = current
-            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+            except API_ERRORS as error:
                 log.warning("agent status not written: %s", error)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import platform
 import time
@@ -20,6 +19,7 @@ from importlib import metadata
 from typing import Any
 
 from wasmfleet_api.base import API_VERSION
+from wasmfleet_api.units import format_micro_time, format_time
 from wasmfleet_common.kube import KubeClient
 
 __all__ = [
@@ -56,10 +56,6 @@ class AgentIdentity:
     capacity: int = 256
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def render_agent(
     identity: AgentIdentity, *, allocated: int, ready: bool, why: str = ""
 ) -> dict[str, Any]:
@@ -84,7 +80,7 @@ def render_agent(
                     "status": "True" if ready else "False",
                     "reason": "AgentReady" if ready else "AgentUnhealthy",
                     "message": "the agent serves its bindings" if ready else why or "starting",
-                    "lastTransitionTime": _now()[:19] + "Z",
+                    "lastTransitionTime": format_time(),
                 }
             ],
         },
@@ -104,7 +100,7 @@ def render_lease(identity: AgentIdentity, *, renew_time: str | None = None) -> d
         "spec": {
             "holderIdentity": identity.node_name,
             "leaseDurationSeconds": identity.lease_duration_seconds,
-            "renewTime": renew_time or _now(),
+            "renewTime": renew_time or format_micro_time(),
         },
     }
 

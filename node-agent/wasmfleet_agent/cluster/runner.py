@@ -42,7 +42,7 @@ from wasmfleet_agent.cluster.config import (
     resolve_config,
 )
 from wasmfleet_agent.cluster.registration import ApiContact
-from wasmfleet_agent.lifecycle import BindingState, State, advance, backoff_seconds
+from wasmfleet_agent.lifecycle import RESTART_BACKOFF, BindingState, advance
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, ModuleSlot, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, RunResult, SandboxSpec
@@ -53,9 +53,10 @@ from wasmfleet_agent.server.orders import ServeOrder
 from wasmfleet_agent.server.workers import WorkerError, WorkerPool, WorkerSite
 from wasmfleet_agent.sockets import bind_in_namespace
 from wasmfleet_agent.store import ModuleStore
-from wasmfleet_api.binding import WasmBinding
+from wasmfleet_api.binding import BindingPhase, WasmBinding
 from wasmfleet_api.units import parse_duration, parse_quantity
 from wasmfleet_api.workload import HttpSpec, WorkloadSpec
+from wasmfleet_common.backoff import Backoff
 from wasmfleet_common.kube import KubeClient
 from wasmfleet_oci import auth, errors
 from wasmfleet_oci.reference import parse_reference
@@ -73,8 +74,7 @@ class RunnerSettings:
     bindings_dir: Path = Path("/var/lib/wasmfleet/bindings")
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
+    backoff: Backoff = RESTART_BACKOFF
 
 
 @dataclass
@@ -198,7 +198,7 @@ class NodeRunner:
     def _move(
         self,
         replica: Replica,
-        to: State,
+        to: BindingPhase,
         *,
         error: str | None = None,
         exit_code: int | None = None,
@@ -215,7 +215,7 @@ class NodeRunner:
             extra={
                 "binding": replica.key,
                 **({"error": error} if error else {}),
-                **({"port": replica.port} if to is State.READY else {}),
+                **({"port": replica.port} if to is BindingPhase.READY else {}),
             },
         )
 
@@ -243,35 +243,33 @@ class NodeRunner:
             await asyncio.sleep(self._backoff(replica))
 
     def _backoff(self, replica: Replica) -> float:
-        return backoff_seconds(
-            replica.state.failures, base=self.settings.backoff_base, cap=self.settings.backoff_cap
-        )
+        return self.settings.backoff.delay(replica.state.failures)
 
     def _crash(self, replica: Replica, error: str) -> None:
         # Whatever state it was in: an unexpected error always backs off before a retry.
         state = replica.state
         replica.state = BindingState(
-            state=State.CRASH_LOOP_BACKOFF,
+            state=BindingPhase.CRASH_LOOP_BACKOFF,
             restarts=state.restarts + 1,
             last_error=error[:_MAX_ERROR],
             exit_code=state.exit_code,
             failures=state.failures + 1,
-            failure=State.CRASH_LOOP_BACKOFF,
+            failure=BindingPhase.CRASH_LOOP_BACKOFF,
         )
         self._report(replica)
 
     async def _run_once(self, replica: Replica) -> None:
         workload = replica.binding.spec.workload
         while True:
-            self._move(replica, State.PULLING)
+            self._move(replica, BindingPhase.PULLING)
             config, config_error = await self._config(replica)
             try:
                 path = await self._pull(replica, config)
             except (errors.RegistryError, OSError) as error:
-                self._move(replica, State.PULL_BACKOFF, error=f"pull failed: {error}")
+                self._move(replica, BindingPhase.PULL_BACKOFF, error=f"pull failed: {error}")
                 await asyncio.sleep(self._backoff(replica))
                 continue
-            self._move(replica, State.COMPILING)
+            self._move(replica, BindingPhase.COMPILING)
             try:
                 if config_error is not None:
                     raise config_error
@@ -285,7 +283,7 @@ class NodeRunner:
                 spec = _sandbox(workload, config)
                 spec.check()
             except (ModuleLoadError, SandboxConfigError, ConfigError, OSError) as error:
-                self._move(replica, State.CRASH_LOOP_BACKOFF, error=str(error))
+                self._move(replica, BindingPhase.CRASH_LOOP_BACKOFF, error=str(error))
                 await asyncio.sleep(self._backoff(replica))
                 continue
             replica.config_fingerprint = config.fingerprint
@@ -293,7 +291,7 @@ class NodeRunner:
                 try:
                     await self._serve(replica, compiled, spec, path)
                 except WorkerError as error:
-                    self._move(replica, State.CRASH_LOOP_BACKOFF, error=str(error))
+                    self._move(replica, BindingPhase.CRASH_LOOP_BACKOFF, error=str(error))
                     await asyncio.sleep(self._backoff(replica))
                     continue
             else:
@@ -368,7 +366,7 @@ class NodeRunner:
         else:
             assert replica.handler is not None
             replica.handler.execute = module.execute
-        self._move(replica, State.READY)
+        self._move(replica, BindingPhase.READY)
         await self._watch_config(replica, slot, path)
 
     def _order(self, replica: Replica, module: HttpModule, path: Path) -> ServeOrder:
@@ -415,7 +413,7 @@ class NodeRunner:
                         extra={"binding": replica.key, "error": str(error)},
                     )
                     replica.state = replace(
-                        advance(replica.state, State.READY, error=str(error)),
+                        advance(replica.state, BindingPhase.READY, error=str(error)),
                         config_error=str(error),
                     )
                     self._report(replica)
@@ -447,7 +445,7 @@ class NodeRunner:
         job = replica.binding.spec.workload.job
         assert job is not None
         timeout = parse_duration(job.timeout) if job.timeout is not None else None
-        self._move(replica, State.RUNNING)
+        self._move(replica, BindingPhase.RUNNING)
 
         async def run_once() -> RunResult:
             return await asyncio.to_thread(
@@ -463,7 +461,7 @@ class NodeRunner:
                 else f"exited with code {attempt.exit_code}"
             )
             replica.state = BindingState(
-                state=State.RUNNING,
+                state=BindingPhase.RUNNING,
                 restarts=replica.state.restarts + 1,
                 last_error=f"attempt {attempt.attempt} failed: {detail}"[:_MAX_ERROR],
                 exit_code=attempt.exit_code,
@@ -474,17 +472,18 @@ class NodeRunner:
         runner = JobRunner(
             run_once=run_once,
             backoff_limit=job.backoff_limit,
-            backoff=parse_duration(job.backoff),
+            # job.backoff doubling after each failure, up to five minutes
+            backoff=Backoff(base=parse_duration(job.backoff), cap=300.0),
             on_attempt=on_attempt,
         )
         attempts = await runner.run()
         last = attempts[-1]
         if last.failure is None and last.exit_code == 0:
-            self._move(replica, State.SUCCEEDED, exit_code=0)
+            self._move(replica, BindingPhase.SUCCEEDED, exit_code=0)
         else:
             self._move(
                 replica,
-                State.FAILED,
+                BindingPhase.FAILED,
                 error=replica.state.last_error or "failed",
                 exit_code=last.exit_code,
             )

@@ -32,6 +32,7 @@ from wasmfleet_agent.runtime import cgi
 from wasmfleet_agent.runtime.engine import CompiledModule, ModuleSlot
 from wasmfleet_agent.runtime.errors import ModuleLoadError
 from wasmfleet_agent.runtime.sandbox import Failure, RunLimits, RunResult, SandboxSpec, run
+from wasmfleet_common.backoff import Backoff
 
 __all__ = [
     "HttpModule",
@@ -219,20 +220,18 @@ class JobAttempt:
 class JobRunner:
     """Runs a job until it succeeds, retrying failures with exponential backoff.
 
-    ``run_once`` runs one attempt (off the event loop); ``backoff`` doubles after each failure,
-    capped at ``max_backoff``; ``backoff_limit`` retries follow the first attempt.
+    ``run_once`` runs one attempt (off the event loop); the wait after each failure follows
+    ``backoff``; ``backoff_limit`` retries follow the first attempt.
     """
 
     run_once: Callable[[], Awaitable[RunResult]]
     backoff_limit: int
-    backoff: float
-    max_backoff: float = 300.0
+    backoff: Backoff
     on_attempt: Callable[[JobAttempt], None] | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def run(self) -> list[JobAttempt]:
         attempts: list[JobAttempt] = []
-        delay = self.backoff
         for number in range(1, self.backoff_limit + 2):
             started = time.perf_counter()
             result = await self.run_once()
@@ -244,6 +243,5 @@ class JobRunner:
                 self.on_attempt(attempt)
             if result.ok or number > self.backoff_limit:
                 break
-            await self.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
+            await self.sleep(self.backoff.delay(number))
         return attempts
