@@ -233,3 +233,19 @@ def test_the_url_names_the_port_unless_it_is_80() -> None:
         plan = plan_service(ServiceView(service=svc, previous=None, digest=DIGEST, now="t1"))
         assert plan.status.url == url
     assert render_url(service(http=None, job={})) is None
+
+
+def test_each_condition_transition_gives_one_event_and_a_pass_over_it_again_none() -> None:
+    """Two passes in a row over the same observation: the first reports the transitions, the
+    second (comparing with the status the first wrote) reports nothing again."""
+    svc = service(replicas=1)
+    first = plan_service(ServiceView(service=svc, previous=None, digest=DIGEST, now="t1"))
+    # no node to place it on: Ready=False and Degraded=True (Unschedulable), Progressing=True
+    assert sorted(e.message.split("=")[0] for e in first.events) == [
+        "Degraded",
+        "Progressing",
+        "Ready",
+    ]
+    again = plan_service(ServiceView(service=svc, previous=first.status, digest=DIGEST, now="t2"))
+    assert again.events == ()
+    assert again.status.to_kube() == first.status.to_kube()
