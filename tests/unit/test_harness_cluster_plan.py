@@ -1,4 +1,4 @@
-"""The local cluster's address plan: slots, routes and labels.
+"""The local cluster's address plan: slots, routes, labels and the mounts a node drops.
 
 These are the pure decisions behind `wasmfleet_harness.nodelan` and `wasmfleet_harness.node`;
 the e2e suite applies them to real namespaces. What must hold everywhere: nothing in the
@@ -9,9 +9,11 @@ directly, and the host sends Service traffic through a node that is on the LAN.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
+from wasmfleet_harness.node import plan_foreign_unmounts
 from wasmfleet_harness.nodenet import (
     LAN_INTERFACE,
     ClusterNetwork,
@@ -176,3 +178,34 @@ def test_the_kubelet_registers_the_labels_it_may_set_and_the_admin_adds_the_rest
 def test_extra_labels_may_override_the_architecture() -> None:
     kubelet, _ = plan_node_labels("amd64", {"kubernetes.io/arch": "arm64"})
     assert kubelet["kubernetes.io/arch"] == "arm64"
+
+
+def test_a_node_drops_other_programs_mounts_and_keeps_what_it_runs_from() -> None:
+    mounts = [
+        Path(p)
+        for p in (
+            "/",
+            "/proc",
+            "/sys",
+            "/sys/fs/cgroup/memory",
+            "/dev",
+            "/dev/pts",
+            "/run/netns",
+            "/run/netns/wf123h0",
+            "/root/.cache/wasmfleet/images/storage/overlay",
+            "/root/.cache/wasmfleet/images/storage/overlay/abc/merged",
+            "/scratch",
+            "/scratch/tests/ws/node/kubelet",
+        )
+    ]
+    drop = plan_foreign_unmounts(
+        mounts, [Path("/scratch/tests/ws/node"), Path("/root/.cache/wasmfleet/bin/kubelet")]
+    )
+    # Deepest first, so that no mount is dropped before the ones stacked below it.
+    assert drop == [
+        Path("/root/.cache/wasmfleet/images/storage/overlay/abc/merged"),
+        Path("/root/.cache/wasmfleet/images/storage/overlay"),
+        Path("/scratch/tests/ws/node/kubelet"),
+        Path("/run/netns/wf123h0"),
+        Path("/run/netns"),
+    ]
