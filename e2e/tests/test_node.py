@@ -160,6 +160,23 @@ def test_a_pod_reaches_the_api_server_through_the_kubernetes_service_with_its_ow
     assert who == f"system:serviceaccount:{node_namespace}:default"
 
 
+def test_a_second_node_in_a_taken_slot_is_refused_and_the_first_keeps_running(
+    node: Node, workspace: Workspace
+) -> None:
+    twin = Node(
+        node.plane,
+        node.lan,
+        workspace.subdir("node-twin"),
+        node.binaries,
+        config=NodeConfig(index=node.config.index, name="wasmfleet-twin"),
+    )
+    with pytest.raises(ValueError, match="slot 1 is taken"):
+        twin.start()
+    node.check_components()
+    assert node.nsenter("hostname").stdout.strip() == node.name
+    assert node.lan.joined == {node.config.index}
+
+
 def test_stopping_the_node_leaves_no_process_namespace_interface_route_or_container(
     node: Node, lan: NodeLan
 ) -> None:

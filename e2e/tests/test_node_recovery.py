@@ -40,25 +40,12 @@ _RUN_A_CLUSTER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from wasmfleet_harness.binaries import Binaries, NodeBinaries
-    from wasmfleet_harness.cluster import LocalCluster
-    from wasmfleet_harness.controlplane import ControlPlane, ControlPlaneConfig
-    from wasmfleet_harness.nodelan import NodeLan
+    from wasmfleet_harness.cluster import local_cluster
 
-    workdir = Path(sys.argv[1])
-    lan = NodeLan()
-    lan.create()
-    plane = ControlPlane(
-        Binaries.from_cache(),
-        workdir / "control-plane",
-        ControlPlaneConfig(address=lan.host_ip, real_nodes=True),
-    )
-    plane.start()
-    cluster = LocalCluster(plane, lan, workdir / "cluster", NodeBinaries.from_cache(), nodes=2)
-    cluster.start()
-    print("cluster up", flush=True)
-    while True:
-        time.sleep(60)
+    with local_cluster(Path(sys.argv[1]), nodes=2):
+        print("cluster up", flush=True)
+        while True:
+            time.sleep(60)
     """
 )
 

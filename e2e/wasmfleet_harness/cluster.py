@@ -17,6 +17,7 @@ to every node's Pods, and Service traffic through one node, whose kube-proxy rew
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import urllib.error
 import urllib.request
@@ -26,8 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from wasmfleet_harness import nodeimages
-from wasmfleet_harness.binaries import NodeBinaries
-from wasmfleet_harness.controlplane import ControlPlane
+from wasmfleet_harness.binaries import (
+    Binaries,
+    NodeBinaries,
+    ensure_binaries,
+    ensure_node_binaries,
+)
+from wasmfleet_harness.controlplane import ControlPlane, ControlPlaneConfig
 from wasmfleet_harness.node import (
     Node,
     NodeConfig,
@@ -40,7 +46,7 @@ from wasmfleet_harness.nodelan import NodeLan, iptables_chains, run
 from wasmfleet_harness.processes import ManagedProcess, ProcessFailedError, free_port, wait_until
 from wasmfleet_harness.registry import Registry
 
-__all__ = ["LocalCluster"]
+__all__ = ["LocalCluster", "local_cluster"]
 
 
 @dataclass
@@ -272,6 +278,43 @@ class LocalCluster:
                 "get", "pods", "-n", "kube-system", "-o", "wide", check=False
             ).stdout
             raise NodeStartError(f"coredns: not Ready\n{pods}") from None
+
+
+@contextlib.contextmanager
+def local_cluster(
+    workdir: Path,
+    *,
+    nodes: int | Sequence[NodeConfig] = 2,
+    registry: Registry | None = None,
+    binaries: Binaries | None = None,
+    node_binaries: NodeBinaries | None = None,
+) -> Iterator[LocalCluster]:
+    """The whole local cluster for a ``with`` block: the node LAN, a control plane on it and
+    a started `LocalCluster`; everything is stopped and removed, in reverse, at the end.
+    Binaries are built first when missing."""
+    with NodeLan() as lan:
+        plane = ControlPlane(
+            binaries if binaries is not None else ensure_binaries(),
+            workdir / "control-plane",
+            ControlPlaneConfig(address=lan.host_ip, real_nodes=True),
+        )
+        plane.start()
+        try:
+            cluster = LocalCluster(
+                plane,
+                lan,
+                workdir / "cluster",
+                node_binaries if node_binaries is not None else ensure_node_binaries(),
+                nodes=nodes,
+                registry=registry,
+            )
+            cluster.start()
+            try:
+                yield cluster
+            finally:
+                cluster.stop()
+        finally:
+            plane.stop()
 
 
 def coredns_objects(

@@ -436,12 +436,11 @@ class Node:
                 f"the control plane's service range {services} must be the cluster's "
                 f"{self.network.service_cidr}"
             )
-        if not self.lan.created:
-            raise ValueError("the node LAN has not been created")
 
     def _launch_runtime(self) -> None:
         """Namespaces, Pod network, routes, the registry relay and containerd."""
         self._validate()
+        self.lan.claim(self.config.index)
         self._started = True
         for directory in (
             self.logs_dir,
@@ -871,6 +870,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         restore_kernel_settings(self.lan.kernel_settings)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self._forget()
+        self.lan.release(self.config.index)
 
     def _remove_containers(self) -> None:
         """Kills what survived the drain: every container in this node's runc root (their

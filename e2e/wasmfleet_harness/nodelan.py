@@ -388,10 +388,14 @@ def _foreign_node_processes() -> list[str]:
     return foreign
 
 
-def _sweep_dead_run(run_dir: Path) -> None:
-    """Removes what a harness that died left: the processes of its nodes (by workspace, run
-    directory, cgroup and namespace), their namespaces, mounts of the single-node layout,
-    cgroups, the kernel settings it changed and the mount points it created."""
+def _sweep_run(run_dir: Path) -> None:
+    """Removes what the harness run of ``run_dir`` has on the machine besides the LAN itself:
+    the processes of its nodes (by workspace, run directory, cgroup and namespace), their
+    namespaces, mounts of the single-node layout, cgroups, the kernel settings it changed and
+    the mount points it created. For a run that died, and for this run's own at the end.
+
+    Called with the lock held: every node namespace and node cgroup is then this cluster's.
+    """
     markers = [str(run_dir)]
     for workdir_file in (run_dir / WORKDIR_FILE, *run_dir.glob(f"*/{WORKDIR_FILE}")):
         with contextlib.suppress(OSError):
@@ -430,6 +434,7 @@ class NodeLan:
         self.kernel_settings: dict[str, str] = {}
         self._lock: int | None = None
         self._joined: set[int] = set()
+        self._claimed: set[int] = set()
         self._created_paths: list[Path] = []
         self._created_cgroups: list[Path] = []
         # Nodes join and leave from the thread that starts them; routes change under this.
@@ -462,13 +467,14 @@ class NodeLan:
             return
         self._take_lock()
         try:
+            # A killed run's kubelets may still be dying: the sweep waits for them first.
+            self._sweep_stale()
             foreign = _foreign_node_processes()
             if foreign:
                 raise RuntimeError(
                     "a kubelet or kube-proxy not started by this harness runs here "
                     f"({', '.join(foreign)}); it would fight ours over the kernel settings"
                 )
-            self._sweep_stale()
             self._check_ranges()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.kernel_settings = read_kernel_settings()
@@ -493,23 +499,18 @@ class NodeLan:
             raise
 
     def remove(self) -> None:
-        """Removes the bridge, routes, cgroup and mount points, puts the kernel settings back
-        and releases the lock. Stop the nodes first."""
+        """Removes the bridge and routes, whatever of this run's nodes is still here, the
+        cgroup and mount points, puts the kernel settings back and releases the lock."""
+        if self._lock is None:
+            return  # without the lock, the LAN on this machine is another run's
         apply_routes(set())
         if _link_exists(self.network.bridge):
             run(["ip", "link", "del", self.network.bridge], check=False)
-        for top in self._created_cgroups:
-            remove_cgroup_tree(top)
-        for path in self._created_paths:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        if self.kernel_settings:
-            restore_kernel_settings(self.kernel_settings)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        _sweep_run(self.run_dir)
         self._joined.clear()
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self._claimed.clear()
+        os.close(self._lock)
+        self._lock = None
 
     def __enter__(self) -> NodeLan:
         self.create()
@@ -517,6 +518,21 @@ class NodeLan:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    def claim(self, index: int) -> None:
+        """Reserves slot ``index`` for a node about to start; two nodes of one LAN would
+        otherwise share (and remove) each other's namespace, address and routes."""
+        with self._routes_lock:
+            if not self.created:
+                raise ValueError("the node LAN has not been created")
+            if index in self._claimed:
+                raise ValueError(f"node slot {index} is taken on this LAN")
+            self._claimed.add(index)
+
+    def release(self, index: int) -> None:
+        """Frees slot ``index`` once its node is gone."""
+        with self._routes_lock:
+            self._claimed.discard(index)
 
     def join(self, index: int) -> None:
         """Routes node ``index`` (its namespace and veth exist): the host and every node on
@@ -573,7 +589,7 @@ class NodeLan:
         for stale in Path("/run").glob(f"{_RUN_DIR_PREFIX}*"):
             pid = stale.name.removeprefix(_RUN_DIR_PREFIX)
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                _sweep_dead_run(stale)
+                _sweep_run(stale)
         for name in _netns_names():
             if re.fullmatch(r"lcnode\d+", name):
                 net = os.stat(netns_path(name)).st_ino
