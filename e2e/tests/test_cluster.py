@@ -291,18 +291,46 @@ def test_a_pod_on_each_node_reaches_the_api_server_through_the_kubernetes_servic
         assert who.strip() == f"system:serviceaccount:{web.namespace}:default"
 
 
+def test_a_node_that_leaves_is_removed_and_the_other_keeps_serving(
+    cluster: LocalCluster, web: Web, lan: NodeLan
+) -> None:
+    first, second = cluster.node(1), cluster.node(2)
+    first.stop()
+
+    assert first.leftovers() == []
+    assert cluster.plane.kubectl("get", "node", first.name, check=False).returncode != 0
+    # The host's and node 2's routes forget node 1; Service traffic from the host now goes
+    # through node 2.
+    assert read_routes() == plan_host_routes(lan.network, {2})
+    assert cluster.service_gateway() is second
+    # Node 2 still talks to the API server at once: the LAN bridge's address did not move
+    # with node 1's port (neighbour entries would have pointed nowhere for a minute).
+    second.wait_for_pod_ready(web.namespace, web.pod_on(second), timeout=10)
+    who = exec_in(cluster.plane, web.namespace, web.pod_on(second), "/probe", "whoami")
+    assert who.strip() == f"system:serviceaccount:{web.namespace}:default"
+    wait_until(
+        lambda: cluster.service_routed_from_host(web.cluster_ip, 80),
+        timeout=30,
+        message="node 2's rules do not route the Service from the host",
+    )
+    body = _host_get(f"http://{web.cluster_ip}/").splitlines()
+    assert body == [WEB_TEXT, web.pod_on(second)]
+
+
 def test_stopping_the_cluster_leaves_nothing_on_the_host_or_in_any_node(
     cluster: LocalCluster, lan: NodeLan
 ) -> None:
     nodes = list(cluster)
+    running = [n for n in nodes if n.leftovers()]
+    assert [n.name for n in running] == ["wasmfleet-node-2"]  # node 1 has left already
     mount_namespaces = {
-        os.stat(f"/proc/{n.process('namespaces').pid}/ns/mnt").st_ino for n in nodes
+        os.stat(f"/proc/{n.process('namespaces').pid}/ns/mnt").st_ino for n in running
     }
-    # While it runs, the same inventory sees every node's parts: the checks can fail.
-    for node in nodes:
-        running = " ".join(node.leftovers())
+    # While it runs, the same inventory sees the node's parts: the checks can fail.
+    for node in running:
+        inventory = " ".join(node.leftovers())
         for kind in ("process", "network namespace", "interface", "route", "cgroup", "container"):
-            assert kind in running, f"{node.name}: {running}"
+            assert kind in inventory, f"{node.name}: {inventory}"
         assert "iptables nat" in iptables_chains(node.netns)
     assert matching_processes(mount_namespaces=mount_namespaces)
     assert iptables_chains() == {}

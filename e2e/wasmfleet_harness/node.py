@@ -62,6 +62,7 @@ from wasmfleet_harness.nodelan import (
     WORKDIR_FILE,
     NodeLan,
     create_cgroup,
+    directory_marker,
     iptables_chains,
     kill_processes,
     matching_processes,
@@ -549,7 +550,7 @@ class Node:
                 "--",
                 str(pause),
                 # Not read by pause; names the node in the process list for a later sweep.
-                str(self.run_dir),
+                directory_marker(self.run_dir),
             ],
             log_path=self.logs_dir / "namespaces.log",
             tie_to_parent=self.config.tie_to_parent,
@@ -597,6 +598,8 @@ class Node:
         in_netns = ["ip", "-n", self.netns]
         prefix = ipaddress.ip_network(slot.pod_cidr).prefixlen
         run([*in_netns, "link", "add", nodenet.POD_BRIDGE, "type", "bridge"])
+        mac = nodenet.bridge_mac(slot.gateway)
+        run([*in_netns, "link", "set", nodenet.POD_BRIDGE, "address", mac])
         run([*in_netns, "addr", "add", f"{slot.gateway}/{prefix}", "dev", nodenet.POD_BRIDGE])
         run([*in_netns, "link", "set", nodenet.POD_BRIDGE, "up"])
         conflist = {
@@ -934,7 +937,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         """How to find this node's processes: by workspace and run directory in the command
         line, by the Pods' cgroup, by the node's namespaces."""
         return {
-            "markers": (str(self.workdir), str(self.run_dir)),
+            "markers": (directory_marker(self.workdir), directory_marker(self.run_dir)),
             "cgroup": self.cgroup,
             "net_namespaces": {self._net_inode} if self._net_inode is not None else set(),
             "mount_namespaces": {self._mount_inode} if self._mount_inode is not None else set(),

@@ -53,6 +53,7 @@ __all__ = [
     "PRIVATE_PATHS",
     "NodeLan",
     "cgroup_hierarchies",
+    "directory_marker",
     "iptables_chains",
     "kill_processes",
     "matching_processes",
@@ -220,10 +221,11 @@ def matching_processes(
     net_namespaces: Iterable[int] = (),
     mount_namespaces: Iterable[int] = (),
 ) -> list[int]:
-    """Processes whose command line holds one of ``markers`` (a node's workspace or run
-    directory: containerd, its shims, the kubelet, ...), that sit in ``cgroup`` (a path such
-    as ``/wasmfleet-node/n1``, in any hierarchy: the Pods' containers), or that are in one of
-    the given network or mount namespaces (by inode)."""
+    """Processes whose command line holds one of ``markers`` (`directory_marker` of a node's
+    workspace or run directory: containerd, its shims, the kubelet, ...), that sit in
+    ``cgroup`` (a path such as ``/wasmfleet-node/wasmfleet-node-1``, in any hierarchy: the
+    Pods' containers), or that are in one of the given network or mount namespaces (by
+    inode)."""
     markers = tuple(markers)
     nets, mounts = set(net_namespaces), set(mount_namespaces)
     found = set()
@@ -243,6 +245,12 @@ def matching_processes(
         ):
             found.add(int(entry.name))
     return sorted(found)
+
+
+def directory_marker(directory: Path) -> str:
+    """What a command line holds when it names a path in ``directory``: the path and a slash,
+    so that ``/run/wasmfleet-node-12`` does not also find ``/run/wasmfleet-node-123``."""
+    return f"{directory}/"
 
 
 def _in_cgroup(proc_cgroup: str, cgroup: str) -> bool:
@@ -396,17 +404,21 @@ def _sweep_run(run_dir: Path) -> None:
 
     Called with the lock held: every node namespace and node cgroup is then this cluster's.
     """
-    markers = [str(run_dir)]
+    directories = [run_dir]
     for workdir_file in (run_dir / WORKDIR_FILE, *run_dir.glob(f"*/{WORKDIR_FILE}")):
         with contextlib.suppress(OSError):
-            markers.append(workdir_file.read_text().strip())
+            directories.append(Path(workdir_file.read_text().strip()))
     stale_namespaces = [n for n in _netns_names() if re.fullmatch(r"lcnode\d+", n)]
     nets = {os.stat(netns_path(n)).st_ino for n in stale_namespaces}
-    kill_processes(markers=markers, cgroup=f"/{CGROUP_PARENT}", net_namespaces=nets)
+    kill_processes(
+        markers=[directory_marker(d) for d in directories],
+        cgroup=f"/{CGROUP_PARENT}",
+        net_namespaces=nets,
+    )
     for name in stale_namespaces:
         run(["ip", "netns", "del", name], check=False)
-    for marker in markers:
-        unmount_below(Path(marker))
+    for directory in directories:
+        unmount_below(directory)
     for hierarchy in cgroup_hierarchies():
         remove_cgroup_tree(hierarchy / CGROUP_PARENT)
     with contextlib.suppress(OSError, ValueError):
@@ -491,6 +503,7 @@ class NodeLan:
             # A bridge with no port but the nodes' veths: the host's address lives on it, and
             # it switches between nodes without the host routing anything.
             run(["ip", "link", "add", bridge, "type", "bridge"])
+            run(["ip", "link", "set", bridge, "address", nodenet.bridge_mac(self.host_ip)])
             run(["ip", "addr", "add", f"{self.host_ip}/{prefix}", "dev", bridge])
             run(["ip", "link", "set", bridge, "up"])
             apply_routes(nodenet.plan_host_routes(self.network, ()))

@@ -31,6 +31,7 @@ __all__ = [
     "ClusterNetwork",
     "NodeSlot",
     "Route",
+    "bridge_mac",
     "machine_architecture",
     "parse_routes",
     "plan_host_routes",
@@ -208,6 +209,19 @@ def plan_node_routes(network: ClusterNetwork, index: int, joined: Collection[int
             slot = network.slot(other)
             routes.add(Route(slot.pod_cidr, via=slot.ip, dev=LAN_INTERFACE))
     return routes
+
+
+def bridge_mac(address: str) -> str:
+    """A fixed MAC address for the bridge that holds ``address``: ``02:00`` (locally
+    administered) and the address's four bytes, so it is unique among the cluster's bridges.
+
+    A Linux bridge without one takes the lowest MAC of its ports and changes it when that port
+    goes: when a node left, the others kept sending to the host's old MAC on the LAN (and a
+    Pod to its bridge's old MAC) until their neighbour entries expired, and connections to the
+    API server hung.
+    """
+    octets = ipaddress.IPv4Address(address).packed
+    return ":".join(f"{b:02x}" for b in (0x02, 0x00, *octets))
 
 
 _ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}

@@ -18,6 +18,7 @@ from wasmfleet_harness.nodenet import (
     LAN_INTERFACE,
     ClusterNetwork,
     Route,
+    bridge_mac,
     machine_architecture,
     parse_routes,
     plan_host_routes,
@@ -138,6 +139,18 @@ def test_a_route_renders_as_ip_route_arguments_tagged_with_the_harness_protocol(
     assert Route("10.96.0.0/16", kind="unreachable").argv() == [
         "unreachable", "10.96.0.0/16", "proto", "251",
     ]  # fmt: skip
+
+
+def test_every_bridge_of_the_cluster_gets_a_fixed_mac_of_its_own() -> None:
+    # The LAN bridge holds the host's address, each node's Pod bridge its gateway.
+    addresses = [NETWORK.host_ip] + [
+        NETWORK.slot(i).gateway for i in range(1, NETWORK.max_nodes + 1)
+    ]
+    macs = [bridge_mac(address) for address in addresses]
+    assert macs[:2] == ["02:00:0a:fb:00:01", "02:00:0a:fa:01:01"]
+    assert len(set(macs)) == len(macs)
+    # Locally administered, unicast: never a vendor's address, never a group address.
+    assert all(int(mac[:2], 16) & 0b11 == 0b10 for mac in macs)
 
 
 @pytest.mark.parametrize(
