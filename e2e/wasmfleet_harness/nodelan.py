@@ -458,11 +458,6 @@ class NodeLan:
         return self.network.host_ip
 
     @property
-    def ip(self) -> str:
-        """Same as `host_ip`."""
-        return self.host_ip
-
-    @property
     def created(self) -> bool:
         """Whether the LAN exists (and this run holds the machine's lock)."""
         return self._lock is not None
