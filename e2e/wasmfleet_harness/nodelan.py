@@ -51,8 +51,12 @@ __all__ = [
     "CGROUP_PARENT",
     "KUBELET_ROOT",
     "PRIVATE_PATHS",
+    "WORKDIR_FILE",
+    "CommandError",
     "NodeLan",
+    "apply_routes",
     "cgroup_hierarchies",
+    "create_cgroup",
     "directory_marker",
     "iptables_chains",
     "kill_processes",
@@ -62,9 +66,11 @@ __all__ = [
     "nat_rules",
     "netns_path",
     "read_kernel_settings",
+    "read_routes",
     "remove_cgroup_tree",
     "restore_kernel_settings",
     "run",
+    "unmount_below",
 ]
 
 _LOCK_PATH = Path("/run/wasmfleet-node.lock")
@@ -98,10 +104,20 @@ WORKDIR_FILE = "workdir"
 _OLD_INTERFACES = ("wfcni0",)
 
 
+class CommandError(RuntimeError):
+    """A command the harness ran to set up the machine failed; the message has its output."""
+
+
 def run(
     argv: list[str], *, check: bool = True, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
+    """Runs ``argv``; with ``check``, raises `CommandError` naming the command and what it
+    printed if it fails (``ip`` and ``mount`` say why only on stderr)."""
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    if check and result.returncode != 0:
+        output = (result.stderr or result.stdout).strip()
+        raise CommandError(f"{shlex.join(argv)} exited with {result.returncode}: {output}")
+    return result
 
 
 def netns_path(name: str) -> Path:
