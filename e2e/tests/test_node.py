@@ -1,62 +1,54 @@
-"""A real node on this machine: Pods run, Services route, DNS resolves, Pods reach the API.
+"""One real node on its own: it registers, runs Pods bound to it, lives in its own namespaces.
 
-One `Node` (containerd, runc, CNI bridge, kubelet, kube-proxy, kube-scheduler, CoreDNS, all
-built from pinned sources) joins a control plane of its own, whose API server listens on the
-node's address so Pods reach it through the ``kubernetes`` Service. The test image runs
-``e2e/images/probe`` and is pulled from the local registry; tests look at the cluster from
-inside a Pod with ``kubectl exec``. The last tests stop the node and check that nothing of it
-is left on the machine, and that a component that cannot start is reported by name.
+A `Node` (containerd, runc, CNI bridge, kubelet, kube-proxy, all built from pinned sources)
+joins a control plane whose API server listens on the node LAN. No scheduler and no CoreDNS
+run here (those belong to a `LocalCluster`, see ``test_cluster.py``): Pods are bound to the
+node by name. The test image runs ``e2e/images/probe`` and is pulled from the local registry;
+tests look at the node from inside a Pod with ``kubectl exec`` and from inside its namespaces
+with ``nsenter``. The last tests stop the node and check that nothing of it is left on the
+machine, and that a component that cannot start is reported by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
-import urllib.request
-import uuid
+import platform
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from wasmfleet_harness import nodeimages
-from wasmfleet_harness.binaries import Binaries, NodeBinaries, ensure_node_binaries
+from wasmfleet_harness.binaries import Binaries, NodeBinaries
 from wasmfleet_harness.controlplane import ControlPlane, ControlPlaneConfig
-from wasmfleet_harness.node import (
-    Node,
-    NodeAddress,
-    NodeStartError,
-    iptables_chains,
-    service_rules_present,
-)
-from wasmfleet_harness.processes import Workspace, wait_until
+from wasmfleet_harness.node import Node, NodeConfig, NodeStartError
+from wasmfleet_harness.nodelan import NodeLan, iptables_chains, read_routes
+from wasmfleet_harness.nodenet import machine_architecture, plan_host_routes
+from wasmfleet_harness.probe import apply, exec_in, fresh_namespace, probe_pod
+from wasmfleet_harness.processes import Workspace
 from wasmfleet_harness.registry import Registry
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="a node needs root (containers, interfaces, iptables, mounts)"
+    os.geteuid() != 0, reason="a node needs root (namespaces, interfaces, mounts, cgroups)"
 )
 
-WEB_TEXT = "hello from a pod on the real node"
+LABELS = {"wasmfleet.dev/pool": "solo", "node-role.kubernetes.io/worker": ""}
 
 
 @pytest.fixture(scope="module")
-def node_address() -> Iterator[NodeAddress]:
-    with NodeAddress() as address:
-        yield address
+def lan() -> Iterator[NodeLan]:
+    with NodeLan() as created:
+        yield created
 
 
 @pytest.fixture(scope="module")
-def node_plane(
-    binaries: Binaries, workspace: Workspace, node_address: NodeAddress
-) -> Iterator[ControlPlane]:
-    """A control plane of the node's own: its API server listens on the node's address."""
+def node_plane(binaries: Binaries, workspace: Workspace, lan: NodeLan) -> Iterator[ControlPlane]:
+    """A control plane of the node's own: its API server listens on the node LAN."""
     plane = ControlPlane(
         binaries,
         workspace.subdir("node-control-plane"),
-        ControlPlaneConfig(address=node_address.ip, real_nodes=True),
+        ControlPlaneConfig(address=lan.host_ip, real_nodes=True),
     )
     plane.start()
     yield plane
@@ -64,195 +56,140 @@ def node_plane(
 
 
 @pytest.fixture(scope="module")
-def node_binaries() -> NodeBinaries:
-    return ensure_node_binaries()
-
-
-@pytest.fixture(scope="module")
 def node(
     node_plane: ControlPlane,
-    node_address: NodeAddress,
+    lan: NodeLan,
     node_binaries: NodeBinaries,
     registry: Registry,
     workspace: Workspace,
 ) -> Iterator[Node]:
     started = Node(
-        node_plane, node_address, workspace.subdir("node"), node_binaries, registry=registry
+        node_plane,
+        lan,
+        workspace.subdir("node"),
+        node_binaries,
+        registry=registry,
+        config=NodeConfig(index=1, labels=LABELS),
     )
     started.start()
     yield started
     started.stop()
 
 
-@pytest.fixture(scope="module")
-def probe_image(registry: Registry) -> str:
-    """The probe program as an image in the local registry (pulled by containerd over HTTP)."""
-    image = nodeimages.render_image(
-        [nodeimages.ImageFile("probe", nodeimages.build_probe_binary())], entrypoint=["/probe"]
-    )
-    return nodeimages.push_image(image, registry, "wasmfleet/probe", image.tag)
-
-
 @pytest.fixture
 def node_namespace(node: Node) -> Iterator[str]:
-    """A fresh namespace on the node's control plane, once its default ServiceAccount exists
-    (Pods are refused until then)."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    node.plane.kubectl("create", "namespace", name)
-    wait_until(
-        lambda: node.plane.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-        timeout=30,
-        message=f"no default ServiceAccount in {name}",
-    )
-    yield name
-    node.plane.kubectl("delete", "namespace", name, "--wait=false")
+    with fresh_namespace(node.plane) as name:
+        yield name
 
 
-def _pod(name: str, image: str, *args: str, labels: dict[str, str] | None = None) -> Any:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels or {}},
-        "spec": {
-            "terminationGracePeriodSeconds": 2,
-            "containers": [
-                {
-                    "name": "probe",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "args": list(args),
-                    "ports": [{"containerPort": 8080}],
-                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
-                }
-            ],
-        },
-    }
-
-
-def _run_pod(node: Node, namespace: str, manifest: Any) -> Any:
-    node.plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
-    return node.wait_for_pod_ready(namespace, manifest["metadata"]["name"])
-
-
-def _web_service(node: Node, namespace: str, probe_image: str) -> str:
-    """Runs a web Pod behind Service ``web`` (port 80) and returns the Service's ClusterIP."""
-    _run_pod(
-        node,
-        namespace,
-        _pod(
-            "web", probe_image, "serve", "--port=8080", f"--text={WEB_TEXT}", labels={"app": "web"}
-        ),
-    )
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-    }
-    node.plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(service))
-    cluster_ip: str = node.plane.kubectl_json("get", "service", "web", "-n", namespace)["spec"][
-        "clusterIP"
-    ]
-    return cluster_ip
-
-
-def _exec(node: Node, namespace: str, pod: str, *argv: str) -> str:
-    result = node.plane.kubectl("exec", "-n", namespace, pod, "--", *argv, check=False)
-    assert result.returncode == 0, f"{argv} failed in {pod}: {result.stderr}"
-    return result.stdout
-
-
-def test_the_node_registers_and_becomes_ready_with_the_pinned_versions(node: Node) -> None:
-    status = node.plane.kubectl_json("get", "node", node.name)["status"]
+def test_the_node_registers_ready_with_the_pinned_versions_and_the_machines_labels(
+    node: Node,
+) -> None:
+    document = node.plane.kubectl_json("get", "node", node.name)
+    status = document["status"]
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Ready"] == "True"
     addresses = {a["type"]: a["address"] for a in status["addresses"]}
-    assert addresses["InternalIP"] == node.address.ip
+    assert addresses["InternalIP"] == node.ip == "10.251.0.2"
     info = status["nodeInfo"]
     assert info["kubeletVersion"] == node.binaries.kubernetes_version
     containerd = node.binaries.containerd_version.removeprefix("v")
     assert info["containerRuntimeVersion"] == f"containerd://{containerd}"
+    labels = document["metadata"]["labels"]
+    assert labels["kubernetes.io/arch"] == machine_architecture(platform.machine())
+    # One label the kubelet registers itself with, one only the admin may set.
+    assert {k: labels.get(k) for k in LABELS} == LABELS
 
 
-def test_a_pod_pulled_from_the_local_registry_runs_logs_and_has_no_route_off_the_machine(
+def test_a_pod_bound_to_the_node_is_pulled_from_the_local_registry_and_has_no_route_off_the_machine(
     node: Node, node_namespace: str, probe_image: str
 ) -> None:
-    pod = _run_pod(node, node_namespace, _pod("hello", probe_image, "serve", "--text=hi"))
-    assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(
-        node.network.pod_cidr
+    apply(
+        node.plane,
+        node_namespace,
+        probe_pod("hello", probe_image, "serve", "--text=hi", node=node.name),
     )
-    assert pod["spec"]["nodeName"] == node.name
+    pod = node.wait_for_pod_ready(node_namespace, "hello")
+    assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(node.slot.pod_cidr)
     logs = node.plane.kubectl("logs", "-n", node_namespace, "hello").stdout
     assert 'serving "hi" on port 8080' in logs
 
-    # Pods reach their own network, Services and the node, and nothing else (read from the
-    # Pod's routing table: nothing is sent to find out).
-    network = node.network
-    routes = set(_exec(node, node_namespace, "hello", "/probe", "routes").splitlines())
+    # Pods reach their own network, other Pods, Services and the node LAN, and nothing else
+    # (read from the Pod's routing table: nothing is sent to find out).
+    routes = set(exec_in(node.plane, node_namespace, "hello", "/probe", "routes").splitlines())
+    gateway = node.slot.gateway
     assert routes == {
-        f"{network.pod_cidr} via 0.0.0.0",
-        f"{network.service_cidr} via {network.gateway}",
-        f"{network.node_ip}/32 via {network.gateway}",
+        f"{node.slot.pod_cidr} via 0.0.0.0",
+        f"{node.network.cluster_cidr} via {gateway}",
+        f"{node.network.service_cidr} via {gateway}",
+        f"{node.network.lan} via {gateway}",
     }
 
 
-def test_a_service_cluster_ip_answers_from_the_host_once_kube_proxy_routes_it(
-    node: Node, node_namespace: str, probe_image: str
+def test_the_node_lives_in_namespaces_of_its_own_and_leaves_the_hosts_paths_and_rules_alone(
+    node: Node,
 ) -> None:
-    cluster_ip = _web_service(node, node_namespace, probe_image)
-    assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network(node.network.service_cidr)
-    # Only kube-proxy's rules keep a packet to a ClusterIP on this machine: no request
-    # before they are there.
-    wait_until(
-        lambda: service_rules_present(cluster_ip, 80),
-        timeout=60,
-        message=f"kube-proxy wrote no rules leading {cluster_ip}:80 to an endpoint",
-    )
-    with urllib.request.urlopen(f"http://{cluster_ip}:80/", timeout=10) as response:
-        body = response.read().decode()
-    assert body.splitlines() == [WEB_TEXT, "web"]
-
-
-def test_a_service_name_resolves_through_coredns_and_answers_inside_another_pod(
-    node: Node, node_namespace: str, probe_image: str
-) -> None:
-    cluster_ip = _web_service(node, node_namespace, probe_image)
-    _run_pod(node, node_namespace, _pod("client", probe_image, "serve"))
-    fqdn = f"web.{node_namespace}.svc.{node.config.cluster_domain}"
-
-    assert _exec(node, node_namespace, "client", "/probe", "resolve", fqdn).split() == [cluster_ip]
-    # The short name resolves through the Pod's search domains, as in any cluster.
-    assert _exec(node, node_namespace, "client", "/probe", "resolve", "web").split() == [cluster_ip]
-    answer = _exec(node, node_namespace, "client", "/probe", "get", f"http://{fqdn}/")
-    assert answer.splitlines() == [WEB_TEXT, "web"]
+    assert node.nsenter("hostname").stdout.strip() == node.name
+    # kube-proxy's rules are in the node's network namespace; the host has none.
+    assert "iptables nat" in iptables_chains(node.netns)
+    assert iptables_chains() == {}
+    # The kubelet's fixed paths are the node's own directories in its mount namespace.
+    socket = Path("var/lib/kubelet/device-plugins/kubelet.sock")
+    assert (node.private_dir / socket).is_socket()
+    assert not (Path("/") / socket).exists()
+    mounts = node.nsenter("cat", "/proc/self/mountinfo").stdout
+    points = {line.split()[4] for line in mounts.splitlines()}
+    assert {"/var/lib/kubelet", "/var/log/containers", "/var/lib/cni"} <= points
+    # Other programs' network namespace handles are not held on to.
+    assert not any(point.startswith("/run/netns") for point in points)
 
 
 def test_a_pod_reaches_the_api_server_through_the_kubernetes_service_with_its_own_token(
     node: Node, node_namespace: str, probe_image: str
 ) -> None:
     endpoints = node.plane.kubectl_json("get", "endpointslice", "kubernetes", "-n", "default")
-    assert [a for e in endpoints["endpoints"] for a in e["addresses"]] == [node.address.ip]
+    assert [a for e in endpoints["endpoints"] for a in e["addresses"]] == [node.lan.host_ip]
     assert endpoints["ports"][0]["port"] == node.plane.apiserver_port
-    assert service_rules_present(node.plane.config.kubernetes_service_ip, 443)
+    assert node.service_rules_present(node.plane.config.kubernetes_service_ip, 443)
 
-    _run_pod(node, node_namespace, _pod("caller", probe_image, "serve"))
+    apply(node.plane, node_namespace, probe_pod("caller", probe_image, "serve", node=node.name))
+    node.wait_for_pod_ready(node_namespace, "caller")
     # The probe dials KUBERNETES_SERVICE_HOST with the projected token and checks the
     # server's certificate against the projected CA bundle.
-    who = _exec(node, node_namespace, "caller", "/probe", "whoami").strip()
+    who = exec_in(node.plane, node_namespace, "caller", "/probe", "whoami").strip()
     assert who == f"system:serviceaccount:{node_namespace}:default"
 
 
-def test_stopping_the_node_leaves_no_process_mount_interface_rule_or_container(
-    node: Node,
+def test_a_second_node_in_a_taken_slot_is_refused_and_the_first_keeps_running(
+    node: Node, workspace: Workspace
+) -> None:
+    twin = Node(
+        node.plane,
+        node.lan,
+        workspace.subdir("node-twin"),
+        node.binaries,
+        config=NodeConfig(index=node.config.index, name="wasmfleet-twin"),
+    )
+    with pytest.raises(ValueError, match="slot 1 is taken"):
+        twin.start()
+    node.check_components()
+    assert node.nsenter("hostname").stdout.strip() == node.name
+    assert node.lan.joined == {node.config.index}
+
+
+def test_stopping_the_node_leaves_no_process_namespace_interface_route_or_container(
+    node: Node, lan: NodeLan
 ) -> None:
     # While it runs, the same inventory sees the node's parts: the check can fail.
     running = " ".join(node.leftovers())
-    for kind in ("process", "mount", "interface", "iptables", "cgroup", "container state"):
+    for kind in ("process", "network namespace", "interface", "route", "cgroup", "container"):
         assert kind in running
     node.stop()
     assert node.leftovers() == []
-    assert iptables_chains() == {}
-    assert not service_rules_present(node.plane.config.kubernetes_service_ip, 443)
+    assert node.plane.kubectl("get", "node", node.name, check=False).returncode != 0
+    # The LAN is back to what it was before the node joined.
+    assert lan.joined == frozenset()
+    assert read_routes() == plan_host_routes(lan.network, ())
 
 
 def test_a_component_that_fails_to_start_is_named_with_its_log_and_nothing_is_left(
@@ -264,9 +201,10 @@ def test_a_component_that_fails_to_start_is_named_with_its_log_and_nothing_is_le
     broken.chmod(0o755)
     failing = Node(
         node.plane,
-        node.address,
+        node.lan,
         workspace.subdir("node-broken"),
         dataclasses.replace(node_binaries, containerd=broken),
+        config=NodeConfig(index=9),
     )
     with pytest.raises(NodeStartError) as raised:
         failing.start()

@@ -15,10 +15,11 @@ What runs, and why:
 
 By default no scheduler and no kubelet run: Wasmfleet places its own bindings and its agents
 run as local processes. ``ControlPlaneConfig(address=..., real_nodes=True)`` prepares the
-control plane for a real node (`wasmfleet_harness.node`): the API server listens on the node's
-own non-loopback address and publishes it as the ``kubernetes`` Service's endpoint (Pods reach
-it there through kube-proxy), authorizes kubelets with the Node authorizer, reaches kubelets
-with a client certificate, and the controller manager adds the controllers real nodes need.
+control plane for real nodes (`wasmfleet_harness.cluster`): the API server listens on the
+host's address on the node LAN and publishes it as the ``kubernetes`` Service's endpoint (Pods
+reach it there through kube-proxy), authorizes kubelets with the Node authorizer, reaches
+kubelets with a client certificate, and the controller manager adds the controllers real nodes
+need.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class ControlPlaneConfig:
     tie_to_parent: bool = True
     extra_apiserver_args: tuple[str, ...] = ()
     # The API server's only listening address. Loopback unless a real node needs to reach it
-    # from its Pods; any other address must already exist on this machine (`NodeAddress`).
+    # from its Pods; any other address must already exist on this machine (`NodeLan`).
     address: str = "127.0.0.1"
     # Kubelets will join: Node authorizer, kubelet client certificate, node controllers.
     real_nodes: bool = False

@@ -1,7 +1,7 @@
 """Reading kube-proxy's NAT rules: a ClusterIP counts as routed only with an endpoint behind it.
 
 The harness sends nothing to a ClusterIP unless this says kube-proxy's rules would keep the
-packet on the machine; the sample is ``iptables-save -t nat`` from the local node (trimmed).
+packet on the machine; the sample is ``iptables-save -t nat`` from a local node (trimmed).
 """
 
 # The sample keeps kube-proxy's lines whole, as iptables-save prints them.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from wasmfleet_harness.node import service_routed
+from wasmfleet_harness.nodenet import service_routed
 
 NAT = """\
 *nat
@@ -65,3 +65,13 @@ def test_nothing_is_routed_from_this_host_when_output_does_not_reach_kube_servic
     )
     assert not service_routed(without_output, "10.96.0.1", 443)
     assert not service_routed("", "10.96.0.1", 443)
+
+
+def test_forwarded_traffic_is_routed_only_when_prerouting_reaches_kube_services() -> None:
+    # What a node forwards (its Pods', the host's) meets the rules in PREROUTING.
+    assert service_routed(NAT, "10.96.0.1", 443, entry="PREROUTING")
+    without_prerouting = "\n".join(
+        line for line in NAT.splitlines() if not line.startswith("-A PREROUTING")
+    )
+    assert service_routed(without_prerouting, "10.96.0.1", 443, entry="OUTPUT")
+    assert not service_routed(without_prerouting, "10.96.0.1", 443, entry="PREROUTING")
