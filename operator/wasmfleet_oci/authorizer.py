@@ -39,12 +39,14 @@ async def fetch_bearer_token(
     scopes: Sequence[str],
     credentials: auth.Credentials | None,
     ssl: bool | ssl_module.SSLContext = True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> auth.BearerToken:
     """Asks the realm of a Bearer ``challenge`` for a token covering ``scopes``.
 
     Sends ``GET realm?service=…&scope=…`` with Basic credentials when there are any (an
     anonymous token otherwise). Redirects are not followed, so the credentials go to the realm
-    the registry named and nowhere else. Raises `errors.Unauthorized` when refused and
+    the registry named and nowhere else. The token expires on ``clock``, which must be the
+    clock its validity is checked by. Raises `errors.Unauthorized` when refused and
     `errors.RegistryUnavailable` on a connection failure or a 5xx/429 answer.
     """
     if challenge.realm is None:
@@ -84,7 +86,7 @@ async def fetch_bearer_token(
         raise errors.RegistryUnavailable(
             f"the token service {where} is unreachable: {type(error).__name__}"
         ) from error
-    return auth.parse_token_response(body, now=time.monotonic())
+    return auth.parse_token_response(body, now=clock())
 
 
 class Authorizer:
@@ -156,6 +158,7 @@ class Authorizer:
                     scopes=[scope],
                     credentials=credentials,
                     ssl=transport.ssl,
+                    clock=self._clock,
                 )
             except errors.RegistryUnavailable:
                 attempt += 1
