@@ -312,7 +312,9 @@ class RegistryClient:
                 f"{reference.registry} started an upload to {reference.repository} "
                 "without a Location"
             )
-        target = upload.join(URL(location, encoded=True))
+        # Where the bytes go is the registry's choice (often storage elsewhere), but held to
+        # the rules of a redirect: no plain HTTP off the allowed registries, nothing but HTTP.
+        target = self._transport.check_location(upload, location, what="moved the upload to")
         separator = "&" if target.raw_query_string else "?"
         put = URL(f"{target}{separator}digest={digest}", encoded=True)
         async with self._open(

@@ -313,30 +313,28 @@ class Transport:
                 continue
             return Sent(response, authorization)
 
-    def check_location(self, current: URL, location: str) -> URL:
+    def check_location(self, current: URL, location: str, *, what: str = "redirected to") -> URL:
         """Where ``location`` (a ``Location`` header answered for ``current``) points, if the
         client may go there: an http(s) URL, plain HTTP only where `plan_plain_http` allows.
 
-        Raises `errors.RegistryError` naming ``current``, never the target, which may carry
-        a signed query string.
+        Raises `errors.RegistryError` saying that ``current`` ``what`` such a place; it names
+        ``current``, never the target, which may carry a signed query string.
         """
         try:
             target = current.join(URL(location, encoded=True))
             plan_origin(target)  # yarl parses host and port lazily: a bad one raises here
         except ValueError:
             raise errors.RegistryError(
-                f"{render_safe_url(current)} redirected to a malformed Location; refusing to follow"
+                f"{render_safe_url(current)} {what} a malformed Location; refusing to follow"
             ) from None
         if target.scheme not in ("http", "https") or not target.host:
-            raise errors.RegistryError(
-                f"{render_safe_url(current)} redirected to a non-HTTP location"
-            )
+            raise errors.RegistryError(f"{render_safe_url(current)} {what} a non-HTTP location")
         if target.scheme == "http" and not plan_plain_http(
             target.host, target.explicit_port, settings=self.settings
         ):
             raise errors.RegistryError(
-                f"{render_safe_url(current)} redirected to plain HTTP at {target.host}, which "
-                "is not an insecure registry; refusing to follow"
+                f"{render_safe_url(current)} {what} plain HTTP at {target.host}, which is not "
+                "an insecure registry; refusing to follow"
             )
         return target
 
