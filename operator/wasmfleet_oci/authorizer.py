@@ -92,7 +92,9 @@ async def fetch_bearer_token(
 class Authorizer:
     """The challenges and tokens of every registry one client talks to."""
 
-    def __init__(self, transport: Transport, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, transport: Transport, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._transport = transport
         self._clock = clock
         self._challenges: dict[str, auth.Challenge] = {}
