@@ -156,10 +156,11 @@ def density_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def control_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
-    bench = importlib.import_module("control_bench")
-    fields = {f.name for f in dataclasses.fields(bench.ScaleResult)}
+    measurement = importlib.import_module("control.measurement")
+    fields = {f.name for f in dataclasses.fields(measurement.ScaleResult)}
     results = [
-        bench.ScaleResult(**{k: v for k, v in r.items() if k in fields}) for r in data["scales"]
+        measurement.ScaleResult(**{k: v for k, v in r.items() if k in fields})
+        for r in data["scales"]
     ]
     done = [r for r in results if r.all_ready_s]
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -181,7 +182,8 @@ def control_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     PLOTS.mkdir(parents=True, exist_ok=True)
     figure.savefig(PLOTS / "control.png", dpi=110)
     plt.close(figure)
-    return bench.render(results).splitlines(), ["![growth with scale](performance/control.png)"]
+    table = importlib.import_module("control.report").render(results)
+    return table.splitlines(), ["![growth with scale](performance/control.png)"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

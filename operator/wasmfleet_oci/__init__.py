@@ -6,8 +6,12 @@ into credentials only through `auth`, so the two programs can never disagree abo
 
 - `reference`: image references parsed into a typed value;
 - `auth`: credentials from dockerconfigjson Secrets, ``WWW-Authenticate`` challenges, bearer
-  tokens;
-- `client`: the Distribution API client (the only module that talks to registries);
+  token answers (all pure);
+- `client`: the Distribution API operations (resolve, fetch and verify, push), the one module
+  callers use to talk to registries, over
+- `authorizer`: the auth dance (anonymous first, then Basic or a Bearer token, cached per
+  registry, scope and credentials), over
+- `transport`: the HTTP session, TLS, the plain-HTTP rules, redirects, retries with backoff;
 - `formats`: where the Wasm bytes are in a manifest (CNCF layout, wasm-to-oci, image layers);
 - `push`: publishing a module in the CNCF layout;
 - `options`: the registry flags both programs take;
@@ -17,4 +21,15 @@ Import the modules, not names from here: ``from wasmfleet_oci import client`` an
 ``client.RegistryClient``. The node's module cache is the agent's (`wasmfleet_agent.store`).
 """
 
-__all__ = ["atomic", "auth", "client", "errors", "formats", "options", "push", "reference"]
+__all__ = [
+    "atomic",
+    "auth",
+    "authorizer",
+    "client",
+    "errors",
+    "formats",
+    "options",
+    "push",
+    "reference",
+    "transport",
+]

@@ -2,9 +2,10 @@
 
 Credentials come from a ``kubernetes.io/dockerconfigjson`` document (what ``pullSecrets``
 name); challenges come from a registry's ``WWW-Authenticate`` header; tokens come from the
-realm a Bearer challenge names. The parsers are pure; `fetch_bearer_token` is the one function
-here that does I/O. Secrets never reach a log line, a ``repr`` or an exception message: the
-messages name the registry and what was wrong, not the value.
+realm a Bearer challenge names. Everything here is pure: the dance itself (asking for tokens,
+caching them, answering challenges) is the `authorizer`'s. Secrets never reach a log line, a
+``repr`` or an exception message: the messages name the registry and what was wrong, not the
+value.
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ import base64
 import binascii
 import hashlib
 import json
-import ssl as ssl_module
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
-from yarl import URL
 
 from wasmfleet_oci import errors
 from wasmfleet_oci.reference import parse_registry_host
@@ -31,7 +27,6 @@ __all__ = [
     "Challenge",
     "Credentials",
     "PullSecretError",
-    "fetch_bearer_token",
     "find_credentials",
     "normalize_registry_key",
     "parse_docker_config",
@@ -41,7 +36,6 @@ __all__ = [
 ]
 
 _DEFAULT_TOKEN_LIFETIME = 60.0  # seconds; the token spec's default when expires_in is absent
-_MAX_TOKEN_RESPONSE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -301,58 +295,3 @@ def parse_token_response(body: bytes, *, now: float) -> BearerToken:
     if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
         lifetime = _DEFAULT_TOKEN_LIFETIME
     return BearerToken(token=token, expires_at=now + float(lifetime))
-
-
-async def fetch_bearer_token(
-    *,
-    session: aiohttp.ClientSession,
-    challenge: Challenge,
-    scopes: Sequence[str],
-    credentials: Credentials | None,
-    ssl: bool | ssl_module.SSLContext = True,
-) -> BearerToken:
-    """Asks the realm of a Bearer ``challenge`` for a token covering ``scopes``.
-
-    Sends ``GET realm?service=…&scope=…`` with Basic credentials when there are any (an
-    anonymous token otherwise). Redirects are not followed, so the credentials go to the realm
-    the registry named and nowhere else. Raises `errors.Unauthorized` when refused and
-    `errors.RegistryUnavailable` on a connection failure or a 5xx/429 answer.
-    """
-    if challenge.realm is None:
-        raise errors.Unauthorized("a Bearer challenge without a realm")
-    realm = URL(challenge.realm)
-    if realm.scheme not in ("http", "https") or not realm.host:
-        raise errors.Unauthorized("the token realm is not an http(s) URL")
-    query: list[tuple[str, str]] = list(realm.query.items())
-    if challenge.service is not None:
-        query.append(("service", challenge.service))
-    query.extend(("scope", scope) for scope in scopes)
-    headers = {"Accept": "application/json"}
-    if credentials is not None:
-        headers["Authorization"] = credentials.basic_header()
-    where = str(realm.with_query(None))
-    try:
-        async with session.get(
-            realm.with_query(query),
-            headers=headers,
-            allow_redirects=False,
-            ssl=ssl,
-        ) as response:
-            if response.status in (401, 403):
-                raise errors.Unauthorized(
-                    f"the token service {where} refused "
-                    f"{'the credentials' if credentials else 'an anonymous request'} "
-                    f"({response.status})"
-                )
-            if response.status == 429 or response.status >= 500:
-                raise errors.RegistryUnavailable(
-                    f"the token service {where} answered {response.status}"
-                )
-            if response.status != 200:
-                raise errors.Unauthorized(f"the token service {where} answered {response.status}")
-            body = await response.content.read(_MAX_TOKEN_RESPONSE)
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as error:
-        raise errors.RegistryUnavailable(
-            f"the token service {where} is unreachable: {type(error).__name__}"
-        ) from error
-    return parse_token_response(body, now=time.monotonic())

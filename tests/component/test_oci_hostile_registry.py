@@ -11,6 +11,7 @@ the store run unmodified against it over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -446,6 +447,42 @@ async def test_a_redirect_to_a_malformed_or_forbidden_location_is_a_registry_err
             await _within_deadline(store.pull(registry.reference))
     assert registry.url in str(refused.value)
     _assert_nothing_kept(store)
+
+
+@pytest.mark.parametrize(
+    ("location", "refusal"),
+    [
+        ("storage", "plain HTTP"),  # plain HTTP to another origin, not insecure-listed
+        ("http://[::1", "malformed"),
+        ("file:///etc/passwd", "non-HTTP"),
+    ],
+)
+async def test_an_upload_sent_to_a_forbidden_location_is_refused_before_anything_goes_there(
+    artifact: Artifact, location: str, refusal: str
+) -> None:
+    """The ``Location`` a registry answers a new blob upload with is held to the rules of a
+    redirect: an http(s) URL, plain HTTP only to registries allowed it. Otherwise the push
+    ends as `errors.RegistryError` naming the registry's URL, and no byte is sent anywhere.
+    Loopback is not trusted by default here, so only the registry itself may use plain HTTP."""
+    async with FakeRegistry(artifact) as storage:
+        target = f"{storage.url}/upload" if location == "storage" else location
+        started = Reply(status=202, headers={"Location": target})
+        async with FakeRegistry(
+            artifact, _on("POST", "/blobs/uploads/", lambda _: started)
+        ) as registry:
+            settings = dataclasses.replace(
+                FAST,
+                plain_http_for_loopback=False,
+                insecure_registries=frozenset({registry.proxy.host}),
+            )
+            async with RegistryClient(settings=settings) as client:
+                with pytest.raises(errors.RegistryError, match=refusal) as refused:
+                    await _within_deadline(
+                        client.push_blob(reference=registry.tagged, data=b"\0asm module")
+                    )
+    assert registry.url in str(refused.value)
+    assert registry.requests("POST", "/blobs/uploads/") == 1
+    assert registry.requests("PUT") == storage.requests("PUT") == 0
 
 
 @pytest.mark.parametrize(

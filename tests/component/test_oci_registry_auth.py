@@ -186,6 +186,39 @@ async def test_a_token_is_fetched_once_per_scope_and_never_shared_across_credent
         assert issued(None) == 2
 
 
+async def test_a_token_is_reused_until_it_expires_on_the_clock_the_client_is_given(
+    registry_with_token_auth: Registry,
+    registry_basic_auth: BasicAuth,
+    wasm_modules: dict[str, Path],
+) -> None:
+    """A token's lifetime (the token server's ``expires_in``: 300 s) is counted on the clock
+    the client checks it by: here one far from the real monotonic clock, moved by hand."""
+    tokens = registry_with_token_auth.token_server
+    assert tokens is not None
+    credentials = _credentials(registry_basic_auth)
+    ref = await _push(
+        registry_with_token_auth.host,
+        wasm_modules["hello-c"].read_bytes(),
+        "bearer-clock",
+        credentials,
+    )
+    pull_scope = f"repository:{ref.repository}:pull"
+
+    def issued() -> int:
+        return sum(1 for t in tokens.issued if pull_scope in t.scopes)
+
+    now = [1_000_000_000.0]
+    async with RegistryClient(clock=lambda: now[0]) as client:
+        await client.fetch_manifest(reference=ref, credentials=credentials)
+        assert issued() == 1
+        now[0] += 200  # within the lifetime and its safety margin: the same token serves
+        await client.fetch_manifest(reference=ref, credentials=credentials)
+        assert issued() == 1
+        now[0] += 200  # past it: a new one is bought
+        await client.fetch_manifest(reference=ref, credentials=credentials)
+        assert issued() == 2
+
+
 # -- TLS with a custom CA -----------------------------------------------------------------------
 
 

@@ -60,6 +60,9 @@ def test_the_code_as_it_is_keeps_every_contract(copy: Path) -> None:
         ("wasmfleet_agent/runtime/engine.py", "wasmfleet_agent.server.http", "Inside the agent"),
         ("wasmfleet_api/units.py", "wasmfleet_common.kube", "Programs over shared packages"),
         ("wasmfleet_operator/render.py", "wasmfleet_operator.reconciler", "Inside the operator"),
+        ("wasmfleet_oci/transport.py", "wasmfleet_oci.authorizer", "Inside the OCI package"),
+        ("wasmfleet_oci/auth.py", "wasmfleet_oci.transport", "Inside the OCI package"),
+        ("wasmfleet_agent/store/cache.py", "wasmfleet_agent.store.puller", "Inside the module"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

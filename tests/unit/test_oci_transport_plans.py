@@ -1,11 +1,11 @@
-"""The client's pure decisions: which scheme a registry gets, how long to back off."""
+"""The transport's pure decisions: which scheme a registry gets, how long to back off."""
 
 from __future__ import annotations
 
 import pytest
 
 from wasmfleet_common.backoff import Backoff
-from wasmfleet_oci.client import (
+from wasmfleet_oci.transport import (
     ClientSettings,
     plan_retry_delay,
     plan_scheme,
