@@ -3,8 +3,8 @@
 A binding moves through pulling, compiling and serving; failures are states too, with
 backoff, not exceptions that vanish. `TRANSITIONS` lists every allowed move; `advance`
 refuses any other, so a bug shows up as an error instead of a replica stuck in a state
-nobody reports. Each state says what Kubernetes should see (`phase`, `ready`), which is
-what the agent writes into the binding's status.
+nobody reports. Each state says what Kubernetes should see: `render_binding_status` turns it
+into the binding's status, as the API type the operator reads it back with.
 
     Pending -> Pulling -> Compiling -> Ready           (http)
                                     -> Running -> Succeeded / Failed   (job)
@@ -17,16 +17,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from wasmfleet_api.binding import BindingPhase
+from wasmfleet_api.base import Condition
+from wasmfleet_api.binding import (
+    STALE_CONFIGURATION_REASON,
+    BindingCondition,
+    BindingPhase,
+    WasmBinding,
+    WasmBindingStatus,
+)
 from wasmfleet_common.backoff import Backoff
 
 __all__ = [
+    "MAX_ERROR",
     "RESTART_BACKOFF",
     "TRANSITIONS",
     "BindingState",
     "IllegalTransitionError",
     "advance",
+    "render_binding_status",
 ]
+
+MAX_ERROR = 1024
+"""The longest error a status carries (the rest is in the agent's log)."""
 
 
 # The phases are the API's (`BindingPhase`): the state machine and the binding's status speak
@@ -103,7 +115,11 @@ def advance(
     error: str | None = None,
     exit_code: int | None = None,
 ) -> BindingState:
-    """The state after moving to ``to``; raises `IllegalTransitionError` for a forbidden move."""
+    """The state after moving to ``to``; raises `IllegalTransitionError` for a forbidden move.
+
+    ``error`` is kept to `MAX_ERROR` characters."""
+    if error is not None:
+        error = error[:MAX_ERROR]
     if to is current.state:
         return replace(current, last_error=error or current.last_error)
     if to not in TRANSITIONS[current.state]:
@@ -122,3 +138,45 @@ def advance(
 
 RESTART_BACKOFF = Backoff(base=1.0, cap=60.0)
 """The wait before a failed binding tries again: 1, 2, 4, ... seconds, up to a minute."""
+
+
+def render_binding_status(
+    binding: WasmBinding,
+    state: BindingState,
+    *,
+    address: str,
+    port: int | None = None,
+    module_digest: str | None = None,
+) -> WasmBindingStatus:
+    """What an agent writes into a binding's status for a replica in ``state``."""
+    conditions = []
+    if state.failure is not None and not state.ready:
+        conditions.append(
+            Condition(
+                type=BindingCondition.FAILING,
+                status="True",
+                reason=state.failure.value,
+                message=state.last_error or state.failure.value,
+            )
+        )
+    if state.config_error is not None:
+        conditions.append(
+            Condition(
+                type=BindingCondition.CONFIGURATION_CURRENT,
+                status="False",
+                reason=STALE_CONFIGURATION_REASON,
+                message=f"serving the last good configuration: {state.config_error}",
+            )
+        )
+    return WasmBindingStatus(
+        observed_generation=binding.metadata.get("generation"),
+        phase=state.state,
+        ready=state.ready,
+        address=address,
+        port=port,
+        module_digest=module_digest,
+        restarts=state.restarts,
+        last_error=state.last_error or None,
+        exit_code=state.exit_code,
+        conditions=conditions,
+    )

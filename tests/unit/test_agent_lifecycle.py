@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from wasmfleet_agent.lifecycle import (
+    MAX_ERROR,
     RESTART_BACKOFF,
     TRANSITIONS,
     BindingState,
     IllegalTransitionError,
     advance,
+    render_binding_status,
 )
-from wasmfleet_api.binding import BindingPhase
+from wasmfleet_api.binding import BindingPhase, WasmBinding, WasmBindingStatus
 
 
 def walk(*states: BindingPhase) -> BindingState:
@@ -106,3 +111,57 @@ def test_the_latest_failure_is_kept_through_its_retries_until_ready() -> None:
     assert current.failure is BindingPhase.PULL_BACKOFF
     assert walk(BindingPhase.PULLING, BindingPhase.COMPILING, BindingPhase.READY).failure is None
     assert advance(advance(current, BindingPhase.COMPILING), BindingPhase.READY).failure is None
+
+
+def _binding() -> WasmBinding:
+    return WasmBinding.model_validate(
+        {
+            "metadata": {"name": "b", "namespace": "team", "generation": 4},
+            "spec": {
+                "serviceName": "hello",
+                "nodeName": "node-a",
+                "revision": "r1",
+                "digest": "sha256:" + "a" * 64,
+                "workload": {"module": {"image": "r.example.com/hello:1"}, "http": {}},
+            },
+        }
+    )
+
+
+def _read_back(state: BindingState, **where: Any) -> WasmBindingStatus:
+    """The status as the agent writes it, read the way the operator reads it."""
+    written = render_binding_status(_binding(), state, address="10.0.0.7", **where).to_kube()
+    return WasmBindingStatus.model_validate(json.loads(json.dumps(written)))
+
+
+def test_a_ready_replica_reports_where_it_serves_and_no_failure() -> None:
+    state = walk(BindingPhase.PULLING, BindingPhase.COMPILING, BindingPhase.READY)
+    status = _read_back(state, port=31000, module_digest="sha256:" + "b" * 64)
+    assert (status.phase, status.ready, status.port, status.address) == (
+        BindingPhase.READY,
+        True,
+        31000,
+        "10.0.0.7",
+    )
+    assert status.observed_generation == 4
+    assert (status.failure, status.stale_configuration, status.last_error) == (None, None, None)
+
+
+def test_a_replica_retried_after_a_crash_reads_back_as_failing_until_ready() -> None:
+    crashed = advance(
+        walk(BindingPhase.PULLING, BindingPhase.COMPILING),
+        BindingPhase.CRASH_LOOP_BACKOFF,
+        error="trap: unreachable",
+    )
+    retrying = advance(crashed, BindingPhase.PULLING)
+    status = _read_back(retrying)
+    assert (status.phase, status.ready) == (BindingPhase.PULLING, False)
+    assert status.failure == "CrashLoopBackOff"
+    assert status.last_error == "trap: unreachable"
+    assert status.restarts == 1
+    assert status.port is None
+
+
+def test_an_error_longer_than_a_status_holds_is_cut_to_max_error() -> None:
+    state = advance(walk(BindingPhase.PULLING), BindingPhase.PULL_BACKOFF, error="x" * 100_000)
+    assert len(_read_back(state).last_error or "") == MAX_ERROR

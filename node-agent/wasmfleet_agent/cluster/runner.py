@@ -30,7 +30,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -42,7 +41,13 @@ from wasmfleet_agent.cluster.config import (
     resolve_config,
 )
 from wasmfleet_agent.cluster.registration import ApiContact
-from wasmfleet_agent.lifecycle import RESTART_BACKOFF, BindingState, advance
+from wasmfleet_agent.lifecycle import (
+    MAX_ERROR,
+    RESTART_BACKOFF,
+    BindingState,
+    advance,
+    render_binding_status,
+)
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, ModuleSlot, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, RunResult, SandboxSpec
@@ -61,10 +66,9 @@ from wasmfleet_common.kube import KubeClient
 from wasmfleet_oci import auth, errors
 from wasmfleet_oci.reference import parse_reference
 
-__all__ = ["NodeRunner", "Replica", "RunnerSettings", "render_binding_status"]
+__all__ = ["NodeRunner", "Replica", "RunnerSettings"]
 
 log = logging.getLogger(__name__)
-_MAX_ERROR = 1024
 
 
 @dataclass(frozen=True)
@@ -203,8 +207,6 @@ class NodeRunner:
         error: str | None = None,
         exit_code: int | None = None,
     ) -> None:
-        if error is not None:
-            error = error[:_MAX_ERROR]
         replica.state = advance(replica.state, to, error=error, exit_code=exit_code)
         self._report(replica)
         level = logging.WARNING if to.failing else logging.INFO
@@ -251,7 +253,7 @@ class NodeRunner:
         replica.state = BindingState(
             state=BindingPhase.CRASH_LOOP_BACKOFF,
             restarts=state.restarts + 1,
-            last_error=error[:_MAX_ERROR],
+            last_error=error[:MAX_ERROR],
             exit_code=state.exit_code,
             failures=state.failures + 1,
             failure=BindingPhase.CRASH_LOOP_BACKOFF,
@@ -463,7 +465,7 @@ class NodeRunner:
             replica.state = BindingState(
                 state=BindingPhase.RUNNING,
                 restarts=replica.state.restarts + 1,
-                last_error=f"attempt {attempt.attempt} failed: {detail}"[:_MAX_ERROR],
+                last_error=f"attempt {attempt.attempt} failed: {detail}"[:MAX_ERROR],
                 exit_code=attempt.exit_code,
                 failures=replica.state.failures + 1,
             )
@@ -487,54 +489,6 @@ class NodeRunner:
                 error=replica.state.last_error or "failed",
                 exit_code=last.exit_code,
             )
-
-
-def render_binding_status(
-    binding: WasmBinding,
-    state: BindingState,
-    *,
-    address: str,
-    port: int | None = None,
-    module_digest: str | None = None,
-) -> dict[str, Any]:
-    """What an agent writes into a binding's status for a replica in ``state``."""
-    status: dict[str, Any] = {
-        "observedGeneration": binding.metadata.get("generation"),
-        "phase": state.phase,
-        "ready": state.ready,
-        "address": address,
-        "restarts": state.restarts,
-    }
-    if port is not None:
-        status["port"] = port
-    if module_digest is not None:
-        status["moduleDigest"] = module_digest
-    if state.last_error:
-        status["lastError"] = state.last_error
-    if state.exit_code is not None:
-        status["exitCode"] = state.exit_code
-    conditions = []
-    if state.failure is not None and not state.ready:
-        conditions.append(
-            {
-                "type": "Failing",
-                "status": "True",
-                "reason": state.failure.value,
-                "message": state.last_error or state.failure.value,
-            }
-        )
-    if state.config_error is not None:
-        conditions.append(
-            {
-                "type": "ConfigurationCurrent",
-                "status": "False",
-                "reason": "SourceUnreadable",
-                "message": f"serving the last good configuration: {state.config_error}",
-            }
-        )
-    if conditions:
-        status["conditions"] = conditions
-    return status
 
 
 def _sandbox(workload: WorkloadSpec, config: ResolvedConfig) -> SandboxSpec:
