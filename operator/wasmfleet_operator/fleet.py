@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from wasmfleet_api.binding import WasmBinding
 from wasmfleet_operator.planner import NodeInfo, Taint
 
 __all__ = ["Fleet", "Liveness"]
@@ -80,13 +81,13 @@ class Fleet:
         else:
             known.duration = duration
 
-    def update_binding(self, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
-        metadata = obj["metadata"]
+    def update_binding(self, binding: WasmBinding, *, deleted: bool = False) -> None:
+        metadata = binding.metadata
         key = f"{metadata['namespace']}/{metadata['name']}"
         if deleted:
             self.binding_nodes.pop(key, None)
         else:
-            self.binding_nodes[key] = str((obj.get("spec") or {}).get("nodeName", ""))
+            self.binding_nodes[key] = binding.spec.node_name
 
     # ---- reads -------------------------------------------------------------------
 

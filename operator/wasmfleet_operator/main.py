@@ -211,7 +211,7 @@ async def _list_everything(kube: KubeClient, reconciler: Reconciler, namespace: 
         ("WasmAgent", lambda o: fleet.update_agent(o), {}),
         ("Node", lambda o: fleet.update_node(o), {}),
         ("Lease", lambda o: fleet.update_lease(o), {"label_selector": f"{AGENT_LEASE_LABEL}=true"}),
-        ("WasmBinding", lambda o: fleet.update_binding(o), {}),
+        ("WasmBinding", lambda o: reconciler.on_binding(o, deleted=False), {}),
         ("WasmService", lambda o: reconciler.on_service(o, deleted=False), {}),
     ]
     for kind in ("Service", "EndpointSlice"):
