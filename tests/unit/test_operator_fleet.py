@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from wasmfleet_api.agent import WasmAgent
 from wasmfleet_api.binding import WasmBinding
 from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.workqueue import WorkQueue
@@ -18,12 +19,14 @@ class Clock:
         return self.now
 
 
-def _agent(name: str, arch: str = "amd64", **status: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {"nodeName": name},
-        "status": {"architecture": arch, "address": "10.0.0.1", **status},
-    }
+def _agent(name: str, arch: str = "amd64", **status: Any) -> WasmAgent:
+    return WasmAgent.model_validate(
+        {
+            "metadata": {"name": name},
+            "spec": {"nodeName": name},
+            "status": {"architecture": arch, "address": "10.0.0.1", **status},
+        }
+    )
 
 
 def _binding(name: str, *, node: str) -> WasmBinding:

@@ -1,8 +1,8 @@
-"""Binding status crosses from the agent to the operator through one API model, both ways.
+"""Binding and agent status cross from the agent to the operator through the API models.
 
-The agent's own `render_binding_status` writes what these tests put on the wire (as JSON, the
-way the API server hands it back); the operator's own `plan_service` reads it. Nothing here
-re-implements either side.
+The agent's own `render_binding_status` and `render_agent` write what these tests put on the
+wire (as JSON, the way the API server hands it back); the operator's own `plan_service` and
+`Fleet` read it. Nothing here re-implements either side.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from wasmfleet_agent.cluster.registration import AgentIdentity, render_agent, render_agent_writes
 from wasmfleet_agent.lifecycle import BindingState, advance, render_binding_status
+from wasmfleet_api.agent import WasmAgent
 from wasmfleet_api.binding import BindingPhase, WasmBinding
 from wasmfleet_api.wasmservice import WasmService
+from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.planner import NodeInfo
 from wasmfleet_operator.render import render_binding, render_revision
 from wasmfleet_operator.service_plan import NodeFacts, ServicePlan, ServiceView, plan_service
@@ -140,3 +143,33 @@ def test_a_binding_that_does_not_parse_is_deleted_and_reported() -> None:
     (event,) = [e for e in plan.events if e.reason == "BindingDrifted"]
     assert event.type == "Warning"
     assert "hello-x-1 is not a valid WasmBinding (spec.digest: invalid)" in event.message
+
+
+IDENTITY = AgentIdentity(node_name="node-c", address="10.0.0.3", architecture="arm64", capacity=12)
+
+
+def _as_listed(obj: dict[str, Any], status: dict[str, Any], **spec: Any) -> WasmAgent:
+    """The WasmAgent as the API server hands it back after the agent's two applies (the
+    status subresource takes only the status), with ``spec`` set by someone else."""
+    stored = {**obj, "spec": {**obj["spec"], **spec}, "status": status["status"]}
+    return WasmAgent.model_validate(json.loads(json.dumps(stored)))
+
+
+def test_the_agent_the_agent_writes_is_the_node_the_operator_schedules_on() -> None:
+    fleet = Fleet(clock=lambda: 0.0)
+    fleet.update_agent(
+        _as_listed(*render_agent_writes(render_agent(IDENTITY, allocated=3, ready=True)))
+    )
+    (info,) = fleet.node_infos()
+    assert (info.name, info.arch, info.capacity, info.schedulable) == ("node-c", "arm64", 12, True)
+    assert fleet.address("node-c") == "10.0.0.3"
+
+
+def test_the_agents_own_write_leaves_an_administrators_cordon_alone() -> None:
+    obj, status = render_agent_writes(render_agent(IDENTITY, allocated=0, ready=True))
+    # A server-side apply owns what it sends: the agent must not send `unschedulable`.
+    assert obj["spec"] == {"nodeName": "node-c", "leaseNamespace": "wasmfleet-system"}
+    assert "status" not in obj
+    fleet = Fleet(clock=lambda: 0.0)
+    fleet.update_agent(_as_listed(obj, status, unschedulable=True))
+    assert not fleet.node_infos()[0].schedulable
