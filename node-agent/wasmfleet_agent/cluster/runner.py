@@ -27,7 +27,7 @@ import logging
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -42,11 +42,11 @@ from wasmfleet_agent.cluster.config import (
 )
 from wasmfleet_agent.cluster.registration import ApiContact
 from wasmfleet_agent.lifecycle import (
-    MAX_ERROR,
     RESTART_BACKOFF,
     BindingState,
     advance,
     render_binding_status,
+    stale_config,
 )
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, ModuleSlot, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
@@ -209,7 +209,7 @@ class NodeRunner:
     ) -> None:
         replica.state = advance(replica.state, to, error=error, exit_code=exit_code)
         self._report(replica)
-        level = logging.WARNING if to.failing else logging.INFO
+        level = logging.WARNING if to.failing or error else logging.INFO
         log.log(
             level,
             "replica %s",
@@ -241,24 +241,14 @@ class NodeRunner:
                 raise
             except Exception as error:  # one replica's bug must not stop the others
                 log.exception("replica failed unexpectedly", extra={"binding": replica.key})
-                self._crash(replica, f"internal error: {error}")
+                # Whatever state it was in: an unexpected error backs off before a retry.
+                self._move(
+                    replica, BindingPhase.CRASH_LOOP_BACKOFF, error=f"internal error: {error}"
+                )
             await asyncio.sleep(self._backoff(replica))
 
     def _backoff(self, replica: Replica) -> float:
         return self.settings.backoff.delay(replica.state.failures)
-
-    def _crash(self, replica: Replica, error: str) -> None:
-        # Whatever state it was in: an unexpected error always backs off before a retry.
-        state = replica.state
-        replica.state = BindingState(
-            state=BindingPhase.CRASH_LOOP_BACKOFF,
-            restarts=state.restarts + 1,
-            last_error=error[:MAX_ERROR],
-            exit_code=state.exit_code,
-            failures=state.failures + 1,
-            failure=BindingPhase.CRASH_LOOP_BACKOFF,
-        )
-        self._report(replica)
 
     async def _run_once(self, replica: Replica) -> None:
         workload = replica.binding.spec.workload
@@ -414,15 +404,12 @@ class NodeRunner:
                         "configuration unreadable; keeping the last good one",
                         extra={"binding": replica.key, "error": str(error)},
                     )
-                    replica.state = replace(
-                        advance(replica.state, BindingPhase.READY, error=str(error)),
-                        config_error=str(error),
-                    )
+                    replica.state = stale_config(replica.state, str(error))
                     self._report(replica)
                 continue
             if replica.state.config_error is not None:
                 log.info("configuration readable again", extra={"binding": replica.key})
-                replica.state = replace(replica.state, config_error=None, last_error=None)
+                replica.state = stale_config(replica.state, None)
                 self._report(replica)
             if config.fingerprint == replica.config_fingerprint:
                 continue
@@ -462,14 +449,12 @@ class NodeRunner:
                 if attempt.failure is not None
                 else f"exited with code {attempt.exit_code}"
             )
-            replica.state = BindingState(
-                state=BindingPhase.RUNNING,
-                restarts=replica.state.restarts + 1,
-                last_error=f"attempt {attempt.attempt} failed: {detail}"[:MAX_ERROR],
+            self._move(
+                replica,
+                BindingPhase.RUNNING,
+                error=f"attempt {attempt.attempt} failed: {detail}",
                 exit_code=attempt.exit_code,
-                failures=replica.state.failures + 1,
             )
-            self._report(replica)
 
         runner = JobRunner(
             run_once=run_once,
