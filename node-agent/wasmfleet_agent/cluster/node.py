@@ -38,6 +38,7 @@ from wasmfleet_agent.cluster.runner import NodeRunner, RunnerSettings
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.serving import InProcessServer, Server
 from wasmfleet_agent.server.workers import WorkerPool
 from wasmfleet_agent.store import ModuleStore
 from wasmfleet_common.kube import API_ERRORS, KubeClient, KubeConfig, retry_until_stopped
@@ -128,8 +129,9 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
     )
     pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="wasm-request")
     workers: WorkerPool | None = None
+    server: Server
     if options.processes > 1:
-        workers = WorkerPool(
+        server = workers = WorkerPool(
             options.processes,
             cache_dir=options.state_dir / "compiled",
             threads=options.workers,
@@ -138,6 +140,8 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             unload_idle_seconds=options.unload_idle_seconds,
         )
         await workers.start()
+    else:
+        server = InProcessServer(runtime=runtime, pool=pool, metrics=metrics)
     kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)
     status = StatusWriter(kube)
     contact = ApiContact(kube, timeout=identity.lease_duration_seconds / 2)
@@ -153,10 +157,9 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         ),
         runtime=runtime,
         store=store,
-        pool=pool,
+        server=server,
         metrics=metrics,
         status=status,
-        workers=workers,
     )
     supervisor = Supervisor(
         stop, restart=True, on_restart=lambda name: metrics.task_restarts.labels(name).inc()
@@ -211,8 +214,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
     finally:
         stop.set()
         await runner.close()
-        if workers is not None:
-            await workers.close()
+        await server.close()
         await supervisor.close()
         if admin is not None:
             await admin.cleanup()

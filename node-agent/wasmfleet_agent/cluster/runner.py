@@ -26,12 +26,8 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Mapping
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-from aiohttp import web
 
 from wasmfleet_agent.cluster.bindings import StatusWriter
 from wasmfleet_agent.cluster.config import (
@@ -51,11 +47,11 @@ from wasmfleet_agent.lifecycle import (
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, ModuleSlot, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, RunResult, SandboxSpec
-from wasmfleet_agent.runtime.service import HttpModule, JobAttempt, JobRunner, run_job
-from wasmfleet_agent.server.http import HttpLimits, ServiceHandler
+from wasmfleet_agent.runtime.service import JobAttempt, JobRunner, run_job
+from wasmfleet_agent.server.http import HttpLimits
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
-from wasmfleet_agent.server.workers import WorkerError, WorkerPool, WorkerSite
+from wasmfleet_agent.server.serving import ServeError, Server
 from wasmfleet_agent.sockets import bind_in_namespace
 from wasmfleet_agent.store import ModuleStore
 from wasmfleet_api.binding import BindingPhase, WasmBinding
@@ -92,8 +88,6 @@ class Replica:
     module_digest: str | None = None
     config_fingerprint: str = ""
     task: asyncio.Task[None] | None = None
-    site: web.BaseRunner | WorkerSite | None = None
-    handler: ServiceHandler | None = None
     pinned: str | None = None
 
     @property
@@ -119,19 +113,17 @@ class NodeRunner:
         settings: RunnerSettings,
         runtime: Runtime,
         store: ModuleStore,
-        pool: Executor,
+        server: Server,
         metrics: AgentMetrics,
         status: StatusWriter,
-        workers: WorkerPool | None = None,
         contact: ApiContact | None = None,
     ) -> None:
         self.kube = kube
         self.contact = contact
-        self.workers = workers
+        self.server = server
         self.settings = settings
         self.runtime = runtime
         self.store = store
-        self.pool = pool
         self.metrics = metrics
         self.status = status
         self.replicas: dict[str, Replica] = {}
@@ -177,7 +169,7 @@ class NodeRunner:
             replica.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await replica.task
-        if replica.site is not None:
+        if replica.port is not None:
             if drain and self.settings.drain_seconds > 0:
                 await asyncio.sleep(self.settings.drain_seconds)
             if drain and self.contact is not None:
@@ -188,7 +180,7 @@ class NodeRunner:
                         extra={"binding": replica.key},
                     )
                 )
-            await replica.site.cleanup()
+            await self.server.stop(replica.key)
         if replica.pinned is not None:
             self.store.unpin(replica.pinned)
         shutil.rmtree(self._files_dir(replica), ignore_errors=True)
@@ -226,7 +218,7 @@ class NodeRunner:
             replica.binding,
             replica.state,
             address=self.settings.address,
-            port=replica.port if replica.site is not None else None,
+            port=replica.port,
             module_digest=replica.module_digest,
         )
         self.status.report(replica.namespace, replica.name, status)
@@ -282,7 +274,7 @@ class NodeRunner:
             if workload.http is not None:
                 try:
                     await self._serve(replica, compiled, spec, path)
-                except WorkerError as error:
+                except ServeError as error:
                     self._move(replica, BindingPhase.CRASH_LOOP_BACKOFF, error=str(error))
                     await asyncio.sleep(self._backoff(replica))
                     continue
@@ -330,67 +322,18 @@ class NodeRunner:
     async def _serve(
         self, replica: Replica, compiled: CompiledModule, spec: SandboxSpec, path: Path
     ) -> None:
-        http = replica.binding.spec.workload.http
-        assert http is not None
-        slot = self.runtime.slot(path, compiled)
-        module = self._http_module(replica, slot, spec)
-        if self.workers is not None:
-            order = self._order(replica, module, path)
-            if replica.site is None:
-                sock = bind_in_namespace(self.settings.netns, self.settings.address, 0)
-                replica.port = int(sock.getsockname()[1])
-                replica.site = await self.workers.serve(order, sock)
-            else:
-                await self.workers.update(order)
-        elif replica.site is None:
-            handler = ServiceHandler(
-                name=replica.label,
-                execute=module.execute,
-                limits=_http_limits(http),
-                pool=self.pool,
-                metrics=self.metrics,
-            )
-            site = await handler.runner()
-            sock = bind_in_namespace(self.settings.netns, self.settings.address, 0)
-            replica.port = int(sock.getsockname()[1])
-            await web.SockSite(site, sock).start()
-            replica.site, replica.handler = site, handler
+        order = _order(replica, self.runtime.slot(path, compiled), spec, path)
+        if replica.port is None:
+            listener = bind_in_namespace(self.settings.netns, self.settings.address, 0)
+            port = int(listener.getsockname()[1])
+            await self.server.serve(order, listener)
+            replica.port = port
         else:
-            assert replica.handler is not None
-            replica.handler.execute = module.execute
+            await self.server.update(order)
         self._move(replica, BindingPhase.READY)
-        await self._watch_config(replica, slot, path)
+        await self._watch_config(replica, order)
 
-    def _order(self, replica: Replica, module: HttpModule, path: Path) -> ServeOrder:
-        http = replica.binding.spec.workload.http
-        assert http is not None
-        return ServeOrder(
-            key=replica.key,
-            name=module.name,
-            module_path=path,
-            digest=module.compiled.digest,
-            fuel=module.compiled.settings.fuel,
-            spec=module.spec,
-            limits=module.limits,
-            http=_http_limits(http),
-            server_software=module.server_software,
-        )
-
-    def _http_module(self, replica: Replica, compiled: ModuleSlot, spec: SandboxSpec) -> HttpModule:
-        http = replica.binding.spec.workload.http
-        assert http is not None
-        return HttpModule(
-            name=replica.label,
-            compiled=compiled,
-            spec=spec,
-            limits=RunLimits(
-                deadline_seconds=parse_duration(http.timeout),
-                max_output=parse_quantity(http.max_response_size),
-            ),
-            server_software=f"wasmfleet-agent/{metadata.version('wasmfleet')}",
-        )
-
-    async def _watch_config(self, replica: Replica, compiled: ModuleSlot, path: Path) -> None:
+    async def _watch_config(self, replica: Replica, order: ServeOrder) -> None:
         """While serving: re-reads ConfigMaps and Secrets; new values reach new instances."""
         workload = replica.binding.spec.workload
         if not reads_objects(workload):
@@ -416,15 +359,10 @@ class NodeRunner:
             try:
                 spec = _sandbox(workload, config)
                 spec.check()
-                module = self._http_module(replica, compiled, spec)
             except SandboxConfigError as failure:
                 log.warning("new configuration refused", extra={"error": str(failure)})
                 continue
-            if self.workers is not None:
-                await self.workers.update(self._order(replica, module, path))
-            else:
-                assert replica.handler is not None
-                replica.handler.execute = module.execute
+            await self.server.update(replace(order, spec=spec))
             replica.config_fingerprint = config.fingerprint
             log.info("configuration changed; new instances see it", extra={"binding": replica.key})
 
@@ -496,4 +434,23 @@ def _http_limits(http: HttpSpec) -> HttpLimits:
         http.max_concurrency,
         parse_quantity(http.max_request_body_size),
         body_timeout=parse_duration(http.timeout),
+    )
+
+
+def _order(replica: Replica, module: ModuleSlot, spec: SandboxSpec, path: Path) -> ServeOrder:
+    http = replica.binding.spec.workload.http
+    assert http is not None
+    return ServeOrder(
+        key=replica.key,
+        name=replica.label,
+        module_path=path,
+        digest=module.digest,
+        fuel=module.settings.fuel,
+        spec=spec,
+        limits=RunLimits(
+            deadline_seconds=parse_duration(http.timeout),
+            max_output=parse_quantity(http.max_response_size),
+        ),
+        http=_http_limits(http),
+        module=module,
     )
