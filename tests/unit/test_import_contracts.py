@@ -60,6 +60,7 @@ def test_the_code_as_it_is_keeps_every_contract(copy: Path) -> None:
         ("wasmfleet_agent/runtime/engine.py", "wasmfleet_agent.server.http", "Inside the agent"),
         ("wasmfleet_api/units.py", "wasmfleet_common.kube", "Programs over shared packages"),
         ("wasmfleet_operator/render.py", "wasmfleet_operator.reconciler", "Inside the operator"),
+        ("wasmfleet_agent/cluster/plans.py", "wasmfleet_agent.cluster.runner", "cluster side"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

@@ -1,0 +1,67 @@
+"""While an http replica serves, its ConfigMaps and Secrets are read again: a change reaches
+the next instances without a new revision.
+
+`refresh_config` reads every few seconds; when what it read changed (another fingerprint),
+it hands the new configuration over (the runner plans a new sandbox and puts a new order in
+place). A read that fails keeps the last good configuration serving and is reported, once per
+distinct error, until a read succeeds again. The reading, the new order and the report are
+the caller's, so this loop holds only the timing and the rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from wasmfleet_agent.cluster.config import ConfigError, ResolvedConfig
+from wasmfleet_agent.runtime.errors import SandboxConfigError
+
+__all__ = ["refresh_config"]
+
+log = logging.getLogger(__name__)
+
+
+async def refresh_config(
+    *,
+    every: float,
+    fingerprint: str,
+    read: Callable[[], Awaitable[ResolvedConfig]],
+    apply: Callable[[ResolvedConfig], Awaitable[None]],
+    report: Callable[[str | None], None],
+    key: str,
+) -> None:
+    """Runs until cancelled, reading the configuration every ``every`` seconds.
+
+    ``fingerprint`` is that of the configuration being served. A configuration with another
+    fingerprint goes to ``apply``, which raises `SandboxConfigError` to refuse it (the last
+    one keeps serving). A `ConfigError` from ``read`` goes to ``report``, and so does None on
+    the first successful read after one. ``key`` names the binding in the log.
+    """
+    unreadable: str | None = None
+    while True:
+        await asyncio.sleep(every)
+        try:
+            config = await read()
+        except ConfigError as error:
+            if str(error) != unreadable:
+                log.warning(
+                    "configuration unreadable; keeping the last good one",
+                    extra={"binding": key, "error": str(error)},
+                )
+                unreadable = str(error)
+                report(unreadable)
+            continue
+        if unreadable is not None:
+            log.info("configuration readable again", extra={"binding": key})
+            unreadable = None
+            report(None)
+        if config.fingerprint == fingerprint:
+            continue
+        try:
+            await apply(config)
+        except SandboxConfigError as failure:
+            log.warning("new configuration refused", extra={"binding": key, "error": str(failure)})
+            continue
+        fingerprint = config.fingerprint
+        log.info("configuration changed; new instances see it", extra={"binding": key})
