@@ -41,6 +41,7 @@ from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.serving import InProcessServer, Server
 from wasmfleet_agent.server.workers import WorkerPool
 from wasmfleet_agent.store import ModuleStore
+from wasmfleet_api.units import format_time
 from wasmfleet_common.kube import API_ERRORS, KubeClient, KubeConfig, retry_until_stopped
 from wasmfleet_common.supervisor import Supervisor
 from wasmfleet_oci.client import ClientSettings, RegistryClient
@@ -69,10 +70,12 @@ class NodeOptions:
     fault_injection: bool = False
 
 
-async def _register(kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event) -> bool:
-    """Applies the WasmAgent, retrying with backoff; False if stopped first."""
+async def _register(
+    kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event, *, since: str
+) -> bool:
+    """Applies the WasmAgent, ready ``since``, retrying with backoff; False if stopped first."""
     return await retry_until_stopped(
-        lambda: apply_agent(kube, identity, allocated=0, ready=True),
+        lambda: apply_agent(kube, identity, allocated=0, ready=True, since=since),
         stop,
         on_error=lambda error, delay: log.warning(
             "registration failed (%s); retrying in %.1fs", error, delay
@@ -88,21 +91,30 @@ async def report_allocation(
     *,
     interval: float = 10.0,
     health: Callable[[], tuple[bool, str]] | None = None,
+    since: str | None = None,
 ) -> None:
     """Keeps WasmAgent.status (``allocated``, and the Ready condition from ``health``) current,
-    one write per ``interval`` at most."""
+    one write per ``interval`` at most. The condition keeps the time it last changed (its
+    status; ``since`` is the registration's), however often the allocation does."""
     reported: tuple[int, bool, str] = (0, True, "")
+    since = since or format_time()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
         ready, why = health() if health is not None else (True, "")
         current = (len(replicas), ready, "" if ready else why)
         if current != reported and not stop.is_set():
+            changed = since if ready == reported[1] else format_time()
             try:
                 await apply_agent(
-                    kube, identity, allocated=current[0], ready=current[1], why=current[2]
+                    kube,
+                    identity,
+                    allocated=current[0],
+                    ready=current[1],
+                    why=current[2],
+                    since=changed,
                 )
-                reported = current
+                reported, since = current, changed
             except API_ERRORS as error:
                 log.warning("agent status not written: %s", error)
 
@@ -184,8 +196,9 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         admin = web.AppRunner(app, access_log=None)
         await admin.setup()
         await web.TCPSite(admin, options.admin_host, options.admin_port).start()
+    registered = format_time()  # when this agent became ready, as its WasmAgent says
     try:
-        if await _register(kube, identity, stop):
+        if await _register(kube, identity, stop, since=registered):
             log.info(
                 "agent registered",
                 extra={"node": identity.node_name, "address": identity.address},
@@ -206,7 +219,12 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             supervisor.start(
                 "allocation",
                 lambda: report_allocation(
-                    kube, identity, runner.replicas, stop, health=supervisor.health
+                    kube,
+                    identity,
+                    runner.replicas,
+                    stop,
+                    health=supervisor.health,
+                    since=registered,
                 ),
                 critical=False,
             )

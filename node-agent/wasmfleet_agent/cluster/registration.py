@@ -59,9 +59,15 @@ class AgentIdentity:
 
 
 def render_agent(
-    identity: AgentIdentity, *, allocated: int, ready: bool, why: str = ""
+    identity: AgentIdentity,
+    *,
+    allocated: int,
+    ready: bool,
+    why: str = "",
+    since: str | None = None,
 ) -> WasmAgent:
-    """The WasmAgent of this agent, status included (``why`` it is not ready)."""
+    """The WasmAgent of this agent, status included (``why`` it is not ready; ``since``: when
+    it last became ready or not, now if not given)."""
     return WasmAgent(
         metadata={"name": identity.node_name, "labels": {LEASE_LABEL: "true"}},
         spec=WasmAgentSpec(node_name=identity.node_name, lease_namespace=identity.lease_namespace),
@@ -80,7 +86,7 @@ def render_agent(
                     status="True" if ready else "False",
                     reason="AgentReady" if ready else "AgentUnhealthy",
                     message="the agent serves its bindings" if ready else why or "starting",
-                    last_transition_time=format_time(),
+                    last_transition_time=since or format_time(),
                 )
             ],
         ),
@@ -118,10 +124,16 @@ def render_lease(identity: AgentIdentity, *, renew_time: str | None = None) -> d
 
 
 async def apply_agent(
-    kube: KubeClient, identity: AgentIdentity, *, allocated: int, ready: bool, why: str = ""
+    kube: KubeClient,
+    identity: AgentIdentity,
+    *,
+    allocated: int,
+    ready: bool,
+    why: str = "",
+    since: str | None = None,
 ) -> None:
     obj, status = render_agent_writes(
-        render_agent(identity, allocated=allocated, ready=ready, why=why)
+        render_agent(identity, allocated=allocated, ready=ready, why=why, since=since)
     )
     await kube.apply(obj)
     await kube.apply_status(status)
