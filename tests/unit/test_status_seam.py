@@ -11,7 +11,12 @@ import json
 from typing import Any
 
 from wasmfleet_agent.cluster.registration import AgentIdentity, render_agent, render_agent_writes
-from wasmfleet_agent.lifecycle import BindingState, advance, render_binding_status
+from wasmfleet_agent.lifecycle import (
+    BindingState,
+    advance,
+    render_binding_status,
+    stale_config,
+)
 from wasmfleet_api.agent import WasmAgent
 from wasmfleet_api.binding import BindingPhase, WasmBinding
 from wasmfleet_api.wasmservice import WasmService
@@ -113,7 +118,7 @@ def test_a_replica_retried_after_a_crash_keeps_the_service_crash_looping() -> No
 
 def test_a_replica_on_its_last_good_configuration_is_ready_and_reported_stale() -> None:
     service = _service()
-    stale = BindingState(state=BindingPhase.READY, config_error="Secret s1 not found")
+    stale = stale_config(_walk(*READY), "Secret s1 not found")
     plan = _plan(service, _reported(service, "node-a", stale, port=31000))
     assert _condition(plan, "Ready") == ("True", "AllReplicasReady")
     assert _condition(plan, "Degraded") == ("True", "StaleConfiguration")
