@@ -50,8 +50,7 @@ from wasmfleet_agent.cluster.registration import (
     heartbeat,
     render_lease,
 )
-from wasmfleet_agent.cluster.runner import render_binding_status
-from wasmfleet_agent.lifecycle import BindingState
+from wasmfleet_agent.lifecycle import BindingState, render_binding_status
 from wasmfleet_api.base import API_VERSION
 from wasmfleet_api.binding import BindingPhase, WasmBinding
 from wasmfleet_common.kube import (

@@ -662,3 +662,36 @@ def _restart(operator: OperatorProcess) -> None:
         interval=0.1,
         message=lambda: f"{operator.name} did not start again\n{operator.process.log_tail()}",
     )
+
+
+# ---- 7: an agent's own status ----------------------------------------------------------------
+
+
+def test_an_agents_ready_condition_keeps_its_transition_time_while_its_allocation_changes(
+    fleet: LocalFleet, namespace: str, images: dict[str, str]
+) -> None:
+    """A condition's lastTransitionTime says when its status last changed. The agent rewrites
+    its WasmAgent's status when the replicas it hosts change; a Ready agent that stays Ready
+    keeps the time it became Ready (the operator reads a changed condition as news)."""
+    plane = fleet.plane
+
+    def agent() -> dict[str, Any]:
+        found: dict[str, Any] = plane.kubectl_json("get", "wasmagent", "cp-b")
+        return found
+
+    def ready(obj: dict[str, Any]) -> dict[str, Any]:
+        return next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+
+    wait_until(lambda: ready(agent())["status"] == "True", timeout=90, interval=0.5)
+    before = agent()
+    apply_object(plane, namespace, wasm_service("counted", images["hello-c"], replicas=2, http={}))
+    wait_ready(fleet, namespace, "counted", 2)
+    wait_until(
+        lambda: agent()["status"]["allocated"] != before["status"]["allocated"],
+        timeout=30,
+        interval=0.2,
+        message=lambda: str(agent()["status"]),
+    )
+    after = ready(agent())
+    assert after["status"] == "True", after
+    assert after["lastTransitionTime"] == ready(before)["lastTransitionTime"], (before, after)

@@ -379,3 +379,70 @@ def test_the_api_server_killed_and_restarted_on_the_same_data(
         converge,
         outage_s=round(outage, 1),
     )
+
+
+def test_a_replica_reading_a_configmap_is_not_restarted_by_a_cut_from_the_api_server(
+    fleet: LocalFleet,
+    namespace: str,
+    registry: Registry,
+    wasm_modules: dict[str, Path],
+    relays: dict[str, Relay],
+) -> None:
+    """Its agent reads the replica's ConfigMap again every second; while the API server is out
+    of reach those reads fail, and the replica must go on serving as it was, neither
+    restarted nor failing (the outage is the agent's, shown by its Lease). Once the agent is
+    back, its next read finds the ConfigMap deleted: the status that reports that (the last
+    good configuration kept) is written after everything the cut did to the replica."""
+    plane = fleet.plane
+    image = f"{registry.host}/{namespace}/configured:1.0"
+    push_module(wasm_modules["hello-c"], image)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "greeting"},
+        "data": {"text": "hello"},
+    }
+    apply_object(plane, namespace, config_map)
+    source = {"configMapKeyRef": {"name": "greeting", "key": "text"}}
+    apply_object(
+        plane,
+        namespace,
+        wasm_service(
+            "configured", image, replicas=1, http={}, env=[{"name": "T", "valueFrom": source}]
+        ),
+    )
+    wait_ready(fleet, namespace, "configured", 1)
+    (binding,) = bindings_of(plane, namespace, "configured")
+    node = binding["spec"]["nodeName"]
+    log = fleet.agents[node].process.log_path
+
+    def renewals_failed() -> int:
+        return log.read_text(errors="replace").count("lease renewal failed")
+
+    before = renewals_failed()
+    relays[node].cut()
+    try:
+        # A failed renewal closes every connection of the agent, the ConfigMap read that
+        # hung on a silent one included: from here on reads have failed.
+        wait_until(
+            lambda: renewals_failed() > before,
+            timeout=10,
+            interval=0.1,
+            message="the agent never noticed the cut",
+        )
+    finally:
+        relays[node].heal()
+    plane.kubectl("delete", "configmap", "greeting", "-n", namespace)
+
+    def reported() -> dict[str, Any]:
+        (now,) = bindings_of(plane, namespace, "configured")
+        return dict(now.get("status") or {})
+
+    def serves_last_good() -> bool:
+        conditions = reported().get("conditions") or []
+        return any(c["type"] == "ConfigurationCurrent" for c in conditions)
+
+    wait_until(serves_last_good, timeout=30, interval=0.2, message=lambda: str(reported()))
+    status = reported()
+    assert (status["phase"], status["ready"], status["restarts"]) == ("Ready", True, 0), status
+    assert not [c for c in status["conditions"] if c["type"] == "Failing"], status

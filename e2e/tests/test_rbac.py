@@ -18,7 +18,12 @@ from typing import Any
 
 import pytest
 
-from wasmfleet_agent.cluster.registration import AgentIdentity, render_agent, render_lease
+from wasmfleet_agent.cluster.registration import (
+    AgentIdentity,
+    render_agent,
+    render_agent_writes,
+    render_lease,
+)
 from wasmfleet_api.base import API_VERSION
 from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.chart import ChartIdentities, run_as_chart_identities
@@ -123,13 +128,7 @@ CASES = [
         "ClusterRole",
         ("wasmagents",),
         ("get", "create", "patch"),
-        lambda k: k.apply(
-            {
-                k_: v
-                for k_, v in render_agent(IDENTITY, allocated=0, ready=True).items()
-                if k_ != "status"
-            }
-        ),
+        lambda k: k.apply(render_agent_writes(render_agent(IDENTITY, allocated=0, ready=True))[0]),
         'resource "wasmagents"',
     ),
     Case(
@@ -137,7 +136,9 @@ CASES = [
         "ClusterRole",
         ("wasmagents/status",),
         ("patch",),
-        lambda k: k.apply_status(render_agent(IDENTITY, allocated=0, ready=True)),
+        lambda k: k.apply_status(
+            render_agent_writes(render_agent(IDENTITY, allocated=0, ready=True))[1]
+        ),
         'resource "wasmagents/status"',
     ),
     Case(

@@ -42,6 +42,7 @@ from kubernetes import client, config
 from pydantic import ValidationError
 
 from wasmfleet_api.base import GROUP, VERSION
+from wasmfleet_api.binding import BindingPhase, WasmBindingStatus
 from wasmfleet_api.units import parse_duration, parse_quantity
 from wasmfleet_api.wasmservice import WasmService
 from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, resource_for
@@ -586,20 +587,24 @@ def _honour(service: WasmService) -> list[dict[str, Any]]:
     """The operator's own pass (`plan_service`) over ``service`` with its module resolved to
     DIGEST, beside a ready replica of an older revision on node-a; returns the objects the pass
     writes (bindings first)."""
-    old = render_binding(
+    rendered = render_binding(
         service,
         node="node-a",
         revision=render_revision(service.spec.workload(), OLD_DIGEST),
         digest=OLD_DIGEST,
     )
-    old["metadata"]["generation"] = 1
-    old["status"] = {
-        "phase": "Ready",
-        "ready": True,
-        "address": "10.0.0.1",
-        "port": 8080,
-        "observedGeneration": 1,
-    }
+    old = rendered.model_copy(
+        update={
+            "metadata": {**rendered.metadata, "generation": 1},
+            "status": WasmBindingStatus(
+                phase=BindingPhase.READY,
+                ready=True,
+                address="10.0.0.1",
+                port=8080,
+                observed_generation=1,
+            ),
+        }
+    )
     plan = plan_service(
         ServiceView(
             service=service,
@@ -614,16 +619,21 @@ def _honour(service: WasmService) -> list[dict[str, Any]]:
             now="2026-01-01T00:00:00Z",
         )
     )
-    placed = [b["spec"]["nodeName"] for b in plan.create]
+    placed = [b.spec.node_name for b in plan.create]
     assert len(placed) == len(set(placed)), plan.placements
     assert set(placed) <= {n.name for n in NODES}, plan.placements
     assert len(placed) <= service.spec.replicas, plan.placements
-    assert set(plan.delete) <= {old["metadata"]["name"]}, plan.placements
+    assert set(plan.delete) <= {old.metadata["name"]}, plan.placements
     assert not plan.put_back, "a binding the operator rendered itself counts as drifted"
     assert not plan.remove_drifted, "a binding the operator rendered itself counts as drifted"
     if service.spec.http is not None:
         assert plan.status.url == render_url(service)
-    return [old, *plan.create, *plan.service_objects, *plan.endpoint_slices]
+    return [
+        old.to_kube(),
+        *(b.to_kube() for b in plan.create),
+        *plan.service_objects,
+        *plan.endpoint_slices,
+    ]
 
 
 # ---- the property ------------------------------------------------------------------------

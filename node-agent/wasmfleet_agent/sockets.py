@@ -47,7 +47,9 @@ def bind_in_namespace(netns: Path | None, address: str, port: int = 0) -> socket
 
 
 def _listen(address: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # an IPv6 literal (``serve --host ::1``) needs an IPv6 socket; anything else is IPv4
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))

@@ -15,7 +15,6 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 from aiohttp import web
@@ -23,12 +22,13 @@ from aiohttp import web
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
-from wasmfleet_agent.runtime.service import HttpModule, run_job
+from wasmfleet_agent.runtime.service import run_job
 from wasmfleet_agent.server.admin import build_admin_app
-from wasmfleet_agent.server.http import HttpLimits, ServiceHandler
+from wasmfleet_agent.server.http import HttpLimits
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
-from wasmfleet_agent.server.workers import WorkerError, WorkerPool
+from wasmfleet_agent.server.serving import InProcessServer, ServeError, Server
+from wasmfleet_agent.server.workers import WorkerPool
 from wasmfleet_agent.sockets import bind_in_namespace
 from wasmfleet_agent.store import LocatedModule, ModuleStore, PullPolicy, locate
 from wasmfleet_oci import auth, errors
@@ -191,100 +191,58 @@ async def serve(
             await admin_runner.cleanup()
         return 1
     name = options.source
-    try:
-        module = HttpModule(
-            name=name,
-            compiled=loaded.runtime.slot(loaded.located.path, loaded.compiled),
-            spec=_spec(options, ()),
-            limits=RunLimits(
-                deadline_seconds=serve_options.timeout, max_output=serve_options.max_response
-            ),
-            server_software=f"wasmfleet-agent/{metadata.version('wasmfleet')}",
+    # a client has as long to send its body as the module to answer it
+    order = ServeOrder(
+        key=name,
+        name=name,
+        module_path=loaded.located.path,
+        digest=loaded.located.digest,
+        fuel=options.fuel is not None,
+        spec=_spec(options, ()),
+        limits=RunLimits(
+            deadline_seconds=serve_options.timeout, max_output=serve_options.max_response
+        ),
+        http=HttpLimits(
+            serve_options.max_concurrency,
+            serve_options.max_request_body,
+            serve_options.timeout,
+            serve_options.idle_timeout,
+        ),
+        module=loaded.runtime.slot(loaded.located.path, loaded.compiled),
+    )
+    pool: ThreadPoolExecutor | None = None
+    server: Server
+    if workers is None:
+        pool = ThreadPoolExecutor(
+            max_workers=serve_options.max_concurrency, thread_name_prefix="wasm-request"
         )
-    except SandboxConfigError as error:
-        print(f"wasmfleet-agent serve: {error}", file=sys.stderr)
-        return 1
-    # a client has as long to send its body as the module has to answer it
-    limits = HttpLimits(
-        serve_options.max_concurrency,
-        serve_options.max_request_body,
-        serve_options.timeout,
-        serve_options.idle_timeout,
-    )
-    if workers is not None:
-        return await _serve_in_workers(
-            workers, loaded, module, limits, serve_options, admin_runner, stop, ready
-        )
-    pool = ThreadPoolExecutor(
-        max_workers=serve_options.max_concurrency, thread_name_prefix="wasm-request"
-    )
-    handler = ServiceHandler(
-        name=name, execute=module.execute, limits=limits, pool=pool, metrics=metrics
-    )
-    runner = await handler.runner()
+        server = InProcessServer(runtime=loaded.runtime, pool=pool, metrics=metrics)
+    else:
+        server = workers
     try:
-        await web.TCPSite(runner, serve_options.host, serve_options.port).start()
+        order.spec.check()
+        if workers is not None:
+            await workers.start()
+        await server.serve(order, bind_in_namespace(None, serve_options.host, serve_options.port))
         ready.set()
         _log.info(
             "serving",
             extra={
                 "wasm_module": name,
                 "url": f"http://{serve_options.host}:{serve_options.port}/",
+                **({"processes": workers.pids} if workers is not None else {}),
             },
         )
         await stop.wait()
-    finally:
-        await runner.cleanup()
-        if admin_runner is not None:
-            await admin_runner.cleanup()
-        pool.shutdown(wait=False, cancel_futures=True)
-        await loaded.store.close()
-        loaded.runtime.close()
-    return 0
-
-
-async def _serve_in_workers(
-    workers: WorkerPool,
-    loaded: _Loaded,
-    module: HttpModule,
-    limits: HttpLimits,
-    serve_options: ServeOptions,
-    admin_runner: web.AppRunner | None,
-    stop: asyncio.Event,
-    ready: asyncio.Event,
-) -> int:
-    order = ServeOrder(
-        key=module.name,
-        name=module.name,
-        module_path=loaded.located.path,
-        digest=loaded.located.digest,
-        fuel=module.spec.fuel is not None,
-        spec=module.spec,
-        limits=module.limits,
-        http=limits,
-        server_software=module.server_software,
-    )
-    try:
-        await workers.start()
-        listener = bind_in_namespace(None, serve_options.host, serve_options.port)
-        await workers.serve(order, listener)
-        _log.info(
-            "serving",
-            extra={
-                "wasm_module": module.name,
-                "url": f"http://{serve_options.host}:{serve_options.port}/",
-                "processes": workers.pids,
-            },
-        )
-        ready.set()
-        await stop.wait()
-    except (WorkerError, OSError) as error:
+    except (SandboxConfigError, ServeError, OSError) as error:
         print(f"wasmfleet-agent serve: {error}", file=sys.stderr)
         return 1
     finally:
-        await workers.close()
+        await server.close()
         if admin_runner is not None:
             await admin_runner.cleanup()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         await loaded.store.close()
         loaded.runtime.close()
     return 0

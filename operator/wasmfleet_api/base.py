@@ -100,9 +100,15 @@ class KubeModel(BaseModel):
         frozen=True,
     )
 
-    def to_kube(self) -> dict[str, Any]:
-        """The object as Kubernetes JSON: aliases, and no field left at None."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+    def to_kube(self, *, only_set: bool = False) -> dict[str, Any]:
+        """The object as Kubernetes JSON: aliases, and no field left at None.
+
+        With ``only_set``, only the fields it was built with: a server-side apply owns every
+        field it sends, so a writer that shares an object sends what it sets, not defaults.
+        """
+        return self.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude_unset=only_set
+        )
 
 
 def _duration_rule(minimum: str, maximum: str) -> dict[str, Any]:

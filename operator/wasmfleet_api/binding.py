@@ -18,6 +18,8 @@ from wasmfleet_api.workload import WorkloadSpec
 
 __all__ = [
     "BINDING_PHASES",
+    "STALE_CONFIGURATION_REASON",
+    "BindingCondition",
     "BindingPhase",
     "WasmBinding",
     "WasmBindingSpec",
@@ -56,6 +58,22 @@ class BindingPhase(StrEnum):
 
 
 BINDING_PHASES: tuple[str, ...] = tuple(phase.value for phase in BindingPhase)
+
+
+class BindingCondition(StrEnum):
+    """The conditions an agent reports on a binding when its phase does not say enough: the
+    agent writes them and the operator reads them, so both use these names."""
+
+    FAILING = "Failing"
+    """True while the replica fails or is retried after a failure; the reason is the failing
+    phase (PullBackOff, CrashLoopBackOff, Failed), kept until the replica is ready again."""
+    CONFIGURATION_CURRENT = "ConfigurationCurrent"
+    """False while a ready replica serves its last good configuration because a ConfigMap or
+    Secret it reads cannot be read; the message says why."""
+
+
+STALE_CONFIGURATION_REASON = "SourceUnreadable"
+"""The reason of ConfigurationCurrent=False."""
 
 _DIGEST_RULE = rule(
     "self.matches(r'^sha256:[a-f0-9]{64}$')", "must be a sha256 digest: sha256:<64 hex digits>"
@@ -100,6 +118,21 @@ class WasmBindingStatus(KubeModel):
     """Exit code of the latest run (job mode)."""
     conditions: list[Condition] = Field(default_factory=list)
     """Detailed conditions, when the phase is not enough."""
+
+    def _condition(self, type_: BindingCondition, status: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_ and c.status == status), None)
+
+    @property
+    def failure(self) -> str | None:
+        """The failing phase the replica is in or is retried after (`BindingCondition.FAILING`)."""
+        condition = self._condition(BindingCondition.FAILING, "True")
+        return (condition.reason or None) if condition is not None else None
+
+    @property
+    def stale_configuration(self) -> str | None:
+        """Why the replica serves its last good configuration, when it does."""
+        condition = self._condition(BindingCondition.CONFIGURATION_CURRENT, "False")
+        return (condition.message or None) if condition is not None else None
 
 
 class WasmBinding(KubeObject):

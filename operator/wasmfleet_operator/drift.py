@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
-from wasmfleet_api.workload import WorkloadSpec
+from wasmfleet_api.binding import WasmBinding
 from wasmfleet_operator.render import render_revision
 
 __all__ = ["binding_drift", "drifted_fields"]
@@ -48,20 +46,18 @@ def drifted_fields(observed: Any, wanted: Any, path: str = "") -> list[str]:
     return [] if observed == wanted else [path or "."]
 
 
-def binding_drift(binding: Mapping[str, Any], desired: Mapping[str, Any] | None) -> list[str]:
+def binding_drift(binding: WasmBinding, desired: WasmBinding | None) -> list[str]:
     """How ``binding`` differs from what the operator wrote: the fields of ``desired`` (the
     binding as the operator would render it now, for the current revision) that it does not
     hold, or, for any revision, the fact that its spec no longer hashes to its revision."""
-    spec = binding.get("spec") or {}
+    spec = binding.spec
     found = []
-    try:
-        workload = WorkloadSpec.model_validate(spec.get("workload") or {})
-        if render_revision(workload, str(spec.get("digest"))) != spec.get("revision"):
-            found.append("spec (no longer the spec of its revision)")
-    except ValidationError:
-        found.append("spec.workload (not a valid workload)")
+    if render_revision(spec.workload, spec.digest) != spec.revision:
+        found.append("spec (no longer the spec of its revision)")
     if desired is not None:
         found += [
-            f"spec.{field}" for field in drifted_fields(spec, desired.get("spec") or {}) if field
+            f"spec.{field}"
+            for field in drifted_fields(spec.to_kube(), desired.spec.to_kube())
+            if field
         ]
     return sorted(set(found))

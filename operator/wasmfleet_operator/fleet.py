@@ -1,7 +1,8 @@
 """The operator's view of the nodes: agents, their heartbeats, Node labels, and load.
 
-Fed by watch events (WasmAgents, agent Leases, Nodes, WasmBindings), read by the reconciler
-through `node_infos` and `readiness`. Liveness is judged as Kubernetes' node lifecycle
+Fed by watch events (WasmAgents and WasmBindings as the API types they are written with;
+agent Leases and Nodes as Kubernetes sends them), read by the reconciler through `node_infos`
+and `liveness_all`. Liveness is judged as Kubernetes' node lifecycle
 controller judges it: by when *this* process last saw a Lease's renewTime change (a monotonic
 clock), never by comparing the agent's clock with ours. An agent is NotReady once its Lease
 has not changed for ``leaseDurationSeconds``; it is lost (its replicas move) once it has
@@ -16,11 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from wasmfleet_api.agent import WasmAgent, WasmAgentStatus
+from wasmfleet_api.binding import WasmBinding
 from wasmfleet_operator.planner import NodeInfo, Taint
 
 __all__ = ["Fleet", "Liveness"]
 
 ARCH_LABEL = "kubernetes.io/arch"
+_NO_STATUS = WasmAgentStatus()
+"""An agent that has not reported yet: the API's defaults."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Fleet:
 
     grace_period: float = 40.0
     clock: Any = time.monotonic
-    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    agents: dict[str, WasmAgent] = field(default_factory=dict)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     heartbeats: dict[str, _Heartbeat] = field(default_factory=dict)
     first_seen: dict[str, float] = field(default_factory=dict)
@@ -50,13 +55,13 @@ class Fleet:
 
     # ---- updates -----------------------------------------------------------------
 
-    def update_agent(self, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
-        name = obj["metadata"]["name"]
+    def update_agent(self, agent: WasmAgent, *, deleted: bool = False) -> None:
+        name = agent.metadata["name"]
         if deleted:
             self.agents.pop(name, None)
             self.first_seen.pop(name, None)
             return
-        self.agents[name] = dict(obj)
+        self.agents[name] = agent
         self.first_seen.setdefault(name, self.clock())
 
     def update_node(self, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
@@ -80,13 +85,13 @@ class Fleet:
         else:
             known.duration = duration
 
-    def update_binding(self, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
-        metadata = obj["metadata"]
+    def update_binding(self, binding: WasmBinding, *, deleted: bool = False) -> None:
+        metadata = binding.metadata
         key = f"{metadata['namespace']}/{metadata['name']}"
         if deleted:
             self.binding_nodes.pop(key, None)
         else:
-            self.binding_nodes[key] = str((obj.get("spec") or {}).get("nodeName", ""))
+            self.binding_nodes[key] = binding.spec.node_name
 
     # ---- reads -------------------------------------------------------------------
 
@@ -118,14 +123,18 @@ class Fleet:
             return {name: Liveness(ready=False, lost=False) for name in everyone}
         return everyone
 
+    def _status(self, name: str) -> WasmAgentStatus:
+        agent = self.agents.get(name)
+        return agent.status if agent is not None and agent.status is not None else _NO_STATUS
+
     def address(self, name: str) -> str:
-        return str((self.agents.get(name, {}).get("status") or {}).get("address", ""))
+        return self._status(name).address
 
     def architecture(self, name: str) -> str:
         labels = (self.nodes.get(name, {}).get("metadata") or {}).get("labels") or {}
         if ARCH_LABEL in labels:
             return str(labels[ARCH_LABEL])
-        return str((self.agents.get(name, {}).get("status") or {}).get("architecture", ""))
+        return self._status(name).architecture
 
     def node_infos(self, now: float | None = None) -> list[NodeInfo]:
         now = self.clock() if now is None else now
@@ -146,8 +155,6 @@ class Fleet:
                 )
                 for t in node_spec.get("taints") or []
             )
-            status = agent.get("status") or {}
-            capacity = int((status.get("capacity") or {}).get("services", 256))
             live = liveness[name]
             infos.append(
                 NodeInfo(
@@ -157,11 +164,8 @@ class Fleet:
                     taints=taints,
                     ready=live.ready,
                     lost=live.lost,
-                    schedulable=not (
-                        (agent.get("spec") or {}).get("unschedulable")
-                        or node_spec.get("unschedulable")
-                    ),
-                    capacity=capacity,
+                    schedulable=not (agent.spec.unschedulable or node_spec.get("unschedulable")),
+                    capacity=self._status(name).capacity.services,
                     allocated=load[name],
                 )
             )

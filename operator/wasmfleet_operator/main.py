@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
+from wasmfleet_api.agent import WasmAgent
 from wasmfleet_api.base import API_VERSION, GROUP, VERSION
 from wasmfleet_common.kube import (
     KubeClient,
@@ -45,7 +47,7 @@ from wasmfleet_oci.client import ClientSettings
 from wasmfleet_operator.fleet import Fleet, Liveness
 from wasmfleet_operator.leader import LeaderElector, LostLeadershipError
 from wasmfleet_operator.metrics import OperatorMetrics, serve_health
-from wasmfleet_operator.reconciler import Reconciler, ReconcilerSettings
+from wasmfleet_operator.reconciler import Reconciler, ReconcilerSettings, invalid_spec_message
 from wasmfleet_operator.render import LABEL_SERVICE
 from wasmfleet_operator.resolver import Resolver
 
@@ -108,11 +110,13 @@ def build_registry(reconciler: Reconciler, options: OperatorOptions) -> kopf.Ope
 
     @kopf.on.event(GROUP, VERSION, "wasmagents", registry=registry)
     async def on_agent(event: Mapping[str, Any], **_: Any) -> None:
-        obj = event["object"]
-        before = fleet.agents.get(obj["metadata"]["name"], {})
-        fleet.update_agent(obj, deleted=deleted(event))
+        agent = _parse_agent(event["object"])
+        if agent is None:
+            return
+        before = fleet.agents.get(agent.metadata["name"])
+        fleet.update_agent(agent, deleted=deleted(event))
         # status.allocated changes all the time and the planner counts bindings itself
-        if _agent_view(before) != _agent_view(obj) or deleted(event):
+        if _agent_view(before) != _agent_view(agent) or deleted(event):
             reconciler.enqueue_all()
 
     @kopf.on.event(
@@ -176,10 +180,25 @@ def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
     )
 
 
-def _agent_view(agent: Mapping[str, Any]) -> Any:
-    status = dict(agent.get("status") or {})
-    status.pop("allocated", None)
-    return agent.get("spec"), status, (agent.get("metadata") or {}).get("labels")
+def _parse_agent(obj: Mapping[str, Any]) -> WasmAgent | None:
+    """The WasmAgent as its agent wrote it; None (logged) if it does not parse, which leaves
+    what the fleet knew of that agent as it was."""
+    try:
+        return WasmAgent.model_validate(obj)
+    except ValidationError as error:
+        log.error(
+            "unreadable WasmAgent",
+            extra={"agent": obj["metadata"].get("name"), "error": invalid_spec_message(error)},
+        )
+        return None
+
+
+def _agent_view(agent: WasmAgent | None) -> Any:
+    """What the scheduler reads of an agent: everything but ``status.allocated``."""
+    if agent is None:
+        return None
+    status = agent.status.model_copy(update={"allocated": 0}) if agent.status else None
+    return agent.spec, status, agent.metadata.get("labels")
 
 
 def _scheduling_view(node: Mapping[str, Any]) -> Any:
@@ -207,11 +226,17 @@ async def _prime(
 
 async def _list_everything(kube: KubeClient, reconciler: Reconciler, namespace: str) -> None:
     fleet = reconciler.fleet
+
+    def _update_agent(obj: Mapping[str, Any]) -> None:
+        agent = _parse_agent(obj)
+        if agent is not None:
+            fleet.update_agent(agent)
+
     listings: list[tuple[str, Callable[[Mapping[str, Any]], None], dict[str, str]]] = [
-        ("WasmAgent", lambda o: fleet.update_agent(o), {}),
+        ("WasmAgent", _update_agent, {}),
         ("Node", lambda o: fleet.update_node(o), {}),
         ("Lease", lambda o: fleet.update_lease(o), {"label_selector": f"{AGENT_LEASE_LABEL}=true"}),
-        ("WasmBinding", lambda o: fleet.update_binding(o), {}),
+        ("WasmBinding", lambda o: reconciler.on_binding(o, deleted=False), {}),
         ("WasmService", lambda o: reconciler.on_service(o, deleted=False), {}),
     ]
     for kind in ("Service", "EndpointSlice"):

@@ -20,6 +20,10 @@ everything as well. A binding edited by hand (`drift.binding_drift`) is put back
 when it belongs to an old revision, with a Warning Event, and counts as not serving until its
 agent has acted on the restored spec (``status.observedGeneration``).
 
+Bindings are parsed as the API type where they arrive (a watch event, a pass's list), so
+everything after reads their status through the model its agents write it with; one that
+does not parse is deleted with a Warning Event, and the planner places a replica anew.
+
 While the routing objects cannot be written the service is not Ready (``RoutingFailed``).
 The status written last is remembered and is what the next pass compares with, so two passes
 in quick succession never report one transition twice. Events are posted by a background task
@@ -45,6 +49,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from wasmfleet_api.base import API_VERSION
+from wasmfleet_api.binding import WasmBinding
 from wasmfleet_api.units import format_micro_time, format_time
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
 from wasmfleet_common.kube import API_ERRORS, NETWORK_ERRORS, ApiError, KubeClient, resource_for
@@ -139,10 +144,21 @@ class Reconciler:
         self.queue.add(key)
 
     def on_binding(self, obj: Mapping[str, Any], *, deleted: bool) -> None:
-        self.fleet.update_binding(obj, deleted=deleted)
-        service = (obj.get("spec") or {}).get("serviceName")
-        if service:
-            self.queue.add(f"{obj['metadata']['namespace']}/{service}")
+        """A binding changed: parsed here, once, for the fleet's count and its service."""
+        try:
+            binding = WasmBinding.model_validate(obj)
+        except ValidationError as error:
+            # Its service's next pass lists it and deletes it (`plan_service`).
+            log.warning(
+                "unreadable binding",
+                extra={
+                    "binding": obj["metadata"].get("name"),
+                    "error": invalid_spec_message(error),
+                },
+            )
+            return
+        self.fleet.update_binding(binding, deleted=deleted)
+        self.queue.add(f"{binding.metadata['namespace']}/{binding.spec.service_name}")
 
     def on_owned(self, kind: str, obj: Mapping[str, Any], *, deleted: bool) -> None:
         """A Service or EndpointSlice carrying our label changed: if it is one this operator
@@ -253,17 +269,15 @@ class Reconciler:
         listing = await self.kube.list(
             BINDINGS, namespace=namespace, label_selector=render_selector(name)
         )
+        bindings, unreadable = _parse_bindings(listing["items"], owner_uid=uid)
         view = ServiceView(
             service=service,
             previous=previous,
             digest=digest,
             resolved_from=resolved_from,
             resolve_error=(resolve_error.reason, resolve_error.message) if resolve_error else None,
-            bindings=[
-                b
-                for b in listing["items"]
-                if any(o.get("uid") == uid for o in b["metadata"].get("ownerReferences") or [])
-            ],
+            bindings=bindings,
+            unreadable=unreadable,
             nodes=self.fleet.node_infos(),
             facts=self._facts(),
             cluster_domain=self.settings.cluster_domain,
@@ -272,7 +286,7 @@ class Reconciler:
         plan = plan_service(view)
 
         for binding in plan.put_back:
-            await self.kube.apply(binding)
+            await self.kube.apply(binding.to_kube())
         for binding_name in plan.remove_drifted:
             await self.kube.delete(BINDINGS, binding_name, namespace)
             self.fleet.binding_nodes.pop(f"{namespace}/{binding_name}", None)
@@ -296,9 +310,8 @@ class Reconciler:
             await self.kube.delete(BINDINGS, binding_name, namespace)
             self.fleet.binding_nodes.pop(f"{namespace}/{binding_name}", None)
         for binding in plan.create:
-            await self.kube.apply(binding)
-            node = binding["spec"]["nodeName"]
-            self.fleet.binding_nodes[f"{namespace}/{binding['metadata']['name']}"] = node
+            await self.kube.apply(binding.to_kube())
+            self.fleet.update_binding(binding)
         if self.metrics is not None:
             self.metrics.placements.labels("create").inc(len(plan.create))
             self.metrics.placements.labels("delete").inc(len(plan.delete))
@@ -308,7 +321,7 @@ class Reconciler:
                 extra={
                     "service": key,
                     "revision": plan.revision,
-                    "placed_on": [str(c["spec"]["nodeName"]) for c in plan.create],
+                    "placed_on": [c.spec.node_name for c in plan.create],
                     "removed": list(plan.delete),
                 },
             )
@@ -535,6 +548,23 @@ class Reconciler:
                 "status": {"conditions": [condition]},
             }
         )
+
+
+def _parse_bindings(
+    objects: Sequence[Mapping[str, Any]], *, owner_uid: str | None
+) -> tuple[list[WasmBinding], list[tuple[str, str]]]:
+    """The bindings among ``objects`` that ``owner_uid`` owns, parsed once for the whole pass;
+    and the (name, why) of those that do not parse."""
+    parsed, unreadable = [], []
+    for obj in objects:
+        owners = obj["metadata"].get("ownerReferences") or []
+        if not any(o.get("uid") == owner_uid for o in owners):
+            continue
+        try:
+            parsed.append(WasmBinding.model_validate(obj))
+        except ValidationError as error:
+            unreadable.append((str(obj["metadata"]["name"]), invalid_spec_message(error)))
+    return parsed, unreadable
 
 
 def invalid_spec_message(error: ValidationError) -> str:

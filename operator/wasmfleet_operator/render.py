@@ -1,4 +1,5 @@
-"""The objects the operator writes, built as plain dicts from typed inputs.
+"""The objects the operator writes, built from typed inputs: its own kind (a WasmBinding) as
+the API model, Kubernetes' kinds as plain dicts.
 
 Every function here is pure: given the same service, revision and endpoints it renders the
 same object, so applying it twice changes nothing, and a restarted operator renders exactly
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wasmfleet_api.base import API_VERSION
-from wasmfleet_api.binding import WasmBindingSpec
+from wasmfleet_api.binding import WasmBinding, WasmBindingSpec
 from wasmfleet_api.wasmservice import WasmService
 from wasmfleet_api.workload import WorkloadSpec
 
@@ -75,26 +76,21 @@ def _owner(service: WasmService) -> dict[str, Any]:
     }
 
 
-def render_binding(
-    service: WasmService, *, node: str, revision: str, digest: str
-) -> dict[str, Any]:
+def render_binding(service: WasmService, *, node: str, revision: str, digest: str) -> WasmBinding:
     """The WasmBinding that runs ``revision`` of ``service`` on ``node``."""
     name = service.metadata["name"]
     workload = service.spec.workload()
-    spec = WasmBindingSpec(
-        service_name=name, node_name=node, revision=revision, digest=digest, workload=workload
-    )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "WasmBinding",
-        "metadata": {
+    return WasmBinding(
+        metadata={
             "name": render_binding_name(name, revision, node),
             "namespace": service.metadata["namespace"],
             "labels": {LABEL_SERVICE: name, LABEL_REVISION: revision, LABEL_NODE: node},
             "ownerReferences": [_owner(service)],
         },
-        "spec": spec.to_kube(),
-    }
+        spec=WasmBindingSpec(
+            service_name=name, node_name=node, revision=revision, digest=digest, workload=workload
+        ),
+    )
 
 
 def render_service(service: WasmService) -> dict[str, Any]:

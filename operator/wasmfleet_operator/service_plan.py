@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wasmfleet_api.binding import BindingPhase, WasmBinding, WasmBindingStatus
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
 from wasmfleet_operator.drift import binding_drift
 from wasmfleet_operator.planner import NodeInfo, PlacedReplica, Plan, plan_placements
@@ -58,8 +59,10 @@ class ServiceView:
     resolved_from: str | None = None
     resolve_error: tuple[str, str] | None = None
     """(reason, message) of a failed resolution."""
-    bindings: Sequence[Mapping[str, Any]] = ()
+    bindings: Sequence[WasmBinding] = ()
     """The service's own bindings, as listed."""
+    unreadable: Sequence[tuple[str, str]] = ()
+    """(name, why) of the service's bindings that do not parse as a WasmBinding."""
     nodes: Sequence[NodeInfo] = ()
     """The planner's view of the fleet."""
     facts: Mapping[str, NodeFacts] = field(default_factory=dict)
@@ -74,17 +77,17 @@ class ServiceView:
 class ServicePlan:
     """The writes of one pass, in the order they happen."""
 
-    put_back: tuple[dict[str, Any], ...]
+    put_back: tuple[WasmBinding, ...]
     """Bindings of the current revision someone edited: applied again as rendered."""
     remove_drifted: tuple[str, ...]
-    """Bindings of an old revision someone edited: deleted."""
+    """Bindings of an old revision someone edited, or that cannot be read: deleted."""
     service_objects: tuple[dict[str, Any], ...]
     """The Service (none for a job)."""
     endpoint_slices: tuple[dict[str, Any], ...]
     """Ready replicas not about to go, one slice per port."""
     delete: tuple[str, ...]
     """Bindings the rollout removes."""
-    create: tuple[dict[str, Any], ...]
+    create: tuple[WasmBinding, ...]
     """Bindings the rollout adds."""
     status: WasmServiceStatus
     events: tuple[Event, ...]
@@ -109,21 +112,19 @@ def plan_service(view: ServiceView) -> ServicePlan:
     name = service.metadata["name"]
     revision = render_revision(service.spec.workload(), digest) if digest is not None else None
 
-    put_back: list[dict[str, Any]] = []
+    put_back: list[WasmBinding] = []
     remove_drifted: list[str] = []
     events: list[Event] = []
     for binding in view.bindings:
-        spec = binding["spec"]
+        spec = binding.spec
         desired = None
-        if revision is not None and spec["revision"] == revision:
+        if revision is not None and spec.revision == revision:
             assert digest is not None
-            desired = render_binding(
-                service, node=spec["nodeName"], revision=revision, digest=digest
-            )
+            desired = render_binding(service, node=spec.node_name, revision=revision, digest=digest)
         changed = binding_drift(binding, desired)
         if not changed:
             continue
-        binding_name = binding["metadata"]["name"]
+        binding_name = _name(binding)
         if desired is not None:
             put_back.append(desired)
             action = "put back"
@@ -131,22 +132,28 @@ def plan_service(view: ServiceView) -> ServicePlan:
             remove_drifted.append(binding_name)
             action = "deleted (an old revision)"
         note = (
-            f"binding {binding_name} on {spec['nodeName']} was changed by someone else "
+            f"binding {binding_name} on {spec.node_name} was changed by someone else "
             f"({', '.join(changed[:5])}); {action}"
         )
         events.append(Event("Warning", "BindingDrifted", note))
-    drifted = {b["metadata"]["name"] for b in put_back} | set(remove_drifted)
+    for binding_name, why in view.unreadable:
+        # Nothing of it can be trusted, its revision and node included: the planner places
+        # a replica anew where one is missing.
+        remove_drifted.append(binding_name)
+        note = f"binding {binding_name} is not a valid WasmBinding ({why}); deleted"
+        events.append(Event("Warning", "BindingDrifted", note))
+    drifted = {_name(b) for b in put_back} | set(remove_drifted)
 
-    def serving(binding: Mapping[str, Any]) -> bool:
-        status = binding.get("status") or {}
-        facts = view.facts.get(binding["spec"]["nodeName"])
+    def serving(binding: WasmBinding) -> bool:
+        status = _status(binding)
+        facts = view.facts.get(binding.spec.node_name)
         return (
-            bool(status.get("ready"))
+            status.ready
             and facts is not None
             and facts.ready
-            and binding["metadata"]["name"] not in drifted
+            and _name(binding) not in drifted
             # the agent has acted on this spec (not one edited since, or put back)
-            and status.get("observedGeneration") in (None, binding["metadata"].get("generation"))
+            and status.observed_generation in (None, binding.metadata.get("generation"))
         )
 
     if revision is not None:
@@ -158,10 +165,7 @@ def plan_service(view: ServiceView) -> ServicePlan:
             nodes=view.nodes,
             replicas=[
                 PlacedReplica(
-                    name=b["metadata"]["name"],
-                    node=b["spec"]["nodeName"],
-                    revision=b["spec"]["revision"],
-                    ready=serving(b),
+                    name=_name(b), node=b.spec.node_name, revision=b.spec.revision, ready=serving(b)
                 )
                 for b in view.bindings
             ],
@@ -177,15 +181,12 @@ def plan_service(view: ServiceView) -> ServicePlan:
     if service.spec.http is not None:
         endpoints = []
         for binding in view.bindings:
-            status = binding.get("status") or {}
-            if binding["metadata"]["name"] in removing or not serving(binding):
+            reported = _status(binding)
+            if _name(binding) in removing or not serving(binding) or not reported.port:
                 continue
-            if not status.get("port"):
-                continue
-            node = binding["spec"]["nodeName"]
-            facts = view.facts.get(node, NodeFacts())
-            address = status.get("address") or facts.address
-            endpoints.append(Endpoint(address, int(status["port"]), node))
+            node = binding.spec.node_name
+            address = reported.address or view.facts.get(node, NodeFacts()).address
+            endpoints.append(Endpoint(address, reported.port, node))
         service_objects = [render_service(service)]
         slices = render_endpoint_slices(service, endpoints)
 
@@ -201,25 +202,25 @@ def plan_service(view: ServiceView) -> ServicePlan:
 
     observed = [
         ObservedReplica(
-            name=b["metadata"]["name"],
-            node=b["spec"]["nodeName"],
-            arch=arch(b["spec"]["nodeName"]),
-            revision=b["spec"]["revision"],
+            name=_name(b),
+            node=b.spec.node_name,
+            arch=arch(b.spec.node_name),
+            revision=b.spec.revision,
             phase=_phase(b, view.facts),
             ready=serving(b),
-            message=str((b.get("status") or {}).get("lastError") or ""),
-            failure=_condition(b, "Failing", "True"),
-            stale_config=_condition(b, "ConfigurationCurrent", "False", "message"),
+            message=_status(b).last_error or "",
+            failure=_status(b).failure,
+            stale_config=_status(b).stale_configuration,
         )
         for b in view.bindings
-        if b["metadata"]["name"] not in removing
+        if _name(b) not in removing
     ] + [
         ObservedReplica(
-            name=c["metadata"]["name"],
-            node=c["spec"]["nodeName"],
-            arch=arch(c["spec"]["nodeName"]),
-            revision=c["spec"]["revision"],
-            phase="Pending",
+            name=_name(c),
+            node=c.spec.node_name,
+            arch=arch(c.spec.node_name),
+            revision=c.spec.revision,
+            phase=BindingPhase.PENDING,
             ready=False,
         )
         for c in created
@@ -257,19 +258,21 @@ def plan_service(view: ServiceView) -> ServicePlan:
     )
 
 
-def _condition(
-    binding: Mapping[str, Any], type_: str, status: str, field_: str = "reason"
-) -> str | None:
-    """The ``field_`` of the binding's condition ``type_`` when it has ``status``."""
-    for condition in (binding.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == type_ and condition.get("status") == status:
-            return str(condition.get(field_) or "") or None
-    return None
+_NO_STATUS = WasmBindingStatus()
+"""A binding its agent has not reported on yet: the API's defaults (Pending, not ready)."""
 
 
-def _phase(binding: Mapping[str, Any], facts: Mapping[str, NodeFacts]) -> str:
-    node = facts.get(binding["spec"]["nodeName"])
-    phase = str((binding.get("status") or {}).get("phase") or "Pending")
+def _status(binding: WasmBinding) -> WasmBindingStatus:
+    return binding.status if binding.status is not None else _NO_STATUS
+
+
+def _name(binding: WasmBinding) -> str:
+    return str(binding.metadata["name"])
+
+
+def _phase(binding: WasmBinding, facts: Mapping[str, NodeFacts]) -> str:
+    node = facts.get(binding.spec.node_name)
+    phase = _status(binding).phase
     if node is None or not node.ready:
-        return "NodeNotReady" if phase != "Pending" else phase
+        return "NodeNotReady" if phase is not BindingPhase.PENDING else phase
     return phase

@@ -63,6 +63,7 @@ def test_the_code_as_it_is_keeps_every_contract(copy: Path) -> None:
         ("wasmfleet_oci/transport.py", "wasmfleet_oci.authorizer", "Inside the OCI package"),
         ("wasmfleet_oci/auth.py", "wasmfleet_oci.transport", "Inside the OCI package"),
         ("wasmfleet_agent/store/cache.py", "wasmfleet_agent.store.puller", "Inside the module"),
+        ("wasmfleet_agent/cluster/plans.py", "wasmfleet_agent.cluster.runner", "cluster side"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

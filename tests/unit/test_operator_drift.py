@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+from wasmfleet_api.binding import WasmBinding
 from wasmfleet_api.wasmservice import WasmService
 from wasmfleet_operator.drift import binding_drift, drifted_fields
 from wasmfleet_operator.render import render_binding, render_revision
@@ -53,9 +53,11 @@ def test_an_edited_digest_is_drift_even_without_the_desired_spec() -> None:
     service = _service()
     revision = render_revision(service.spec.workload(), DIGEST)
     binding = render_binding(service, node="n1", revision=revision, digest=DIGEST)
-    edited = copy.deepcopy(binding)
-    edited["spec"]["digest"] = OTHER
+    wire = binding.to_kube()
+    wire["spec"]["digest"] = OTHER
+    edited = WasmBinding.model_validate(wire)
     assert binding_drift(edited, None) == ["spec (no longer the spec of its revision)"]
     assert "spec.digest" in binding_drift(edited, binding)
-    edited["spec"]["workload"]["module"]["image"] = "elsewhere.example.com/x:1"
+    wire["spec"]["workload"]["module"]["image"] = "elsewhere.example.com/x:1"
+    edited = WasmBinding.model_validate(wire)
     assert "spec.workload.module.image" in binding_drift(edited, binding)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from wasmfleet_api.agent import WasmAgent
+from wasmfleet_api.binding import WasmBinding
 from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.workqueue import WorkQueue
 
@@ -17,12 +19,29 @@ class Clock:
         return self.now
 
 
-def _agent(name: str, arch: str = "amd64", **status: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {"nodeName": name},
-        "status": {"architecture": arch, "address": "10.0.0.1", **status},
-    }
+def _agent(name: str, arch: str = "amd64", **status: Any) -> WasmAgent:
+    return WasmAgent.model_validate(
+        {
+            "metadata": {"name": name},
+            "spec": {"nodeName": name},
+            "status": {"architecture": arch, "address": "10.0.0.1", **status},
+        }
+    )
+
+
+def _binding(name: str, *, node: str) -> WasmBinding:
+    return WasmBinding.model_validate(
+        {
+            "metadata": {"namespace": "n", "name": name},
+            "spec": {
+                "serviceName": "s",
+                "nodeName": node,
+                "revision": "r",
+                "digest": "sha256:" + "a" * 64,
+                "workload": {"module": {"image": "r.example.com/s:1"}, "http": {}},
+            },
+        }
+    )
 
 
 def _lease(name: str, renew: str, duration: int = 3) -> dict[str, Any]:
@@ -62,15 +81,13 @@ def test_an_unknown_agent_is_lost_and_node_labels_win_over_the_agents_own_archit
             "spec": {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]},
         }
     )
-    fleet.update_binding({"metadata": {"namespace": "n", "name": "b1"}, "spec": {"nodeName": "a"}})
+    fleet.update_binding(_binding("b1", node="a"))
     (info,) = fleet.node_infos()
     assert info.arch == "arm64"
     assert info.labels["disk"] == "ssd"
     assert info.taints[0].key == "dedicated"
     assert (info.capacity, info.allocated) == (7, 1)
-    fleet.update_binding(
-        {"metadata": {"namespace": "n", "name": "b1"}, "spec": {"nodeName": "a"}}, deleted=True
-    )
+    fleet.update_binding(_binding("b1", node="a"), deleted=True)
     assert fleet.node_infos()[0].allocated == 0
 
 

@@ -59,7 +59,7 @@ def _workload(svc: WasmService) -> WorkloadSpec:
 
 
 def test_a_binding_names_its_node_revision_and_owner_and_parses_as_the_api_type() -> None:
-    rendered = render_binding(service(), node="node-a", revision="rev", digest=DIGEST)
+    rendered = render_binding(service(), node="node-a", revision="rev", digest=DIGEST).to_kube()
     binding = WasmBinding.model_validate(rendered)
     assert binding.spec.node_name == "node-a"
     assert binding.spec.digest == DIGEST

@@ -7,9 +7,10 @@ handed to the runner (level-based: `BindingRunner.sync` compares it with what ru
 missed event costs nothing but a little delay. When the API server is unreachable the agent
 keeps running what it has and retries with backoff.
 
-Status flows the other way: the runner reports a binding's state, and `StatusWriter`
-applies it to the binding's status subresource, coalescing bursts so that only the latest
-state per binding is written.
+Status flows the other way: the runner reports a binding's status as the API type
+(`WasmBindingStatus`, the one the operator reads it back with), and `StatusWriter` applies it
+to the binding's status subresource, coalescing bursts so that only the latest state per
+binding is written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 from wasmfleet_agent.cluster.registration import ApiContact
 from wasmfleet_api.base import API_VERSION
-from wasmfleet_api.binding import WasmBinding
+from wasmfleet_api.binding import WasmBinding, WasmBindingStatus
 from wasmfleet_common.backoff import Backoff
 from wasmfleet_common.kube import NETWORK_ERRORS, ApiError, KubeClient, resource_for
 
@@ -130,12 +131,12 @@ class StatusWriter:
 
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
-        self._pending: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, WasmBindingStatus] = {}
         self._wake = asyncio.Event()
 
-    def report(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def report(self, namespace: str, name: str, status: WasmBindingStatus) -> None:
         """Queues ``status`` for the binding; replaces anything not yet written."""
-        self._pending[f"{namespace}/{name}"] = dict(status)
+        self._pending[f"{namespace}/{name}"] = status
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -161,7 +162,7 @@ class StatusWriter:
                 "apiVersion": API_VERSION,
                 "kind": "WasmBinding",
                 "metadata": {"name": name, "namespace": namespace},
-                "status": status,
+                "status": status.to_kube(),
             }
             try:
                 await self._kube.apply_status(body)

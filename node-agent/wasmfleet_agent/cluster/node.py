@@ -38,8 +38,10 @@ from wasmfleet_agent.cluster.runner import NodeRunner, RunnerSettings
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.serving import InProcessServer, Server
 from wasmfleet_agent.server.workers import WorkerPool
 from wasmfleet_agent.store import ModuleStore
+from wasmfleet_api.units import format_time
 from wasmfleet_common.kube import API_ERRORS, KubeClient, KubeConfig, retry_until_stopped
 from wasmfleet_common.supervisor import Supervisor
 from wasmfleet_oci.client import ClientSettings, RegistryClient
@@ -68,10 +70,12 @@ class NodeOptions:
     fault_injection: bool = False
 
 
-async def _register(kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event) -> bool:
-    """Applies the WasmAgent, retrying with backoff; False if stopped first."""
+async def _register(
+    kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event, *, since: str
+) -> bool:
+    """Applies the WasmAgent, ready ``since``, retrying with backoff; False if stopped first."""
     return await retry_until_stopped(
-        lambda: apply_agent(kube, identity, allocated=0, ready=True),
+        lambda: apply_agent(kube, identity, allocated=0, ready=True, since=since),
         stop,
         on_error=lambda error, delay: log.warning(
             "registration failed (%s); retrying in %.1fs", error, delay
@@ -87,21 +91,30 @@ async def report_allocation(
     *,
     interval: float = 10.0,
     health: Callable[[], tuple[bool, str]] | None = None,
+    since: str | None = None,
 ) -> None:
     """Keeps WasmAgent.status (``allocated``, and the Ready condition from ``health``) current,
-    one write per ``interval`` at most."""
+    one write per ``interval`` at most. The condition keeps the time it last changed (its
+    status; ``since`` is the registration's), however often the allocation does."""
     reported: tuple[int, bool, str] = (0, True, "")
+    since = since or format_time()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
         ready, why = health() if health is not None else (True, "")
         current = (len(replicas), ready, "" if ready else why)
         if current != reported and not stop.is_set():
+            changed = since if ready == reported[1] else format_time()
             try:
                 await apply_agent(
-                    kube, identity, allocated=current[0], ready=current[1], why=current[2]
+                    kube,
+                    identity,
+                    allocated=current[0],
+                    ready=current[1],
+                    why=current[2],
+                    since=changed,
                 )
-                reported = current
+                reported, since = current, changed
             except API_ERRORS as error:
                 log.warning("agent status not written: %s", error)
 
@@ -128,8 +141,9 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
     )
     pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="wasm-request")
     workers: WorkerPool | None = None
+    server: Server
     if options.processes > 1:
-        workers = WorkerPool(
+        server = workers = WorkerPool(
             options.processes,
             cache_dir=options.state_dir / "compiled",
             threads=options.workers,
@@ -138,6 +152,8 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             unload_idle_seconds=options.unload_idle_seconds,
         )
         await workers.start()
+    else:
+        server = InProcessServer(runtime=runtime, pool=pool, metrics=metrics)
     kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)
     status = StatusWriter(kube)
     contact = ApiContact(kube, timeout=identity.lease_duration_seconds / 2)
@@ -153,10 +169,9 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         ),
         runtime=runtime,
         store=store,
-        pool=pool,
+        server=server,
         metrics=metrics,
         status=status,
-        workers=workers,
     )
     supervisor = Supervisor(
         stop, restart=True, on_restart=lambda name: metrics.task_restarts.labels(name).inc()
@@ -181,8 +196,9 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         admin = web.AppRunner(app, access_log=None)
         await admin.setup()
         await web.TCPSite(admin, options.admin_host, options.admin_port).start()
+    registered = format_time()  # when this agent became ready, as its WasmAgent says
     try:
-        if await _register(kube, identity, stop):
+        if await _register(kube, identity, stop, since=registered):
             log.info(
                 "agent registered",
                 extra={"node": identity.node_name, "address": identity.address},
@@ -203,7 +219,12 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             supervisor.start(
                 "allocation",
                 lambda: report_allocation(
-                    kube, identity, runner.replicas, stop, health=supervisor.health
+                    kube,
+                    identity,
+                    runner.replicas,
+                    stop,
+                    health=supervisor.health,
+                    since=registered,
                 ),
                 critical=False,
             )
@@ -211,8 +232,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
     finally:
         stop.set()
         await runner.close()
-        if workers is not None:
-            await workers.close()
+        await server.close()
         await supervisor.close()
         if admin is not None:
             await admin.cleanup()

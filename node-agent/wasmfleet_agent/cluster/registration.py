@@ -13,12 +13,13 @@ import contextlib
 import logging
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from wasmfleet_api.base import API_VERSION
+from wasmfleet_api.agent import AgentCapacity, WasmAgent, WasmAgentSpec, WasmAgentStatus
+from wasmfleet_api.base import Condition
 from wasmfleet_api.units import format_micro_time, format_time
 from wasmfleet_common.kube import KubeClient
 
@@ -30,6 +31,7 @@ __all__ = [
     "heartbeat",
     "kube_architecture",
     "render_agent",
+    "render_agent_writes",
     "render_lease",
 ]
 
@@ -57,34 +59,50 @@ class AgentIdentity:
 
 
 def render_agent(
-    identity: AgentIdentity, *, allocated: int, ready: bool, why: str = ""
-) -> dict[str, Any]:
-    """The WasmAgent object of this agent, status included (``why`` it is not ready)."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "WasmAgent",
-        "metadata": {"name": identity.node_name, "labels": {LEASE_LABEL: "true"}},
-        "spec": {"nodeName": identity.node_name, "leaseNamespace": identity.lease_namespace},
-        "status": {
-            "architecture": identity.architecture,
-            "os": platform.system().lower(),
-            "agentVersion": metadata.version("wasmfleet"),
-            "wasmtimeVersion": metadata.version("wasmtime"),
-            "address": identity.address,
-            "capacity": {"services": identity.capacity},
-            "allocated": allocated,
-            "leaseDurationSeconds": identity.lease_duration_seconds,
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True" if ready else "False",
-                    "reason": "AgentReady" if ready else "AgentUnhealthy",
-                    "message": "the agent serves its bindings" if ready else why or "starting",
-                    "lastTransitionTime": format_time(),
-                }
+    identity: AgentIdentity,
+    *,
+    allocated: int,
+    ready: bool,
+    why: str = "",
+    since: str | None = None,
+) -> WasmAgent:
+    """The WasmAgent of this agent, status included (``why`` it is not ready; ``since``: when
+    it last became ready or not, now if not given)."""
+    return WasmAgent(
+        metadata={"name": identity.node_name, "labels": {LEASE_LABEL: "true"}},
+        spec=WasmAgentSpec(node_name=identity.node_name, lease_namespace=identity.lease_namespace),
+        status=WasmAgentStatus(
+            architecture=identity.architecture,
+            os=platform.system().lower(),
+            agent_version=metadata.version("wasmfleet"),
+            wasmtime_version=metadata.version("wasmtime"),
+            address=identity.address,
+            capacity=AgentCapacity(services=identity.capacity),
+            allocated=allocated,
+            lease_duration_seconds=identity.lease_duration_seconds,
+            conditions=[
+                Condition(
+                    type="Ready",
+                    status="True" if ready else "False",
+                    reason="AgentReady" if ready else "AgentUnhealthy",
+                    message="the agent serves its bindings" if ready else why or "starting",
+                    last_transition_time=since or format_time(),
+                )
             ],
-        },
-    }
+        ),
+    )
+
+
+def render_agent_writes(agent: WasmAgent) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two server-side applies that write ``agent``: the object, then its status.
+
+    An apply owns every field it sends, and the agent shares its WasmAgent's spec with the
+    administrator: the object carries only the spec fields the agent sets, so a cordon
+    (``unschedulable``) survives the agent's next write. The status is the agent's alone.
+    """
+    whole = agent.to_kube()
+    without_status = {key: value for key, value in whole.items() if key != "status"}
+    return {**without_status, "spec": agent.spec.to_kube(only_set=True)}, whole
 
 
 def render_lease(identity: AgentIdentity, *, renew_time: str | None = None) -> dict[str, Any]:
@@ -106,12 +124,19 @@ def render_lease(identity: AgentIdentity, *, renew_time: str | None = None) -> d
 
 
 async def apply_agent(
-    kube: KubeClient, identity: AgentIdentity, *, allocated: int, ready: bool, why: str = ""
+    kube: KubeClient,
+    identity: AgentIdentity,
+    *,
+    allocated: int,
+    ready: bool,
+    why: str = "",
+    since: str | None = None,
 ) -> None:
-    body = render_agent(identity, allocated=allocated, ready=ready, why=why)
-    spec_only: Mapping[str, Any] = {k: v for k, v in body.items() if k != "status"}
-    await kube.apply(spec_only)
-    await kube.apply_status(body)
+    obj, status = render_agent_writes(
+        render_agent(identity, allocated=allocated, ready=ready, why=why, since=since)
+    )
+    await kube.apply(obj)
+    await kube.apply_status(status)
 
 
 class ApiContact:

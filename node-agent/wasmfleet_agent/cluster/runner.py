@@ -16,23 +16,24 @@ reach anyone.
 
 One failing replica never touches the others: every failure becomes that replica's state
 (PullBackOff, CrashLoopBackOff, Failed) with the error in its status, and is retried with
-exponential backoff.
+exponential backoff. Every state change is a move of `lifecycle.advance`.
+
+The runner reads and acts; what to run is decided by the pure builders of `plans` (the
+sandbox, the engine, the serve order, the job's runs). It serves through a `serving.Server`,
+in this process or in worker processes alike; `refresh` re-reads the configuration while a
+replica serves and `jobs` runs a job's attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 from collections.abc import Mapping
-from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
-from importlib import metadata
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
 
 from wasmfleet_agent.cluster.bindings import StatusWriter
 from wasmfleet_agent.cluster.config import (
@@ -41,30 +42,40 @@ from wasmfleet_agent.cluster.config import (
     reads_objects,
     resolve_config,
 )
+from wasmfleet_agent.cluster.jobs import run_job_replica
+from wasmfleet_agent.cluster.plans import (
+    JobPlan,
+    plan_engine,
+    plan_job,
+    plan_sandbox,
+    plan_serve_order,
+)
+from wasmfleet_agent.cluster.refresh import refresh_config
 from wasmfleet_agent.cluster.registration import ApiContact
-from wasmfleet_agent.lifecycle import RESTART_BACKOFF, BindingState, advance
-from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, ModuleSlot, Runtime
+from wasmfleet_agent.lifecycle import (
+    RESTART_BACKOFF,
+    BindingState,
+    advance,
+    render_binding_status,
+    stale_config,
+)
+from wasmfleet_agent.runtime.engine import CompiledModule, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
-from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, RunResult, SandboxSpec
-from wasmfleet_agent.runtime.service import HttpModule, JobAttempt, JobRunner, run_job
-from wasmfleet_agent.server.http import HttpLimits, ServiceHandler
+from wasmfleet_agent.runtime.service import JobAttempt
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
-from wasmfleet_agent.server.workers import WorkerError, WorkerPool, WorkerSite
+from wasmfleet_agent.server.serving import ServeError, Server
 from wasmfleet_agent.sockets import bind_in_namespace
 from wasmfleet_agent.store import ModuleStore
 from wasmfleet_api.binding import BindingPhase, WasmBinding
-from wasmfleet_api.units import parse_duration, parse_quantity
-from wasmfleet_api.workload import HttpSpec, WorkloadSpec
 from wasmfleet_common.backoff import Backoff
 from wasmfleet_common.kube import KubeClient
 from wasmfleet_oci import auth, errors
 from wasmfleet_oci.reference import parse_reference
 
-__all__ = ["NodeRunner", "Replica", "RunnerSettings", "render_binding_status"]
+__all__ = ["NodeRunner", "Replica", "RunnerSettings"]
 
 log = logging.getLogger(__name__)
-_MAX_ERROR = 1024
 
 
 @dataclass(frozen=True)
@@ -86,10 +97,7 @@ class Replica:
     state: BindingState = field(default_factory=BindingState)
     port: int | None = None
     module_digest: str | None = None
-    config_fingerprint: str = ""
     task: asyncio.Task[None] | None = None
-    site: web.BaseRunner | WorkerSite | None = None
-    handler: ServiceHandler | None = None
     pinned: str | None = None
 
     @property
@@ -115,19 +123,17 @@ class NodeRunner:
         settings: RunnerSettings,
         runtime: Runtime,
         store: ModuleStore,
-        pool: Executor,
+        server: Server,
         metrics: AgentMetrics,
         status: StatusWriter,
-        workers: WorkerPool | None = None,
         contact: ApiContact | None = None,
     ) -> None:
         self.kube = kube
         self.contact = contact
-        self.workers = workers
+        self.server = server
         self.settings = settings
         self.runtime = runtime
         self.store = store
-        self.pool = pool
         self.metrics = metrics
         self.status = status
         self.replicas: dict[str, Replica] = {}
@@ -173,7 +179,7 @@ class NodeRunner:
             replica.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await replica.task
-        if replica.site is not None:
+        if replica.port is not None:
             if drain and self.settings.drain_seconds > 0:
                 await asyncio.sleep(self.settings.drain_seconds)
             if drain and self.contact is not None:
@@ -184,7 +190,7 @@ class NodeRunner:
                         extra={"binding": replica.key},
                     )
                 )
-            await replica.site.cleanup()
+            await self.server.stop(replica.key)
         if replica.pinned is not None:
             self.store.unpin(replica.pinned)
         shutil.rmtree(self._files_dir(replica), ignore_errors=True)
@@ -203,11 +209,9 @@ class NodeRunner:
         error: str | None = None,
         exit_code: int | None = None,
     ) -> None:
-        if error is not None:
-            error = error[:_MAX_ERROR]
         replica.state = advance(replica.state, to, error=error, exit_code=exit_code)
         self._report(replica)
-        level = logging.WARNING if to.failing else logging.INFO
+        level = logging.WARNING if to.failing or error else logging.INFO
         log.log(
             level,
             "replica %s",
@@ -224,7 +228,7 @@ class NodeRunner:
             replica.binding,
             replica.state,
             address=self.settings.address,
-            port=replica.port if replica.site is not None else None,
+            port=replica.port,
             module_digest=replica.module_digest,
         )
         self.status.report(replica.namespace, replica.name, status)
@@ -239,30 +243,26 @@ class NodeRunner:
                 raise
             except Exception as error:  # one replica's bug must not stop the others
                 log.exception("replica failed unexpectedly", extra={"binding": replica.key})
-                self._crash(replica, f"internal error: {error}")
+                # Whatever state it was in: an unexpected error backs off before a retry.
+                self._move(
+                    replica, BindingPhase.CRASH_LOOP_BACKOFF, error=f"internal error: {error}"
+                )
             await asyncio.sleep(self._backoff(replica))
 
     def _backoff(self, replica: Replica) -> float:
         return self.settings.backoff.delay(replica.state.failures)
 
-    def _crash(self, replica: Replica, error: str) -> None:
-        # Whatever state it was in: an unexpected error always backs off before a retry.
-        state = replica.state
-        replica.state = BindingState(
-            state=BindingPhase.CRASH_LOOP_BACKOFF,
-            restarts=state.restarts + 1,
-            last_error=error[:_MAX_ERROR],
-            exit_code=state.exit_code,
-            failures=state.failures + 1,
-            failure=BindingPhase.CRASH_LOOP_BACKOFF,
-        )
-        self._report(replica)
-
     async def _run_once(self, replica: Replica) -> None:
+        """Pull, compile, then serve or run: each failure a state with its backoff."""
         workload = replica.binding.spec.workload
         while True:
             self._move(replica, BindingPhase.PULLING)
-            config, config_error = await self._config(replica)
+            config: ResolvedConfig | None = None
+            config_error: ConfigError | None = None
+            try:
+                config = await self._read_config(replica)
+            except ConfigError as error:
+                config_error = error  # the pull goes ahead without pull secrets
             try:
                 path = await self._pull(replica, config)
             except (errors.RegistryError, OSError) as error:
@@ -275,40 +275,45 @@ class NodeRunner:
                     raise config_error
                 assert config is not None
                 compiled = await asyncio.to_thread(
-                    self.runtime.load,
-                    path,
-                    replica.module_digest,
-                    EngineSettings(fuel=workload.resources.fuel is not None),
+                    self.runtime.load, path, replica.module_digest, plan_engine(workload)
                 )
-                spec = _sandbox(workload, config)
-                spec.check()
+                sandbox = plan_sandbox(workload, config)
+                sandbox.check()
             except (ModuleLoadError, SandboxConfigError, ConfigError, OSError) as error:
                 self._move(replica, BindingPhase.CRASH_LOOP_BACKOFF, error=str(error))
                 await asyncio.sleep(self._backoff(replica))
                 continue
-            replica.config_fingerprint = config.fingerprint
             if workload.http is not None:
+                # the serve order for a sandbox: this one now, a new one when config changes
+                order = functools.partial(
+                    plan_serve_order,
+                    key=replica.key,
+                    name=replica.label,
+                    http=workload.http,
+                    module_path=path,
+                    digest=compiled.digest,
+                    module=self.runtime.slot(path, compiled),
+                )
                 try:
-                    await self._serve(replica, compiled, spec, path)
-                except WorkerError as error:
+                    await self._serve(replica, order(sandbox=sandbox))
+                except ServeError as error:
                     self._move(replica, BindingPhase.CRASH_LOOP_BACKOFF, error=str(error))
                     await asyncio.sleep(self._backoff(replica))
                     continue
+                self._move(replica, BindingPhase.READY)
+                await self._refresh(replica, order, config.fingerprint)
             else:
-                await self._run_job(replica, compiled, spec)
+                assert workload.job is not None
+                await self._run_job(replica, compiled, plan_job(workload.job, sandbox))
             return
 
-    async def _config(self, replica: Replica) -> tuple[ResolvedConfig | None, ConfigError | None]:
-        try:
-            config = await resolve_config(
-                self.kube,
-                replica.namespace,
-                replica.binding.spec.workload,
-                self._files_dir(replica) / "files",
-            )
-        except ConfigError as error:
-            return None, error
-        return config, None
+    async def _read_config(self, replica: Replica) -> ResolvedConfig:
+        return await resolve_config(
+            self.kube,
+            replica.namespace,
+            replica.binding.spec.workload,
+            self._files_dir(replica) / "files",
+        )
 
     async def _pull(self, replica: Replica, config: ResolvedConfig | None) -> Path:
         spec = replica.binding.spec
@@ -335,226 +340,57 @@ class NodeRunner:
 
     # ---- http --------------------------------------------------------------------
 
-    async def _serve(
-        self, replica: Replica, compiled: CompiledModule, spec: SandboxSpec, path: Path
-    ) -> None:
-        http = replica.binding.spec.workload.http
-        assert http is not None
-        slot = self.runtime.slot(path, compiled)
-        module = self._http_module(replica, slot, spec)
-        if self.workers is not None:
-            order = self._order(replica, module, path)
-            if replica.site is None:
-                sock = bind_in_namespace(self.settings.netns, self.settings.address, 0)
-                replica.port = int(sock.getsockname()[1])
-                replica.site = await self.workers.serve(order, sock)
-            else:
-                await self.workers.update(order)
-        elif replica.site is None:
-            handler = ServiceHandler(
-                name=replica.label,
-                execute=module.execute,
-                limits=_http_limits(http),
-                pool=self.pool,
-                metrics=self.metrics,
-            )
-            site = await handler.runner()
-            sock = bind_in_namespace(self.settings.netns, self.settings.address, 0)
-            replica.port = int(sock.getsockname()[1])
-            await web.SockSite(site, sock).start()
-            replica.site, replica.handler = site, handler
+    async def _serve(self, replica: Replica, order: ServeOrder) -> None:
+        """Serves ``order`` on a port of the replica's own, or in place of what it serves
+        there (a retry after a crash keeps its port, so its endpoint stays the same)."""
+        if replica.port is None:
+            listener = bind_in_namespace(self.settings.netns, self.settings.address, 0)
+            port = int(listener.getsockname()[1])
+            await self.server.serve(order, listener)
+            replica.port = port
         else:
-            assert replica.handler is not None
-            replica.handler.execute = module.execute
-        self._move(replica, BindingPhase.READY)
-        await self._watch_config(replica, slot, path)
+            await self.server.update(order)
 
-    def _order(self, replica: Replica, module: HttpModule, path: Path) -> ServeOrder:
-        http = replica.binding.spec.workload.http
-        assert http is not None
-        return ServeOrder(
-            key=replica.key,
-            name=module.name,
-            module_path=path,
-            digest=module.compiled.digest,
-            fuel=module.compiled.settings.fuel,
-            spec=module.spec,
-            limits=module.limits,
-            http=_http_limits(http),
-            server_software=module.server_software,
-        )
-
-    def _http_module(self, replica: Replica, compiled: ModuleSlot, spec: SandboxSpec) -> HttpModule:
-        http = replica.binding.spec.workload.http
-        assert http is not None
-        return HttpModule(
-            name=replica.label,
-            compiled=compiled,
-            spec=spec,
-            limits=RunLimits(
-                deadline_seconds=parse_duration(http.timeout),
-                max_output=parse_quantity(http.max_response_size),
-            ),
-            server_software=f"wasmfleet-agent/{metadata.version('wasmfleet')}",
-        )
-
-    async def _watch_config(self, replica: Replica, compiled: ModuleSlot, path: Path) -> None:
-        """While serving: re-reads ConfigMaps and Secrets; new values reach new instances."""
+    async def _refresh(
+        self, replica: Replica, order: functools.partial[ServeOrder], fingerprint: str
+    ) -> None:
+        """While serving: new values of its ConfigMaps and Secrets reach new instances
+        (``order`` is the serve order for a sandbox; ``fingerprint``, the configuration's)."""
         workload = replica.binding.spec.workload
         if not reads_objects(workload):
             return  # nothing it sees can change without a new binding
-        while True:
-            await asyncio.sleep(self.settings.config_refresh_seconds)
-            config, error = await self._config(replica)
-            if error is not None or config is None:
-                if replica.state.config_error != str(error):
-                    log.warning(
-                        "configuration unreadable; keeping the last good one",
-                        extra={"binding": replica.key, "error": str(error)},
-                    )
-                    replica.state = replace(
-                        advance(replica.state, BindingPhase.READY, error=str(error)),
-                        config_error=str(error),
-                    )
-                    self._report(replica)
-                continue
-            if replica.state.config_error is not None:
-                log.info("configuration readable again", extra={"binding": replica.key})
-                replica.state = replace(replica.state, config_error=None, last_error=None)
-                self._report(replica)
-            if config.fingerprint == replica.config_fingerprint:
-                continue
-            try:
-                spec = _sandbox(workload, config)
-                spec.check()
-                module = self._http_module(replica, compiled, spec)
-            except SandboxConfigError as failure:
-                log.warning("new configuration refused", extra={"error": str(failure)})
-                continue
-            if self.workers is not None:
-                await self.workers.update(self._order(replica, module, path))
-            else:
-                assert replica.handler is not None
-                replica.handler.execute = module.execute
-            replica.config_fingerprint = config.fingerprint
-            log.info("configuration changed; new instances see it", extra={"binding": replica.key})
+
+        async def apply(config: ResolvedConfig) -> None:
+            sandbox = plan_sandbox(workload, config)
+            sandbox.check()
+            await self.server.update(order(sandbox=sandbox))
+
+        def report(unreadable: str | None) -> None:
+            replica.state = stale_config(replica.state, unreadable)
+            self._report(replica)
+
+        await refresh_config(
+            every=self.settings.config_refresh_seconds,
+            fingerprint=fingerprint,
+            read=lambda: self._read_config(replica),
+            apply=apply,
+            report=report,
+            key=replica.key,
+        )
 
     # ---- jobs --------------------------------------------------------------------
 
-    async def _run_job(self, replica: Replica, compiled: CompiledModule, spec: SandboxSpec) -> None:
-        job = replica.binding.spec.workload.job
-        assert job is not None
-        timeout = parse_duration(job.timeout) if job.timeout is not None else None
+    async def _run_job(self, replica: Replica, compiled: CompiledModule, plan: JobPlan) -> None:
         self._move(replica, BindingPhase.RUNNING)
 
-        async def run_once() -> RunResult:
-            return await asyncio.to_thread(
-                run_job, compiled, spec, timeout=timeout, name=replica.label
-            )
+        def failed(run: JobAttempt) -> None:
+            # The replica stays Running (a run failed, the job runs again or ends Failed).
+            error = f"attempt {run.attempt} failed: {run.why}"
+            self._move(replica, BindingPhase.RUNNING, error=error, exit_code=run.exit_code)
 
-        def on_attempt(attempt: JobAttempt) -> None:
-            if attempt.failure is None and attempt.exit_code == 0:
-                return
-            detail = (
-                attempt.failure.detail
-                if attempt.failure is not None
-                else f"exited with code {attempt.exit_code}"
-            )
-            replica.state = BindingState(
-                state=BindingPhase.RUNNING,
-                restarts=replica.state.restarts + 1,
-                last_error=f"attempt {attempt.attempt} failed: {detail}"[:_MAX_ERROR],
-                exit_code=attempt.exit_code,
-                failures=replica.state.failures + 1,
-            )
-            self._report(replica)
-
-        runner = JobRunner(
-            run_once=run_once,
-            backoff_limit=job.backoff_limit,
-            # job.backoff doubling after each failure, up to five minutes
-            backoff=Backoff(base=parse_duration(job.backoff), cap=300.0),
-            on_attempt=on_attempt,
-        )
-        attempts = await runner.run()
-        last = attempts[-1]
-        if last.failure is None and last.exit_code == 0:
+        last = await run_job_replica(compiled, plan, name=replica.label, on_failed_run=failed)
+        if last.ok:
             self._move(replica, BindingPhase.SUCCEEDED, exit_code=0)
         else:
-            self._move(
-                replica,
-                BindingPhase.FAILED,
-                error=replica.state.last_error or "failed",
-                exit_code=last.exit_code,
-            )
-
-
-def render_binding_status(
-    binding: WasmBinding,
-    state: BindingState,
-    *,
-    address: str,
-    port: int | None = None,
-    module_digest: str | None = None,
-) -> dict[str, Any]:
-    """What an agent writes into a binding's status for a replica in ``state``."""
-    status: dict[str, Any] = {
-        "observedGeneration": binding.metadata.get("generation"),
-        "phase": state.phase,
-        "ready": state.ready,
-        "address": address,
-        "restarts": state.restarts,
-    }
-    if port is not None:
-        status["port"] = port
-    if module_digest is not None:
-        status["moduleDigest"] = module_digest
-    if state.last_error:
-        status["lastError"] = state.last_error
-    if state.exit_code is not None:
-        status["exitCode"] = state.exit_code
-    conditions = []
-    if state.failure is not None and not state.ready:
-        conditions.append(
-            {
-                "type": "Failing",
-                "status": "True",
-                "reason": state.failure.value,
-                "message": state.last_error or state.failure.value,
-            }
-        )
-    if state.config_error is not None:
-        conditions.append(
-            {
-                "type": "ConfigurationCurrent",
-                "status": "False",
-                "reason": "SourceUnreadable",
-                "message": f"serving the last good configuration: {state.config_error}",
-            }
-        )
-    if conditions:
-        status["conditions"] = conditions
-    return status
-
-
-def _sandbox(workload: WorkloadSpec, config: ResolvedConfig) -> SandboxSpec:
-    program = workload.module.image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
-    return SandboxSpec(
-        args=(program or "module.wasm", *workload.args),
-        env=config.env,
-        preopens=tuple(
-            Preopen(host=host, guest=guest, writable=writable)
-            for host, guest, writable in config.mounts
-        ),
-        memory_limit=parse_quantity(workload.resources.memory),
-        fuel=workload.resources.fuel,
-    )
-
-
-def _http_limits(http: HttpSpec) -> HttpLimits:
-    """The handler's limits; a client has as long to send its body as the module to answer."""
-    return HttpLimits(
-        http.max_concurrency,
-        parse_quantity(http.max_request_body_size),
-        body_timeout=parse_duration(http.timeout),
-    )
+            error = replica.state.last_error or "failed"
+            self._move(replica, BindingPhase.FAILED, error=error, exit_code=last.exit_code)

@@ -215,6 +215,19 @@ class JobAttempt:
     failure: Failure | None
     seconds: float
 
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.exit_code == 0
+
+    @property
+    def why(self) -> str:
+        """Why the run failed, for people ("" when it did not)."""
+        if self.ok:
+            return ""
+        if self.failure is not None:
+            return self.failure.detail
+        return f"exited with code {self.exit_code}"
+
 
 @dataclass
 class JobRunner:

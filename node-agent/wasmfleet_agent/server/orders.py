@@ -1,9 +1,10 @@
 """What a request-worker process is told to serve, and the wire format between the processes.
 
-The agent's main process decides what runs; its worker processes (`workers`) only answer
-requests. An `ServeOrder` carries everything a worker needs to serve one module on a listening
-socket it receives alongside: where the module file is (the worker loads the machine code
-from the shared compiled-code cache), the sandbox spec, the limits.
+The agent's main process decides what runs; a `serving.Server` serves it. A `ServeOrder`
+carries everything needed to serve one module on a listening socket handed over alongside:
+where the module file is, the sandbox spec, the limits, and, while it stays in the process
+that loaded it, the machine code itself. A worker process (`workers`) gets the order without
+the machine code and loads it from the shared compiled-code cache.
 
 Messages are JSON, framed by a 4-byte big-endian length. A listening socket travels as
 ``SCM_RIGHTS`` on a one-byte message that follows the order announcing it; the reader reads
@@ -17,14 +18,17 @@ import asyncio
 import json
 import socket
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from wasmfleet_agent.runtime.engine import ModuleSlot
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
 from wasmfleet_agent.server.http import HttpLimits
 
 __all__ = [
+    "SERVER_SOFTWARE",
     "ServeOrder",
     "read_message",
     "read_message_async",
@@ -36,9 +40,14 @@ __all__ = [
 _HEADER = struct.Struct(">I")
 MAX_MESSAGE = 64 << 20
 
+SERVER_SOFTWARE = f"wasmfleet-agent/{metadata.version('wasmfleet')}"
+"""What the agent tells a module it is (CGI ``SERVER_SOFTWARE``)."""
+
 
 @dataclass(frozen=True)
 class ServeOrder:
+    """One module to serve, under ``key``; ``name`` labels its metrics and logs."""
+
     key: str
     name: str
     module_path: Path
@@ -47,7 +56,10 @@ class ServeOrder:
     spec: SandboxSpec
     limits: RunLimits
     http: HttpLimits
-    server_software: str
+    server_software: str = SERVER_SOFTWARE
+    module: ModuleSlot | None = field(default=None, compare=False, repr=False)
+    """The machine code, when the order is served in the process that loaded it; never sent
+    to another process (which loads it by ``module_path`` and ``digest``)."""
 
     def to_json(self) -> dict[str, Any]:
         spec = self.spec

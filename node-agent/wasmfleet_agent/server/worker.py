@@ -24,29 +24,19 @@ import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from wasmfleet_agent.runtime.engine import EngineSettings, Runtime
-from wasmfleet_agent.runtime.service import HttpModule
-from wasmfleet_agent.server.http import ServiceHandler
+from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.inflight import InFlightCells
 from wasmfleet_agent.server.metrics import AgentMetrics, snapshot
 from wasmfleet_agent.server.orders import ServeOrder, read_message, receive_fd, write_message
+from wasmfleet_agent.server.serving import InProcessServer
 from wasmfleet_common import logs
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass
-class _Site:
-    runner: web.BaseRunner
-    handler: ServiceHandler
 
 
 class Worker:
@@ -68,7 +58,7 @@ class Worker:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wasm-request")
         self.metrics = AgentMetrics()
         self.metrics.modules_loaded.set_function(self.runtime.loaded_count)
-        self.sites: dict[str, _Site] = {}
+        self.server = InProcessServer(runtime=self.runtime, pool=self.pool, metrics=self.metrics)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -96,8 +86,7 @@ class Worker:
                     answer = {"id": message.get("id"), "ok": False, "error": str(error)}
                 write_message(self.reply, answer)
         finally:
-            for key in list(self.sites):
-                await self._stop(key)
+            await self.server.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.runtime.close()
             self.cells.close()
@@ -109,7 +98,7 @@ class Worker:
             await self._serve(ServeOrder.from_json(message["order"]), int(message["slot"]), fd)
             return {}
         if op == "stop":
-            await self._stop(str(message["key"]))
+            await self.server.stop(str(message["key"]))
             return {}
         if op == "metrics":
             return {"families": snapshot(self.metrics.registry)}
@@ -118,48 +107,18 @@ class Worker:
         raise ValueError(f"unknown order {op!r}")
 
     async def _serve(self, order: ServeOrder, slot: int, fd: int | None) -> None:
-        try:
-            compiled = await asyncio.to_thread(
-                self.runtime.load, order.module_path, order.digest, EngineSettings(fuel=order.fuel)
-            )
-            module = HttpModule(
-                name=order.name,
-                compiled=self.runtime.slot(order.module_path, compiled),
-                spec=order.spec,
-                limits=order.limits,
-                server_software=order.server_software,
-            )
-        except BaseException:
+        """A serve order: a new one (with its socket), or a standing one again (an update,
+        or the pool re-sending its orders after a restart of another worker)."""
+        if self.server.serves(order.key):
             if fd is not None:
                 socket.close(fd)
-            raise
-        site = self.sites.get(order.key)
-        if site is not None:
-            site.handler.execute = module.execute
-            site.handler.limits = order.http
-            if fd is not None:
-                socket.close(fd)
+            await self.server.update(order)
             return
         if fd is None:
             raise ValueError(f"no socket for {order.key}")
-        handler = ServiceHandler(
-            name=order.name,
-            execute=module.execute,
-            limits=order.http,
-            pool=self.pool,
-            metrics=self.metrics,
-            shared=self.cells.service(slot, self.index),
-        )
-        runner = await handler.runner()
         listener = socket.socket(fileno=fd)
         listener.setblocking(False)
-        await web.SockSite(runner, listener).start()
-        self.sites[order.key] = _Site(runner, handler)
-
-    async def _stop(self, key: str) -> None:
-        site = self.sites.pop(key, None)
-        if site is not None:
-            await site.runner.cleanup()
+        await self.server.serve(order, listener, shared=self.cells.service(slot, self.index))
 
 
 def _die_with_parent() -> None:

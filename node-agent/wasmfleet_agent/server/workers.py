@@ -1,7 +1,8 @@
 """Request-worker processes: the agent's requests on every core, not behind one GIL.
 
-`WorkerPool` starts ``count`` worker processes (`worker`) and keeps them running. Serving a
-module is an order sent to every worker with the listening socket the agent opened; every
+`WorkerPool` starts ``count`` worker processes (`worker`) and keeps them running; it is a
+`serving.Server`. Serving a module is an order sent to every worker with the listening socket
+the agent opened; every
 worker accepts on that same socket, so the kernel hands each connection to whichever worker
 is waiting (the least busy). The agent itself keeps the decisions, the cluster connection
 and a copy of every socket: a worker that dies is started again and handed every order
@@ -33,8 +34,9 @@ from wasmfleet_agent.server.orders import (
     send_fd,
     write_message,
 )
+from wasmfleet_agent.server.serving import ServeError
 
-__all__ = ["WorkerError", "WorkerPool", "WorkerSite"]
+__all__ = ["WorkerError", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ _ORDER_TIMEOUT = 120.0
 _RESTART_DELAY = (0.1, 5.0)
 
 
-class WorkerError(RuntimeError):
+class WorkerError(ServeError):
     """A worker refused an order, or died before answering it."""
 
 
@@ -246,7 +248,7 @@ class WorkerPool:
             *(self._ask(w, message, listener) for w in workers), return_exceptions=True
         )
 
-    async def serve(self, order: ServeOrder, listener: socket.socket) -> WorkerSite:
+    async def serve(self, order: ServeOrder, listener: socket.socket) -> None:
         """Every worker serves ``order`` on ``listener`` (a socket the pool now owns)."""
         if order.key in self._orders:
             listener.close()
@@ -264,7 +266,6 @@ class WorkerPool:
             self._free_slots.append(standing.slot)
             raise WorkerError(str(failures[0]) if failures else "no request worker is running")
         self._orders[order.key] = standing
-        return WorkerSite(self, order.key)
 
     async def update(self, order: ServeOrder) -> None:
         """A served module's new sandbox (configuration changed): new requests see it."""
@@ -287,17 +288,6 @@ class WorkerPool:
     async def metrics(self) -> list[Snapshot]:
         answers = await self._ask_all({"op": "metrics"})
         return [a["families"] for a in answers if isinstance(a, dict)]
-
-
-@dataclass
-class WorkerSite:
-    """A module served by a pool's workers; ``cleanup`` stops it (as an AppRunner's)."""
-
-    pool: WorkerPool
-    key: str
-
-    async def cleanup(self) -> None:
-        await self.pool.stop(self.key)
 
 
 def _serve_message(standing: _Standing) -> dict[str, Any]:

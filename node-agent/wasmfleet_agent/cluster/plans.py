@@ -1,0 +1,101 @@
+"""What a binding needs to run, decided from its spec and the configuration read for it.
+
+The runner reads (ConfigMaps, Secrets, the module), then asks these functions what to run,
+then runs it: the engine settings to load the module with, the sandbox every instance gets,
+and either the `ServeOrder` a `serving.Server` serves or the `JobPlan` of a job. Nothing here
+does I/O, so every rule of the translation from the API's units and defaults lives in one
+place and is tested directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasmfleet_agent.cluster.config import ResolvedConfig
+from wasmfleet_agent.runtime.engine import EngineSettings, ModuleSlot
+from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
+from wasmfleet_agent.server.http import HttpLimits
+from wasmfleet_agent.server.orders import ServeOrder
+from wasmfleet_api.units import parse_duration, parse_quantity
+from wasmfleet_api.workload import HttpSpec, JobSpec, WorkloadSpec
+from wasmfleet_common.backoff import Backoff
+
+__all__ = ["JobPlan", "plan_engine", "plan_job", "plan_sandbox", "plan_serve_order"]
+
+_JOB_BACKOFF_CAP = 300.0
+"""A job's wait between runs doubles from ``job.backoff`` up to five minutes."""
+
+
+def plan_engine(workload: WorkloadSpec) -> EngineSettings:
+    """The engine the module is compiled for: with fuel metering only when it sets fuel."""
+    return EngineSettings(fuel=workload.resources.fuel is not None)
+
+
+def plan_sandbox(workload: WorkloadSpec, config: ResolvedConfig) -> SandboxSpec:
+    """What every instance of the module sees: its arguments (``argv[0]`` named after the
+    image), the environment and directories ``config`` resolved, its memory and fuel."""
+    program = workload.module.image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    return SandboxSpec(
+        args=(program or "module.wasm", *workload.args),
+        env=config.env,
+        preopens=tuple(
+            Preopen(host=host, guest=guest, writable=writable)
+            for host, guest, writable in config.mounts
+        ),
+        memory_limit=parse_quantity(workload.resources.memory),
+        fuel=workload.resources.fuel,
+    )
+
+
+def plan_serve_order(
+    *,
+    key: str,
+    name: str,
+    http: HttpSpec,
+    sandbox: SandboxSpec,
+    module_path: Path,
+    digest: str,
+    module: ModuleSlot | None = None,
+) -> ServeOrder:
+    """The order that serves the module at ``module_path`` (``module``: its machine code,
+    loaded in this process) under ``key``."""
+    return ServeOrder(
+        key=key,
+        name=name,
+        module_path=module_path,
+        digest=digest,
+        fuel=sandbox.fuel is not None,  # the engine `plan_engine` chose for this workload
+        spec=sandbox,
+        limits=RunLimits(
+            deadline_seconds=parse_duration(http.timeout),
+            max_output=parse_quantity(http.max_response_size),
+        ),
+        # a client has as long to send its body as the module has to answer it
+        http=HttpLimits(
+            http.max_concurrency,
+            parse_quantity(http.max_request_body_size),
+            body_timeout=parse_duration(http.timeout),
+        ),
+        module=module,
+    )
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """How a job runs: each run's sandbox and deadline, and its retries."""
+
+    sandbox: SandboxSpec
+    timeout: float | None
+    backoff_limit: int
+    backoff: Backoff
+
+
+def plan_job(job: JobSpec, sandbox: SandboxSpec) -> JobPlan:
+    """The runs of ``job``: ``backoffLimit`` retries after the first, ``backoff`` doubling."""
+    return JobPlan(
+        sandbox=sandbox,
+        timeout=parse_duration(job.timeout) if job.timeout is not None else None,
+        backoff_limit=job.backoff_limit,
+        backoff=Backoff(base=parse_duration(job.backoff), cap=_JOB_BACKOFF_CAP),
+    )

@@ -1,0 +1,136 @@
+"""One way to serve a module, whether this process answers its requests or worker processes do.
+
+A `ServeOrder` says everything a module needs to be served (its machine code, its sandbox,
+its limits). A `Server` serves an order on a listening socket its caller opened, puts a new
+order in place of the one standing under the same key (a changed configuration: the next
+requests see it) and stops serving a key. `InProcessServer` answers in the process it runs
+in, one aiohttp server per order: the agent with one process, and each request-worker
+process (`worker`). `workers.WorkerPool` hands the orders to its worker processes. The
+agent's runner and ``serve`` are written against `Server`, never against either one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+
+from wasmfleet_agent.runtime.engine import EngineSettings, Runtime
+from wasmfleet_agent.runtime.service import HttpModule
+from wasmfleet_agent.server.http import ServiceHandler
+from wasmfleet_agent.server.inflight import ServiceCells
+from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.orders import ServeOrder
+
+__all__ = ["InProcessServer", "ServeError", "Server"]
+
+
+class ServeError(RuntimeError):
+    """A server refused an order (or could not carry it out)."""
+
+
+class Server(Protocol):
+    """Serves modules on listening sockets, each under its order's key."""
+
+    async def serve(self, order: ServeOrder, listener: socket.socket) -> None:
+        """Serves ``order`` on ``listener``, a listening socket the server owns from now on
+        (closed by it if serving fails); raises `ServeError` when it refuses."""
+        ...
+
+    async def update(self, order: ServeOrder) -> None:
+        """Puts ``order`` in place of the one served under its key: new requests see it."""
+        ...
+
+    async def stop(self, key: str) -> None:
+        """Stops serving ``key``; requests under way finish first (a key not served: no-op)."""
+        ...
+
+    async def close(self) -> None:
+        """Stops serving everything."""
+        ...
+
+
+@dataclass
+class _Site:
+    runner: web.BaseRunner
+    handler: ServiceHandler
+
+
+class InProcessServer:
+    """A `Server` that answers in this process: an aiohttp server per order, Wasm on ``pool``.
+
+    An order that carries its machine code (``order.module``) is served with it; one that does
+    not, as in a worker process, loads it from ``runtime``'s compiled-code cache.
+    """
+
+    def __init__(self, *, runtime: Runtime, pool: Executor, metrics: AgentMetrics) -> None:
+        self.runtime = runtime
+        self.pool = pool
+        self.metrics = metrics
+        self._sites: dict[str, _Site] = {}
+
+    def serves(self, key: str) -> bool:
+        return key in self._sites
+
+    async def serve(
+        self, order: ServeOrder, listener: socket.socket, *, shared: ServiceCells | None = None
+    ) -> None:
+        """As `Server.serve`; ``shared`` counts the service's requests in flight across
+        processes (None: this process only)."""
+        try:
+            if order.key in self._sites:
+                raise ServeError(f"{order.key} is served already")
+            handler = ServiceHandler(
+                name=order.name,
+                execute=(await self._module(order)).execute,
+                limits=order.http,
+                pool=self.pool,
+                metrics=self.metrics,
+                shared=shared,
+            )
+            runner = await handler.runner()
+        except BaseException:
+            listener.close()
+            raise
+        try:
+            await web.SockSite(runner, listener).start()
+        except BaseException:
+            await runner.cleanup()
+            listener.close()
+            raise
+        self._sites[order.key] = _Site(runner, handler)
+
+    async def update(self, order: ServeOrder) -> None:
+        site = self._sites.get(order.key)
+        if site is None:
+            raise ServeError(f"{order.key} is not served")
+        site.handler.execute = (await self._module(order)).execute
+        site.handler.limits = order.http
+
+    async def stop(self, key: str) -> None:
+        site = self._sites.pop(key, None)
+        if site is not None:
+            await site.runner.cleanup()
+
+    async def close(self) -> None:
+        for key in list(self._sites):
+            await self.stop(key)
+
+    async def _module(self, order: ServeOrder) -> HttpModule:
+        compiled = order.module
+        if compiled is None:
+            loaded = await asyncio.to_thread(
+                self.runtime.load, order.module_path, order.digest, EngineSettings(fuel=order.fuel)
+            )
+            compiled = self.runtime.slot(order.module_path, loaded)
+        return HttpModule(
+            name=order.name,
+            compiled=compiled,
+            spec=order.spec,
+            limits=order.limits,
+            server_software=order.server_software,
+        )

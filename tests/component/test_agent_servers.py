@@ -1,0 +1,104 @@
+"""The two servers of the agent keep one contract: serve an order, put a new one in its place,
+stop it. The agent's runner and ``serve`` use whichever they are given, never asking which.
+
+Real parts throughout: the probe module, the agent's runtime and compiled-code cache, the
+worker processes and a real listening socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from wasmfleet_agent.runtime.engine import EngineSettings, Runtime
+from wasmfleet_agent.runtime.sandbox import RunLimits, SandboxSpec
+from wasmfleet_agent.server.http import HttpLimits
+from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.orders import ServeOrder
+from wasmfleet_agent.server.serving import InProcessServer, ServeError, Server
+from wasmfleet_agent.server.workers import WorkerPool
+from wasmfleet_agent.sockets import bind_in_namespace
+from wasmfleet_harness.processes import Workspace
+
+
+@pytest.fixture(params=["in-process", "two-workers"])
+async def served(
+    request: pytest.FixtureRequest, workspace: Workspace, wasm_modules: dict[str, Path]
+) -> AsyncIterator[tuple[Server, ServeOrder]]:
+    """A server of either kind and the order for the probe it is about to serve."""
+    cache = workspace.subdir(f"servers-{request.param}")
+    path = wasm_modules["probe"]
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    runtime = Runtime(cache)
+    compiled = await asyncio.to_thread(runtime.load, path, digest, EngineSettings())
+    order = ServeOrder(
+        key="team/probe-1",
+        name="team/probe",
+        module_path=path,
+        digest=digest,
+        fuel=False,
+        spec=SandboxSpec(args=("probe.wasm",), env=(("GIVEN", "first"),)),
+        limits=RunLimits(deadline_seconds=5.0),
+        http=HttpLimits(max_concurrency=8),
+        module=runtime.slot(path, compiled),
+    )
+    pool = ThreadPoolExecutor(max_workers=4)
+    server: Server
+    if request.param == "in-process":
+        server = InProcessServer(runtime=runtime, pool=pool, metrics=AgentMetrics())
+    else:
+        workers = WorkerPool(2, cache_dir=cache, threads=4, max_services=4)
+        await workers.start()
+        server = workers
+    try:
+        yield server, order
+    finally:
+        await server.close()
+        pool.shutdown(wait=False)
+        runtime.close()
+
+
+async def _env(port: int) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/env") as response,
+    ):
+        assert response.status == 200
+        return await response.text()
+
+
+async def test_a_server_serves_an_order_takes_a_new_one_in_its_place_and_stops_it(
+    served: tuple[Server, ServeOrder],
+) -> None:
+    server, order = served
+    listener = bind_in_namespace(None, "127.0.0.1", 0)
+    port = int(listener.getsockname()[1])
+    await server.serve(order, listener)
+    assert "GIVEN=first" in await _env(port)
+
+    await server.update(replace(order, spec=replace(order.spec, env=(("GIVEN", "second"),))))
+    assert "GIVEN=second" in await _env(port)
+
+    await server.stop(order.key)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _env(port)
+
+
+async def test_a_server_refuses_a_second_order_under_a_key_it_serves_and_closes_its_socket(
+    served: tuple[Server, ServeOrder],
+) -> None:
+    server, order = served
+    await server.serve(order, bind_in_namespace(None, "127.0.0.1", 0))
+    second = bind_in_namespace(None, "127.0.0.1", 0)
+    with pytest.raises(ServeError):
+        await server.serve(order, second)
+    assert second.fileno() == -1, "the refused order's socket was left open"
+    with pytest.raises(ServeError):
+        await server.update(replace(order, key="team/unknown"))
