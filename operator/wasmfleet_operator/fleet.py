@@ -39,6 +39,8 @@ class _Heartbeat:
     renew_time: str
     duration: float
     observed: float
+    released: bool = False
+    """The agent gave its Lease up (an empty holder): it is shutting down and draining."""
 
 
 @dataclass
@@ -79,9 +81,10 @@ class Fleet:
         spec = obj.get("spec") or {}
         renew = str(spec.get("renewTime") or "")
         duration = float(spec.get("leaseDurationSeconds") or 20)
+        released = not spec.get("holderIdentity")
         known = self.heartbeats.get(name)
-        if known is None or known.renew_time != renew:
-            self.heartbeats[name] = _Heartbeat(renew, duration, self.clock())
+        if known is None or known.renew_time != renew or known.released != released:
+            self.heartbeats[name] = _Heartbeat(renew, duration, self.clock(), released)
         else:
             known.duration = duration
 
@@ -106,7 +109,10 @@ class Fleet:
             return Liveness(ready=False, lost=now - since > 60 + self.grace_period)
         silent = now - beat.observed
         return Liveness(
-            ready=silent <= beat.duration, lost=silent > beat.duration + self.grace_period
+            # A released Lease is NotReady at once (its endpoints go while it drains), and
+            # lost only after the usual time: a restarting agent comes back before that.
+            ready=silent <= beat.duration and not beat.released,
+            lost=silent > beat.duration + self.grace_period,
         )
 
     def liveness_all(self, now: float | None = None) -> dict[str, Liveness]:

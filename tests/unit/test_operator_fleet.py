@@ -44,10 +44,14 @@ def _binding(name: str, *, node: str) -> WasmBinding:
     )
 
 
-def _lease(name: str, renew: str, duration: int = 3) -> dict[str, Any]:
+def _lease(name: str, renew: str, duration: int = 3, holder: str | None = None) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": "wasmfleet-system"},
-        "spec": {"renewTime": renew, "leaseDurationSeconds": duration},
+        "spec": {
+            "holderIdentity": name if holder is None else holder,
+            "renewTime": renew,
+            "leaseDurationSeconds": duration,
+        },
     }
 
 
@@ -69,6 +73,21 @@ def test_liveness_follows_when_the_lease_last_changed_not_its_timestamp() -> Non
     fleet.update_lease(_lease("a", "2001-01-01T00:00:05.000000Z"))  # it renews again
     assert fleet.liveness("a").ready
     assert not fleet.liveness("a").lost
+
+
+def test_a_released_lease_is_not_ready_at_once_but_lost_only_after_the_grace_period() -> None:
+    clock = Clock()
+    fleet = Fleet(grace_period=4, clock=clock)
+    fleet.update_agent(_agent("a"))
+    fleet.update_lease(_lease("a", "2026-01-01T00:00:00.000000Z"))
+    assert fleet.liveness("a").ready
+    clock.now += 1
+    fleet.update_lease(_lease("a", "2026-01-01T00:00:00.000000Z", holder=""))  # shutting down
+    assert not fleet.liveness("a").ready
+    clock.now += 6.9
+    assert not fleet.liveness("a").lost
+    fleet.update_lease(_lease("a", "2026-01-01T00:00:09.000000Z"))  # the new Pod renews it
+    assert fleet.liveness("a").ready
 
 
 def test_an_unknown_agent_is_lost_and_node_labels_win_over_the_agents_own_architecture() -> None:

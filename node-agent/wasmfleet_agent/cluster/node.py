@@ -33,6 +33,7 @@ from wasmfleet_agent.cluster.registration import (
     ApiContact,
     apply_agent,
     heartbeat,
+    render_lease,
 )
 from wasmfleet_agent.cluster.runner import NodeRunner, RunnerSettings
 from wasmfleet_agent.runtime.engine import Runtime
@@ -81,6 +82,21 @@ async def _register(
             "registration failed (%s); retrying in %.1fs", error, delay
         ),
     )
+
+
+async def _drain(kube: KubeClient, identity: AgentIdentity, seconds: float) -> None:
+    """Gives the Lease up, so that the operator takes this node's endpoints away at once, then
+    keeps serving for ``seconds`` while that change reaches every client's kube-proxy."""
+    try:
+        await asyncio.wait_for(
+            kube.apply(render_lease(identity, released=True)),
+            timeout=max(1.0, identity.lease_duration_seconds / 2),
+        )
+    except (*API_ERRORS, TimeoutError) as error:
+        log.warning("lease not released (%s); endpoints go when it lapses", error)
+        return
+    log.info("lease released; draining before the replicas stop", extra={"seconds": seconds})
+    await asyncio.sleep(seconds)
 
 
 async def report_allocation(
@@ -197,8 +213,10 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
         await admin.setup()
         await web.TCPSite(admin, options.admin_host, options.admin_port).start()
     registered = format_time()  # when this agent became ready, as its WasmAgent says
+    joined = False
     try:
         if await _register(kube, identity, stop, since=registered):
+            joined = True
             log.info(
                 "agent registered",
                 extra={"node": identity.node_name, "address": identity.address},
@@ -231,9 +249,11 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             await stop.wait()
     finally:
         stop.set()
+        await supervisor.close()
+        if joined:
+            await _drain(kube, identity, options.drain_seconds)
         await runner.close()
         await server.close()
-        await supervisor.close()
         if admin is not None:
             await admin.cleanup()
         pool.shutdown(wait=False, cancel_futures=True)

@@ -105,8 +105,11 @@ def render_agent_writes(agent: WasmAgent) -> tuple[dict[str, Any], dict[str, Any
     return {**without_status, "spec": agent.spec.to_kube(only_set=True)}, whole
 
 
-def render_lease(identity: AgentIdentity, *, renew_time: str | None = None) -> dict[str, Any]:
-    """The heartbeat Lease, named after the node, renewed now (or at ``renew_time``)."""
+def render_lease(
+    identity: AgentIdentity, *, renew_time: str | None = None, released: bool = False
+) -> dict[str, Any]:
+    """The heartbeat Lease, named after the node, renewed now (or at ``renew_time``); with
+    ``released``, given up (no holder): the agent is shutting down."""
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -116,7 +119,7 @@ def render_lease(identity: AgentIdentity, *, renew_time: str | None = None) -> d
             "labels": {LEASE_LABEL: "true"},
         },
         "spec": {
-            "holderIdentity": identity.node_name,
+            "holderIdentity": "" if released else identity.node_name,
             "leaseDurationSeconds": identity.lease_duration_seconds,
             "renewTime": renew_time or format_micro_time(),
         },
