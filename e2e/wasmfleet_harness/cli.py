@@ -1,49 +1,59 @@
-"""``wasmfleet-dev``: the local environment behind the README's first command.
+"""``wasmfleet-dev``: the local system behind the README's first command.
 
-``up`` starts, detached from the terminal, a real control plane (etcd, kube-apiserver,
-kube-controller-manager), a real OCI registry on loopback (on port 5001, the one the examples
-name, when it is free), three agents registered as nodes amd64-a, amd64-b and arm64-a, each
-at an address of its own in a network namespace, and the operator. It builds the example
-modules from source, pushes them, applies ``examples/*/wasmservice.yaml``, waits until every
-WasmService is Ready and shows ``kubectl get wasmservices``, a request to every endpoint and
-the job's output. State and logs are in ``.wasmfleet/`` at the repository root. ``down``
-stops everything ``up`` started and removes that state; ``status`` says what is running.
+``up`` starts a keeper process, detached from the terminal, and shows what it prints until the
+system is up. The keeper builds what is missing (the control-plane and node binaries, the Wasm
+modules, the operator and agent images), starts a local cluster of real nodes
+(`localsystem.LocalSystem`: a node LAN, a registry on it, etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, two nodes with containerd, the kubelet and kube-proxy,
+CoreDNS), then does what a user does: pushes the images, ``helm install`` of the chart with the
+images' registry and tags, ``wasmfleet push`` of the example modules, ``kubectl apply`` of
+``examples/*/wasmservice.yaml``. It waits until every WasmService is Ready and shows each one
+answering through its Service: by ClusterIP from this machine and by DNS name from a Pod. Then
+it keeps the system running until ``down`` (SIGTERM), when it stops everything and leaves
+nothing behind. Its log and state are in ``.wasmfleet/``; ``status`` says what runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 from wasmfleet_harness.agent import push_module
-from wasmfleet_harness.binaries import REPO_ROOT, ensure_binaries
-from wasmfleet_harness.controlplane import ControlPlane, ControlPlaneConfig
-from wasmfleet_harness.fleet import LocalFleet, endpoints_of
+from wasmfleet_harness.binaries import REPO_ROOT
+from wasmfleet_harness.localsystem import RELEASE_NAMESPACE, LocalSystem
 from wasmfleet_harness.modules import build_all
-from wasmfleet_harness.netns import NetworkHosts, netns_available, remove_host
+from wasmfleet_harness.netns import netns_available
+from wasmfleet_harness.nodelan import NodeLan
+from wasmfleet_harness.probe import exec_in, probe_pod, push_probe_image
 from wasmfleet_harness.processes import wait_until
-from wasmfleet_harness.registry import Registry
 
 __all__ = ["main"]
 
 STATE_DIR = REPO_ROOT / ".wasmfleet"
 STATE_FILE = STATE_DIR / "state.json"
+LOG_FILE = STATE_DIR / "up.log"
+UP_MARKER = "Up. State and logs:"
+
+EXAMPLES = ("hello-rust", "hello-go", "hello-c", "greeter", "wordcount-job")
+STARTUP_LIMIT = 3600.0
+"""Seconds ``up`` waits for the keeper: a cold machine builds Go binaries and images first."""
 
 
 def _step(message: str) -> None:
     print(f"==> {message}", flush=True)
-
-
-def _pid_gone(pid: int) -> bool:
-    return not _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -51,129 +61,155 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    # A zombie (a keeper that exited, not yet reaped) is not alive.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
     return True
 
 
-def _load_state() -> dict[str, object] | None:
+def _load_state() -> dict[str, Any] | None:
     try:
-        loaded: dict[str, object] = json.loads(STATE_FILE.read_text())
+        loaded: dict[str, Any] = json.loads(STATE_FILE.read_text())
     except FileNotFoundError:
         return None
     return loaded
 
 
-def _running_pids(state: dict[str, object]) -> dict[str, int]:
-    pids = state.get("pids", {})
-    assert isinstance(pids, dict)
-    return {str(name): int(pid) for name, pid in pids.items() if _pid_alive(int(pid))}
-
-
-EXAMPLES = ("hello-rust", "hello-go", "hello-c", "greeter", "wordcount-job")
-EXAMPLE_REGISTRY = "localhost:5001"
-NODES = {"amd64-a": "amd64", "amd64-b": "amd64", "arm64-a": "arm64"}
-
-
-def _registry_port() -> int | None:
-    """5001, the port the examples name, when it is free; any free port otherwise."""
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", 5001))
-        except OSError:
-            return None
-    return 5001
-
-
-def _save_state(state: dict[str, object]) -> None:
+def _save_state(state: dict[str, Any]) -> None:
     STATE_FILE.write_text(json.dumps(state, indent=2))
+
+
+def _keeper_alive(state: dict[str, Any] | None) -> bool:
+    return state is not None and _pid_alive(int(state.get("keeper", 0)))
+
+
+# ---- up: start the keeper and show what it prints --------------------------------------------
 
 
 def cmd_up(_args: argparse.Namespace) -> int:
     state = _load_state()
-    if state is not None and _running_pids(state):
-        down = _down_components(state)
-        if down:
-            print(
-                f"partly up: {', '.join(down)} not running (see `make status`); recover with "
-                "`make down && make up`",
-                file=sys.stderr,
-            )
-        else:
-            print(f"already up (state in {STATE_DIR}); run `make down` first", file=sys.stderr)
+    if _keeper_alive(state):
+        print(f"already up (state in {STATE_DIR}); run `make down` first", file=sys.stderr)
         return 1
     if not netns_available():
         print(
-            "make up gives each agent an address of its own in a network namespace, which "
-            "needs root and iproute2; run it as root",
+            "make up runs real Kubernetes nodes (kubelet, containerd, kube-proxy) in network and "
+            "mount namespaces of their own, which needs root and iproute2; run it as root",
             file=sys.stderr,
         )
         return 1
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     STATE_DIR.mkdir(parents=True)
+    with LOG_FILE.open("wb") as log:
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "wasmfleet_harness.cli", "keep"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            start_new_session=True,  # survives this terminal; `make down` ends it
+        )
+    _save_state({"keeper": keeper.pid})
+    return _follow(keeper)
 
-    _step("control-plane binaries (the first run builds them from source: several minutes)")
-    binaries = ensure_binaries()
+
+def _follow(keeper: subprocess.Popen[bytes]) -> int:
+    """Prints the keeper's log as it grows, until the system is up (0) or the keeper ends (1)."""
+    printed = 0
+    deadline = time.monotonic() + STARTUP_LIMIT
+    while True:
+        text = LOG_FILE.read_text(errors="replace")
+        if len(text) > printed:
+            sys.stdout.write(text[printed:])
+            sys.stdout.flush()
+            printed = len(text)
+        if UP_MARKER in text:
+            return 0
+        if keeper.poll() is not None:
+            print(
+                f"\nmake up failed (the keeper exited with {keeper.returncode}); its log: "
+                f"{LOG_FILE}",
+                file=sys.stderr,
+            )
+            return 1
+        if time.monotonic() > deadline:
+            print(
+                f"\nmake up did not finish within {STARTUP_LIMIT:.0f}s; `make down` stops it",
+                file=sys.stderr,
+            )
+            return 1
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            keeper.wait(timeout=0.2)
+
+
+# ---- keep: the process that owns the local system ----------------------------------------------
+
+
+def cmd_keep(_args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    started = time.monotonic()
+    system = LocalSystem(STATE_DIR / "system", progress=lambda line: print(line, flush=True))
+    try:
+        _step("control-plane and node binaries (the first run builds them from source)")
+        _step(
+            "starting the local cluster: registry, etcd, kube-apiserver, "
+            "kube-controller-manager, kube-scheduler, 2 nodes (containerd, kubelet, "
+            "kube-proxy), CoreDNS"
+        )
+        system.start()
+        state = {
+            "keeper": os.getpid(),
+            "kubeconfig": str(system.plane.kubeconfig),
+            "kubectl": str(system.binaries.kubectl),
+            "server": system.plane.server,
+            "registry": system.registry.host,
+        }
+        _save_state(state)
+        if stop.is_set():
+            return 0
+        _install_and_show(system)
+        print()
+        print(f"{UP_MARKER} {STATE_DIR} (up in {time.monotonic() - started:.0f}s)")
+        print(f"  export KUBECONFIG={system.plane.kubeconfig}")
+        print(f"  {system.binaries.kubectl} get wasmservices,wasmbindings,wasmagents,nodes")
+        print(f"  {system.binaries.kubectl} -n {RELEASE_NAMESPACE} logs ds/wasmfleet-agent")
+        print(f"  curl {system.registry.url}/v2/_catalog")
+        print("Stop with: make down", flush=True)
+        stop.wait()
+        return 0
+    except Exception as error:  # printed for `up` to show; the system is stopped below
+        print(f"\nERROR: {error}", flush=True)
+        return 1
+    finally:
+        print("stopping the local system", flush=True)
+        system.stop()
+        print("stopped", flush=True)
+
+
+def _install_and_show(system: LocalSystem) -> None:
+    plane = system.plane
     _step("Wasm modules from Rust, Go and C sources")
     modules = build_all()
-
-    _step("starting etcd, kube-apiserver and kube-controller-manager")
+    _step("the operator and agent images (linux/amd64 and linux/arm64), pushed to the registry")
+    images = system.build_images()
+    for image in images:
+        print(f"    {image.reference}  ({image.outcome})")
+    _step("helm install wasmfleet charts/wasmfleet (the images' registry and tags)")
     started = time.monotonic()
-    plane = ControlPlane(
-        binaries,
-        STATE_DIR / "control-plane",
-        ControlPlaneConfig(tie_to_parent=False, etcd_unsafe_no_fsync=False),
-    )
-    plane.start()
-    print(f"    ready in {time.monotonic() - started:.1f}s at {plane.server}")
-    pids: dict[str, int] = {
-        name: plane.process(name).pid or 0
-        for name in ("etcd", "kube-apiserver", "kube-controller-manager")
-    }
-    state = {"pids": pids, "kubeconfig": str(plane.kubeconfig), "server": plane.server}
-    _save_state(state)
+    release = system.install(images)
+    print(f"    every Pod Running and Ready in {time.monotonic() - started:.1f}s")
+    print(plane.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide").stdout, end="")
 
-    _step("starting the OCI registry")
-    registry = Registry(STATE_DIR / "registry", tie_to_parent=False, port=_registry_port())
-    registry.start()
-    pids["registry"] = registry.process.pid or 0
-    state["registry"] = registry.url
-    _save_state(state)
-
-    _step("installing the CRDs")
-    plane.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-    plane.kubectl(
-        "wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=wasmfleet"
-    )
-
-    _step("starting three agents (nodes amd64-a, amd64-b, arm64-a) and the operator")
-    fleet = LocalFleet(
-        plane, STATE_DIR / "fleet", hosts=NetworkHosts(prefix="wfdev"), tie_to_parent=False
-    )
-    state["netns"] = []
-    for node, arch in NODES.items():
-        # amd64-b answers requests in two worker processes (`--processes 2`)
-        processes = 2 if node == "amd64-b" else 1
-        agent = fleet.add_agent(node, labels={"kubernetes.io/arch": arch}, processes=processes)
-        pids[f"agent-{node}"] = agent.process.pid or 0
-        state["netns"] = [h.name for h in fleet.hosts.hosts]
-        _save_state(state)
-    operator = fleet.start_operator("operator")
-    pids["operator"] = operator.process.pid or 0
-    _save_state(state)
-
-    _step("pushing the example modules to the registry")
+    _step("pushing the example modules")
     for name in EXAMPLES:
-        reference = f"{registry.host}/wasmfleet/examples/{name}:1.0"
-        print(f"    {reference}  {push_module(modules[name], reference)}")
-
-    _step("applying examples/*/wasmservice.yaml")
+        reference = f"{system.registry.host}/wasmfleet/examples/{name}:1.0"
+        print(f"    {reference}  {push_module(modules[name], reference, '--insecure')}")
+    _step("kubectl apply -f examples/*/wasmservice.yaml")
     for name in EXAMPLES:
-        manifest = (REPO_ROOT / "examples" / name / "wasmservice.yaml").read_text()
-        if registry.port != 5001:
-            manifest = manifest.replace(EXAMPLE_REGISTRY, registry.host)
-        plane.kubectl("apply", "-n", "default", "-f", "-", input=manifest)
-
+        plane.kubectl("apply", "-n", "default", "-f", "-", input=system.example_manifest(name))
     _step("waiting until every WasmService is Ready")
     plane.kubectl(
         "wait",
@@ -186,37 +222,59 @@ def cmd_up(_args: argparse.Namespace) -> int:
         timeout=200,
     )
     print(plane.kubectl("get", "wasmservices", "-n", "default").stdout, end="")
-    _step("a request to every endpoint of every Service")
-    for name in EXAMPLES:
-        for target in endpoints_of(plane, "default", name.removesuffix("-job")):
-            url = f"http://{target.address}:{target.port}/"
-            with urllib.request.urlopen(url, timeout=10) as response:
-                body = response.read().decode(errors="replace").strip()
-            print(f"    {name:10} {target.node:8} {url:28} {body}")
+
+    services = [name for name in EXAMPLES if not name.endswith("-job")]
+    _step("a request to every Service by its ClusterIP, from this machine")
+    for name in services:
+        service = plane.kubectl_json("get", "service", "-n", "default", name)
+        ip, port = service["spec"]["clusterIP"], service["spec"]["ports"][0]["port"]
+        wait_until(
+            partial(system.cluster.service_routed_from_host, ip, port),
+            timeout=30,
+            message=f"kube-proxy never routed {ip}:{port}: nothing is sent to it",
+        )
+        url = f"http://{ip}:{port}/"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode(errors="replace").strip()
+        print(f"    {name:10} {url:28} {body}")
+    _step("a request to every Service by its DNS name, from a Pod")
+    probe_image = push_probe_image(system.registry)
+    plane.kubectl_apply(probe_pod("client", probe_image, "serve", "client"))
+    system.cluster.wait_for_pod_ready("default", "client")
+    for name in services:
+        port = plane.kubectl_json("get", "service", "-n", "default", name)["spec"]["ports"][0][
+            "port"
+        ]
+        url = f"http://{name}.default.svc.cluster.local:{port}/"
+        body = exec_in(plane, "default", "client", "/probe", "get", url).strip()
+        print(f"    {name:10} {url:48} {body}")
     _step("the wordcount job's output, from its agent's log")
-    for line in _job_output(fleet, "default/wordcount"):
+    for line in _job_output(plane, "default/wordcount"):
         print(f"    {line}")
-
-    print()
-    print(f"Up. State and logs: {STATE_DIR}")
-    print(f"  export KUBECONFIG={plane.kubeconfig}")
-    print(f"  {binaries.kubectl} get wasmservices,wasmbindings,wasmagents")
-    print(f"  curl {registry.url}/v2/_catalog")
-    print("Stop with: make down")
-    return 0
+    del release
 
 
-def _job_output(fleet: LocalFleet, service: str) -> list[str]:
+def _job_output(plane: Any, service: str) -> list[str]:
+    logs = plane.kubectl(
+        "logs",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/component=agent",
+        "--tail=-1",
+        "--prefix=false",
+        check=False,
+    ).stdout
     lines = []
-    for log in sorted((fleet.workdir / "logs").glob("agent-*.log")):
-        for raw in log.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
+    for raw in logs.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(raw)
             if record.get("service") == service and record.get("stream") == "stdout":
                 lines.append(str(record.get("message", "")))
     return lines
+
+
+# ---- down and status -----------------------------------------------------------------------
 
 
 def cmd_down(_args: argparse.Namespace) -> int:
@@ -224,65 +282,53 @@ def cmd_down(_args: argparse.Namespace) -> int:
     if state is None:
         print("nothing is up")
         return 0
-    # Stop in reverse order of start: the operator and agents first, etcd last.
-    pids = state.get("pids", {})
-    assert isinstance(pids, dict)
-    for name in reversed(list(pids)):
-        pid = _running_pids(state).get(name)
-        if pid is None:
-            continue
-        os.killpg(pid, signal.SIGTERM)
+    pid = int(state.get("keeper", 0))
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
         try:
-            wait_until(partial(_pid_gone, pid), timeout=10)
+            wait_until(lambda: not _pid_alive(pid), timeout=180, interval=0.2)
+            print("stopped the local system")
         except TimeoutError:
             os.killpg(pid, signal.SIGKILL)
-        print(f"stopped {name}")
-    hosts = state.get("netns", [])
-    assert isinstance(hosts, list)
-    for host in hosts:
-        remove_host(str(host))
+            print("the keeper did not stop in time: killed", file=sys.stderr)
+    # Whatever a keeper that died left (processes, namespaces, routes, mounts, kernel
+    # settings) is removed by the next node LAN to take the machine's lock.
+    lan = NodeLan()
+    lan.create()
+    lan.remove()
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     return 0
 
 
-def _down_components(state: dict[str, object]) -> list[str]:
-    pids = state.get("pids", {})
-    assert isinstance(pids, dict)
-    running = _running_pids(state)
-    return [str(name) for name in pids if name not in running]
-
-
 def cmd_status(_args: argparse.Namespace) -> int:
-    """One line per component `up` started; exit 1 and the way back when any is not running.
+    """Whether the keeper runs, then the nodes, the release's Pods and the WasmServices.
 
-    The processes are not supervised (in a cluster, the operator's Deployment and the agents'
-    DaemonSet restart them): a component that died stays down until the system is restarted.
+    In the local system the kubelets restart the operator's and agents' Pods as they would
+    in any cluster; the keeper itself is not restarted: if it died, `make down && make up`.
     """
     state = _load_state()
     if state is None:
         print("nothing is up")
         return 1
-    pids = state.get("pids", {})
-    assert isinstance(pids, dict)
-    running = _running_pids(state)
-    logs = {
-        "etcd": "control-plane/logs",
-        "kube-apiserver": "control-plane/logs",
-        "kube-controller-manager": "control-plane/logs",
-        "registry": "registry",
-    }
-    for name, pid in pids.items():
-        if name in running:
-            print(f"{name:26} running  (pid {pid})")
-        else:
-            where = STATE_DIR / logs.get(str(name), "fleet/logs")
-            print(f"{name:26} DOWN     (was pid {pid}; its log is under {where})")
-    print(f"kubeconfig: {state.get('kubeconfig')}")
-    print(f"registry:   {state.get('registry')}")
-    down = _down_components(state)
-    if down:
-        print(f"\n{len(down)} component(s) down. Recover with: make down && make up")
+    if not _keeper_alive(state):
+        print(
+            f"DOWN: the keeper (pid {state.get('keeper')}) is not running; its log is "
+            f"{LOG_FILE}\nRecover with: make down && make up"
+        )
         return 1
+    print(f"keeper running (pid {state['keeper']}); log {LOG_FILE}")
+    if "kubeconfig" not in state:
+        print("starting: the cluster is not up yet")
+        return 0
+    kubectl = [state["kubectl"], "--kubeconfig", state["kubeconfig"]]
+    for args in (
+        ["get", "nodes", "-o", "wide"],
+        ["get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide"],
+        ["get", "wasmservices", "-A"],
+    ):
+        done = subprocess.run([*kubectl, *args], capture_output=True, text=True, check=False)
+        print(done.stdout + done.stderr, end="")
+    print(f"kubeconfig: {state['kubeconfig']}\nregistry:   {state['registry']}")
     return 0
 
 
@@ -294,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands.add_parser("down", help="stop everything `up` started").set_defaults(handler=cmd_down)
     commands.add_parser("status", help="say what is running").set_defaults(handler=cmd_status)
+    commands.add_parser("keep", help="(internal) own the local system until SIGTERM").set_defaults(
+        handler=cmd_keep
+    )
     args = parser.parse_args(argv)
     code: int = args.handler(args)
     return code

@@ -459,7 +459,9 @@ class Node:
         self._create_namespaces()
         self._create_pod_bridge()
         self.lan.join(self.config.index)
-        if self.registry is not None:
+        if self.registry is not None and self.registry.address.startswith("127."):
+            # A loopback registry is relayed onto the node's own loopback (the same name
+            # everywhere); one on the LAN's host address is reached directly.
             self._relay = NamespaceRelay(netns_path(self.netns), self.registry.port)
             self._relay.start()
         self._start_containerd()

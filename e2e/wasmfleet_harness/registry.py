@@ -72,7 +72,10 @@ class Registry:
         tie_to_parent: bool = True,
         name: str = "registry",
         port: int | None = None,
+        address: str = "127.0.0.1",
     ) -> None:
+        """``address`` is where it listens: loopback, or an address of the project's own (the
+        node LAN's host address, so that Pods reach it too)."""
         if auth is not None and token_server is not None:
             raise ValueError("a registry uses either basic auth or a token server, not both")
         self.workdir = workdir
@@ -80,8 +83,9 @@ class Registry:
         self.token_server = token_server
         self.tls = tls
         self.name = name
-        self.port = port if port is not None else free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.address = address
+        self.port = port if port is not None else free_port(address)
+        self.host = f"{address}:{self.port}"
         self.url = f"{'https' if tls else 'http'}://{self.host}"
         self.storage = workdir / "storage"
         self._started_token_server = False

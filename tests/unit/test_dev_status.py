@@ -1,4 +1,5 @@
-"""``wasmfleet-dev status`` says which component of the local system is down and the way back."""
+"""``wasmfleet-dev status`` and ``up`` say when the local system's keeper is gone, and the way
+back."""
 
 from __future__ import annotations
 
@@ -12,26 +13,37 @@ import pytest
 from wasmfleet_harness import cli
 
 
-def test_a_dead_component_is_named_with_its_log_and_the_way_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(cli, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(cli, "STATE_FILE", tmp_path / "state.json")
+    monkeypatch.setattr(cli, "LOG_FILE", tmp_path / "up.log")
+    return tmp_path
+
+
+def test_a_dead_keeper_is_reported_with_its_log_and_the_way_back(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    (state_dir / "state.json").write_text(json.dumps({"keeper": dead.pid}))
+    assert cli.main(["status"]) == 1
+    out = capsys.readouterr().out
+    assert f"DOWN: the keeper (pid {dead.pid}) is not running" in out
+    assert str(state_dir / "up.log") in out
+    assert "Recover with: make down && make up" in out
+
+
+def test_a_running_keeper_means_already_up(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        monkeypatch.setattr(cli, "STATE_DIR", tmp_path)
-        monkeypatch.setattr(cli, "STATE_FILE", tmp_path / "state.json")
-        (tmp_path / "state.json").write_text(
-            json.dumps({"pids": {"etcd": alive.pid, "operator": dead.pid}, "kubeconfig": "k"})
-        )
-        assert cli.main(["status"]) == 1
-        out = capsys.readouterr().out
-        assert f"etcd                       running  (pid {alive.pid})" in out
-        assert "operator                   DOWN" in out
-        assert str(tmp_path / "fleet/logs") in out
-        assert "Recover with: make down && make up" in out
+        (state_dir / "state.json").write_text(json.dumps({"keeper": alive.pid}))
+        assert cli.main(["status"]) == 0
+        assert "starting: the cluster is not up yet" in capsys.readouterr().out
         assert cli.main(["up"]) == 1
-        assert "partly up: operator not running" in capsys.readouterr().err
+        assert "already up" in capsys.readouterr().err
     finally:
         alive.kill()
         alive.wait()
