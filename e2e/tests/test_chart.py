@@ -1,22 +1,19 @@
-"""The Helm chart: lint, a server-side dry run of what it renders, install and uninstall.
+"""The Helm chart as text and objects: lint, the values schema, a server-side dry run.
 
-No kubelet runs locally, so the operator's and agents' Pods stay Pending; what is proven
-here is the objects (accepted by the real API server, created by ``helm install``, removed
-by ``helm uninstall`` with the CRDs kept, as Helm does).
+Installing it, its Pods running on real nodes, upgrading and uninstalling it are proven in
+``test_chart_on_cluster.py``.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from functools import partial
 
 import pytest
 import yaml
 
 from wasmfleet_harness.chart import CHART, KUBE_VERSION, helm, render_chart
 from wasmfleet_harness.controlplane import ControlPlane
-from wasmfleet_harness.processes import wait_until
 
 
 def test_helm_lint_is_clean(control_plane: ControlPlane) -> None:
@@ -56,43 +53,6 @@ def test_what_the_chart_renders_passes_a_server_side_dry_run(
             "apply", "--server-side", "--dry-run=server", "-f", "-", input=listing, check=False
         )
         assert result.returncode == 0, result.stderr
-
-
-def test_install_creates_every_object_and_uninstall_removes_them_but_the_crds(
-    wasmfleet_crds: ControlPlane,
-) -> None:
-    plane = wasmfleet_crds
-    release, namespace = "installed", "wasmfleet-install"
-    helm(plane, "install", release, str(CHART), "--namespace", namespace, "--create-namespace")
-    try:
-        manifest = helm(plane, "get", "manifest", release, "--namespace", namespace).stdout
-        rendered = [o for o in yaml.safe_load_all(manifest) if o]
-        assert len(rendered) >= 12
-        for obj in rendered:
-            scope = ["-n", namespace] if obj["metadata"].get("namespace") else []
-            found = plane.kubectl(
-                "get", obj["kind"], obj["metadata"]["name"], *scope, "-o", "name", check=False
-            )
-            assert found.returncode == 0, f"{obj['kind']} {obj['metadata']['name']} missing"
-        status = helm(plane, "status", release, "--namespace", namespace).stdout
-        assert "STATUS: deployed" in status
-        assert "kubectl get wasmservices" in status  # NOTES.txt
-    finally:
-        helm(plane, "uninstall", release, "--namespace", namespace, "--wait")
-
-    def gone(obj: dict[str, object]) -> bool:
-        metadata = obj["metadata"]
-        assert isinstance(metadata, dict)
-        scope = ["-n", namespace] if metadata.get("namespace") else []
-        result = plane.kubectl(
-            "get", str(obj["kind"]), str(metadata["name"]), *scope, "-o", "name", check=False
-        )
-        return result.returncode != 0 and "NotFound" in result.stderr
-
-    for obj in rendered:
-        wait_until(partial(gone, obj), timeout=30, message=f"{obj['kind']} left behind")
-    crds = plane.kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=wasmfleet", "-o", "name")
-    assert len(crds.stdout.split()) == 3, "Helm keeps the CRDs"
 
 
 @pytest.mark.parametrize(
