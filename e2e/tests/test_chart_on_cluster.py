@@ -29,12 +29,14 @@ import yaml
 
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.argocd import argocd_health
+from wasmfleet_harness.chart import CHART
 from wasmfleet_harness.images.build import BuiltImage
 from wasmfleet_harness.localsystem import (
     RELEASE,
     RELEASE_NAMESPACE,
     LocalSystem,
     Release,
+    pod_ready,
     render_install_values,
     retag,
 )
@@ -497,13 +499,74 @@ def test_an_upgrade_to_new_image_tags_rolls_the_operator_with_one_leader_and_kee
         stop.set()
         sampler.join(timeout=30)
     assert max(leaders) == 1, f"two leaders at once: {leaders}"
-    for pod in installed.release.pods():
-        (container,) = pod["spec"]["containers"]
-        assert container["image"].endswith("-next"), container["image"]
+
+    def images() -> list[str]:
+        return [p["spec"]["containers"][0]["image"] for p in installed.release.pods()]
+
+    # `--wait` returns once the new Pods are Ready; old ones may still be terminating
+    wait_until(
+        lambda: all(image.endswith("-next") for image in images()),
+        timeout=60,
+        message=lambda: f"Pods of the old tags remain: {images()}",
+    )
     _wait_ready(installed, "hello", 2, timeout=120)
     after = {b["metadata"]["name"] for b in bindings_of(plane, NAMESPACE, "hello")}
     assert after == before, "the upgrade replaced the service's bindings"
     assert _get(_routed_url(installed, "hello")) == HELLO_C
+
+
+def test_an_upgrade_to_an_image_that_cannot_be_pulled_fails_clearly_and_rollback_recovers(
+    installed: Installed,
+) -> None:
+    """A mistyped tag: ``helm upgrade --wait`` fails, the new operator Pod says which image it
+    could not pull, the old Pods keep leading and serving meanwhile, ``helm rollback`` recovers."""
+    system, release = installed.system, installed.release
+    url = _routed_url(installed, "hello")
+    before = {p["metadata"]["name"] for p in _pods(installed, "operator")}
+    values = render_install_values(installed.images, system.registry.host)
+    values += ["--set", "operator.image.tag=0.0.0-does-not-exist"]
+    failed = release.helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        *values,
+        "--wait",
+        "--timeout",
+        "40s",
+        timeout=120,
+        check=False,
+    )
+    assert failed.returncode != 0, "helm said an upgrade to a missing image succeeded"
+
+    def pull_failure() -> str:
+        for pod in _pods(installed, "operator"):
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                waiting = (status.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff"):
+                    return f"{waiting['reason']}: {waiting.get('message', '')} ({status['image']})"
+        return ""
+
+    wait_until(lambda: bool(pull_failure()), timeout=30, message=release.diagnose)
+    assert "0.0.0-does-not-exist" in pull_failure()
+    serving = {p["metadata"]["name"] for p in _pods(installed, "operator") if pod_ready(p)}
+    assert serving == before, "the old operator Pods must keep running while the new one fails"
+    assert _leaders(installed) == 1
+    assert _get(url) == HELLO_C
+
+    release.helm("rollback", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", timeout=300)
+
+    def recovered() -> bool:
+        images = [p["spec"]["containers"][0]["image"] for p in _pods(installed, "operator")]
+        return (
+            not any("does-not-exist" in image for image in images)
+            and release.all_ready()
+            and _leaders(installed) == 1
+        )
+
+    wait_until(recovered, timeout=120, message=release.diagnose)
+    assert _get(url) == HELLO_C
 
 
 def test_uninstall_removes_every_object_of_the_release_but_the_crds(installed: Installed) -> None:

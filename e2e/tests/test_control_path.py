@@ -686,12 +686,24 @@ def test_an_agents_ready_condition_keeps_its_transition_time_while_its_allocatio
     before = agent()
     apply_object(plane, namespace, wasm_service("counted", images["hello-c"], replicas=2, http={}))
     wait_ready(fleet, namespace, "counted", 2)
-    wait_until(
-        lambda: agent()["status"]["allocated"] != before["status"]["allocated"],
-        timeout=30,
-        interval=0.2,
-        message=lambda: str(agent()["status"]),
-    )
+
+    def on_cp_b() -> int:
+        listing = plane.kubectl_json("get", "wasmbindings", "-A")
+        return sum(1 for b in listing["items"] if b["spec"]["nodeName"] == "cp-b")
+
+    def rewritten() -> bool:
+        # the agent has written its status since the new replica came (bindings of earlier
+        # tests may be leaving at the same time, so the count alone may not change)
+        now = agent()
+        return (
+            now["metadata"]["resourceVersion"] != before["metadata"]["resourceVersion"]
+            and now["status"]["allocated"] == on_cp_b()
+            and any(
+                b["spec"]["nodeName"] == "cp-b" for b in bindings_of(plane, namespace, "counted")
+            )
+        )
+
+    wait_until(rewritten, timeout=30, interval=0.2, message=lambda: str(agent()["status"]))
     after = ready(agent())
     assert after["status"] == "True", after
     assert after["lastTransitionTime"] == ready(before)["lastTransitionTime"], (before, after)

@@ -127,7 +127,7 @@ class Release:
 
     def all_ready(self) -> bool:
         pods = self.pods()
-        return bool(pods) and all(_pod_ready(pod) for pod in pods)
+        return bool(pods) and all(pod_ready(pod) for pod in pods)
 
     def diagnose(self) -> str:
         """The release's Pods, their recent Events, and the logs of those not Ready."""
@@ -135,10 +135,10 @@ class Release:
         for pod in self.pods():
             name = pod["metadata"]["name"]
             phase = (pod.get("status") or {}).get("phase")
-            lines.append(f"--- pod {name}: {phase}, ready={_pod_ready(pod)}")
+            lines.append(f"--- pod {name}: {phase}, ready={pod_ready(pod)}")
             for state in (pod.get("status") or {}).get("containerStatuses") or []:
                 lines.append(f"    {state['name']}: {json.dumps(state.get('state'))}")
-            if not _pod_ready(pod):
+            if not pod_ready(pod):
                 logs = self.plane.kubectl(
                     "logs",
                     "-n",
@@ -156,7 +156,7 @@ class Release:
         return "\n".join(lines)
 
 
-def _pod_ready(pod: dict[str, Any]) -> bool:
+def pod_ready(pod: dict[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
