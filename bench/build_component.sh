@@ -5,8 +5,7 @@
 #   2. `wasm-tools component embed` with wit/world.wit and the WASI 0.2 WIT it refers to;
 #   3. `wasm-tools component new` -> the component, then `wasm-tools validate`.
 # Tools and inputs, each pinned below, are cached under $WASMFLEET_CACHE (~/.cache/wasmfleet):
-#   bin/wasm-tools-<version>/  built from source by `cargo install --locked` (every dependency
-#                              checked against its Cargo.lock); cold: 5-7 minutes on 2 cores
+#   bin/wasm-tools-<version>/  built from source (e2e/toolchain/wasm-tools.sh, which pins it)
 #   wit/wasip2-<version>/      the `deps/` WIT of the wasip2 crate (WASI's own WIT, identical
 #                              to what wasmtime-wasi-http 49 implements)
 # Needs Debian's rustc with libstd-rust-dev-wasm32 (make system-packages) and, for the cold
@@ -14,9 +13,7 @@
 # sums below as well as by cargo. A warm run with an up-to-date output does nothing.
 set -euo pipefail
 
-WASM_TOOLS_VERSION=1.263.0
-WASM_TOOLS_SHA256=14b8ed798ec13f0e0939dcc403836ba5fd7fb29ff9772e6438a9bcc227bfdc96
-WASM_TOOLS_MIN_RUST=1.88
+source "$(dirname "$0")/../e2e/toolchain/wasm-tools.sh"  # install_wasm_tools, check_crate
 # wasip2 is only downloaded for its wit/ folder; cargo brings its two dependencies along.
 WASIP2_VERSION=2.0.1+wasi-0.2.12
 WASIP2_SHA256=89aafd4b69fb41a64cfd5d7f214cde92ab422ec4d9bcd55fcc816d3f5f49bbf3
@@ -33,43 +30,9 @@ cache=${WASMFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wasmfleet}
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 rustc_wasm=${WASMFLEET_RUSTC:-/usr/bin/rustc}
 
-wasm_tools_dir="$cache/bin/wasm-tools-${WASM_TOOLS_VERSION}"
-wasm_tools="$wasm_tools_dir/bin/wasm-tools"
 wit_dir="$cache/wit/wasip2-${WASIP2_VERSION}"
 
 die() { echo "build_component: $*" >&2; exit 1; }
-
-# Checks a crate archive in cargo's download cache against a pinned sum.
-check_crate() {
-  local name=$1 version=$2 sha256=$3 archive
-  archive=$(find "$cargo_home/registry/cache" -name "${name}-${version}.crate" -print -quit)
-  [ -n "$archive" ] || die "cargo left no archive of ${name} ${version}"
-  echo "${sha256}  ${archive}" | sha256sum --check --quiet - ||
-    die "${name} ${version}: checksum mismatch in ${archive}"
-}
-
-require_cargo() {
-  # Debian's cargo is too old for current crates; the rustup toolchain on PATH builds them.
-  command -v cargo >/dev/null || die "cargo (Rust >= ${WASM_TOOLS_MIN_RUST}) is not on PATH"
-  local have; have=$(cargo --version | awk '{print $2}')
-  printf '%s\n%s\n' "$WASM_TOOLS_MIN_RUST" "$have" | sort -V --check=quiet ||
-    die "cargo ${have} is too old: wasm-tools ${WASM_TOOLS_VERSION} needs >= ${WASM_TOOLS_MIN_RUST}"
-}
-
-install_wasm_tools() {
-  if [ -x "$wasm_tools" ]; then
-    return
-  fi
-  require_cargo
-  echo "wasm-tools ${WASM_TOOLS_VERSION}: building (a cold build takes about 5 minutes)"
-  mkdir -p "$cache/bin"
-  local tmp; tmp=$(mktemp -d "$cache/bin/.build.XXXXXX")
-  # Only the `component` (embed, new, wit) and `validate` subcommands: half the default build.
-  cargo install --locked --root "$tmp" --version "=${WASM_TOOLS_VERSION}" \
-    --no-default-features --features component,validate wasm-tools
-  check_crate wasm-tools "$WASM_TOOLS_VERSION" "$WASM_TOOLS_SHA256"
-  rm -rf "$wasm_tools_dir" && mv "$tmp" "$wasm_tools_dir"
-}
 
 fetch_wit() {
   if [ -f "$wit_dir/deps/http.wit" ]; then

@@ -45,6 +45,7 @@ def _bare(compiled: CompiledModule, stdout: str) -> None:
     config.stdout_file = stdout
     store.set_wasi(config)
     store.set_epoch_deadline(1 << 40)
+    assert compiled.pre is not None, "a core module"
     instance = compiled.pre.instantiate(store)
     start = instance.exports(store)["_start"]
     assert isinstance(start, wasmtime.Func)

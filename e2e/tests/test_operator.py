@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wasmtime
 import yaml
 
 from wasmfleet_harness.agent import push_module
@@ -142,6 +143,82 @@ def test_the_examples_reach_ready_and_every_endpoint_answers(
     assert lines["hello-rust"][1] == "2/2", table
     assert lines["hello-rust"][2] == "AllReplicasReady", table
     assert lines["wordcount"][1] == "1/1", table
+
+
+def test_components_run_as_wasm_services_and_their_status_says_what_they_are(
+    fleet: LocalFleet,
+    namespace: str,
+    registry: Registry,
+    wasm_modules: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """The component examples need nothing new in the WasmService; the bindings and the
+    service's status say what each runs, and a component of a world the agents do not host
+    is refused with that reason in the service's conditions."""
+    plane = fleet.plane
+    for name in ("hello-component", "wordcount-component", "wordcount-job"):
+        _push_example(wasm_modules, registry, name)
+    _apply_yaml(plane, namespace, _example(registry, "wordcount-job"))  # its ConfigMap
+    _apply_yaml(plane, namespace, _example(registry, "hello-component"))
+    _apply_yaml(plane, namespace, _example(registry, "wordcount-component"))
+
+    service = _wait_ready(fleet, namespace, "hello-component", 2)
+    assert service["status"]["module"]["kind"] == "Component"
+    assert service["status"]["module"]["world"].startswith("wasi:cli/command@0.2.")
+    for binding in _bindings(plane, namespace, "hello-component"):
+        assert binding["status"]["module"]["kind"] == "Component"
+    targets = endpoints_of(plane, namespace, "hello-component")
+    assert len(targets) == 2
+    for target in targets:
+        assert _get(target) == EXPECTED["hello-rust"]
+
+    _wait_ready(fleet, namespace, "wordcount-component", 1)
+    _wait_ready(fleet, namespace, "wordcount", 1)
+    (job,) = _bindings(plane, namespace, "wordcount-component")
+    assert (job["status"]["phase"], job["status"]["exitCode"]) == ("Succeeded", 0)
+    assert job["status"]["module"]["kind"] == "Component"
+    (module_job,) = _bindings(plane, namespace, "wordcount")
+    assert module_job["status"]["module"] == {
+        "kind": "Module",
+        "world": "wasi_snapshot_preview1 command",
+    }
+
+    proxy = f"{registry.host}/wasmfleet/components/proxy-world:1.0"
+    push_module(_proxy_component(tmp_path), proxy)
+    _apply(plane, namespace, _wasm_service("proxy-world", proxy, replicas=1, http={}))
+
+    def refused() -> bool:
+        condition = _condition(_service(plane, namespace, "proxy-world"), "Degraded")
+        return "wasi:http/proxy world" in condition.get("message", "")
+
+    wait_until(
+        refused,
+        timeout=60,
+        message=lambda: f"{_service(plane, namespace, 'proxy-world').get('status')}",
+    )
+    condition = _condition(_service(plane, namespace, "proxy-world"), "Degraded")
+    assert condition["reason"] == "CrashLooping"
+
+
+def _example(registry: Registry, name: str) -> str:
+    text = (REPO_ROOT / "examples" / name / "wasmservice.yaml").read_text()
+    return text.replace(EXAMPLE_HOST, registry.host)
+
+
+def _proxy_component(workdir: Path) -> Path:
+    """A component that exports only wasi:http/incoming-handler: the proxy world's entry."""
+    path = workdir / "proxy-world.wasm"
+    path.write_bytes(
+        wasmtime.wat2wasm(
+            """(component
+              (core module $m (func (export "handle")))
+              (core instance $i (instantiate $m))
+              (func $handle (canon lift (core func $i "handle")))
+              (instance $inst (export "handle" (func $handle)))
+              (export "wasi:http/incoming-handler@0.2.0" (instance $inst)))"""
+        )
+    )
+    return path
 
 
 def service_replicas(name: str) -> int:

@@ -47,7 +47,7 @@ STATE_FILE = STATE_DIR / "state.json"
 LOG_FILE = STATE_DIR / "up.log"
 UP_MARKER = "Up. State and logs:"
 
-EXAMPLES = ("hello-rust", "hello-go", "hello-c", "greeter", "wordcount-job")
+EXAMPLES = ("hello-rust", "hello-go", "hello-c", "greeter", "hello-component", "wordcount-job")
 STARTUP_LIMIT = 3600.0
 """Seconds ``up`` waits for the keeper: a cold machine builds Go binaries and images first."""
 

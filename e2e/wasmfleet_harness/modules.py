@@ -5,6 +5,9 @@ A module is a directory holding one entry file; its name picks the toolchain:
 - ``main.rs``: Debian's ``rustc`` with ``libstd-rust-dev-wasm32`` (``--target wasm32-wasi``);
   rustup's rustc has no wasm std here, so the Debian compiler is used by path.
 - ``main.go``: ``GOOS=wasip1 GOARCH=wasm go build``.
+- ``component.toml``: a WASI 0.2 component made from another module of this list (``from``)
+  with the preview 1 adapter (``adapter``: ``command``), by ``wasm-tools component new``
+  (`e2e/toolchain/wasm-tools.sh` builds the tool and fetches the adapters, pinned).
 - ``main.c``: ``clang --target=wasm32-wasi`` against Debian's ``wasi-libc``. A C module may
   build with third-party source that is downloaded, not committed: its ``vendor.toml`` names
   an archive (``url``, pinned ``sha256``), the files to ``extract`` from it, which of them are
@@ -54,7 +57,9 @@ SOURCE_ROOTS = (
     REPO_ROOT / "tests" / "modules",
     REPO_ROOT / "bench" / "modules",
 )
-ENTRY_FILES = {"main.rs": "rust", "main.go": "go", "main.c": "c"}
+ENTRY_FILES = {"main.rs": "rust", "main.go": "go", "main.c": "c", "component.toml": "component"}
+WASM_TOOLS_SCRIPT = REPO_ROOT / "e2e" / "toolchain" / "wasm-tools.sh"
+ADAPTERS = ("command", "reactor")
 VENDOR_FILE = "vendor.toml"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -199,20 +204,70 @@ def _command(source: ModuleSource, output: Path) -> tuple[list[str], dict[str, s
             argv += [*vendored.cflags, "-I", str(vendored.directory)]
             sources += [str(path) for path in vendored.sources]
         argv += ["-o", str(output), *sources]
-    else:  # pragma: no cover - ENTRY_FILES is the only source of languages
+    else:  # pragma: no cover - ENTRY_FILES is the only source of languages (components aside)
         raise ValueError(source.language)
     return argv, env
 
 
-def _stale(source: ModuleSource) -> bool:
+def _stale(source: ModuleSource, inputs: Sequence[Path] = ()) -> bool:
     if not source.output.exists():
         return True
     built = source.output.stat().st_mtime
-    return any(p.stat().st_mtime > built for p in source.directory.rglob("*") if p.is_file())
+    files = [p for p in source.directory.rglob("*") if p.is_file()]
+    return any(p.stat().st_mtime > built for p in [*files, *inputs])
+
+
+def component_toolchain() -> tuple[Path, Path]:
+    """``wasm-tools`` and the directory of the preview 1 adapters, made on first use."""
+    done = subprocess.run(
+        ["bash", str(WASM_TOOLS_SCRIPT)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{WASM_TOOLS_SCRIPT} failed:\n{done.stderr}")
+    paths = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return Path(paths["wasm_tools"]), Path(paths["adapters"])
+
+
+def _build_component(source: ModuleSource, force: bool) -> Path:
+    spec = tomllib.loads(source.entry.read_text())
+    origin, adapter = spec.get("from"), spec.get("adapter", "command")
+    known = {s.name: s for s in discover()}
+    if origin not in known or known[origin].language == "component" or adapter not in ADAPTERS:
+        raise ValueError(
+            f"{source.entry}: `from` must name a module of {sorted(known)} (not a component) "
+            f"and `adapter` be one of {ADAPTERS}"
+        )
+    core = build_module(known[str(origin)], force=force)
+    if not force and not _stale(source, [core, WASM_TOOLS_SCRIPT]):
+        return source.output
+    wasm_tools, adapters = component_toolchain()
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    partial = source.output.with_suffix(".wasm.partial")
+    for argv in (
+        [
+            str(wasm_tools),
+            "component",
+            "new",
+            str(core),
+            "--adapt",
+            f"wasi_snapshot_preview1={adapters / f'wasi_snapshot_preview1.{adapter}.wasm'}",
+            "-o",
+            str(partial),
+        ],
+        [str(wasm_tools), "validate", str(partial)],
+    ):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(f"building {source.name} failed: {' '.join(argv)}\n{result.stderr}")
+    partial.replace(source.output)
+    return source.output
 
 
 def build_module(source: ModuleSource, *, force: bool = False) -> Path:
     """Builds one module if it is stale and returns the path of its ``.wasm``."""
+    if source.language == "component":
+        return _build_component(source, force)
     if not force and not _stale(source):
         return source.output
     BUILD_DIR.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from wasmfleet_api.binding import (
     STALE_CONFIGURATION_REASON,
     BindingCondition,
     BindingPhase,
+    ModuleInfo,
     WasmBinding,
     WasmBindingStatus,
 )
@@ -160,6 +161,7 @@ def render_binding_status(
     address: str,
     port: int | None = None,
     module_digest: str | None = None,
+    module: ModuleInfo | None = None,
 ) -> WasmBindingStatus:
     """What an agent writes into a binding's status for a replica in ``state``."""
     conditions = []
@@ -188,6 +190,7 @@ def render_binding_status(
         address=address,
         port=port,
         module_digest=module_digest,
+        module=module,
         restarts=state.restarts,
         last_error=state.last_error or None,
         exit_code=state.exit_code,

@@ -1,4 +1,6 @@
-"""``wasmfleet push``: publish a ``.wasm`` module to an OCI registry as a CNCF Wasm artifact.
+"""``wasmfleet push``: publish a ``.wasm`` module or component to an OCI registry as a CNCF
+Wasm artifact (a component's config says ``os: wasip2`` and lists its imports, exports and
+world).
 
 Users and tests publish modules with it instead of needing oras or wasm-to-oci. It prints the
 manifest digest on stdout, so ``REF@$(wasmfleet push …)`` pins exactly what was pushed. No
@@ -13,6 +15,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import wasmtime
+from wasmtime import component as wcomponent
+
+from wasmfleet_agent.runtime.component import target_world
+from wasmfleet_agent.runtime.shape import COMPONENT_HEADER
 from wasmfleet_oci import auth, client, errors, push, reference
 
 __all__ = ["main"]
@@ -25,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     push_parser = commands.add_parser(
         "push",
-        help="publish a .wasm module as a CNCF Wasm artifact",
+        help="publish a .wasm module or component as a CNCF Wasm artifact",
         description="Publishes MODULE under REF (registry/repository:tag) in the CNCF Wasm "
         "artifact layout and prints the manifest digest.",
     )
@@ -76,6 +83,25 @@ def _credentials(
     return auth.Credentials(username=args.username, password=password)
 
 
+def describe_component(data: bytes) -> push.ComponentDescription | None:
+    """For a component, what its artifact's config says (its imports, exports and world);
+    None for a core module. Compiling it is how wasmtime lists them, and it also refuses a
+    component that is not valid before anything is pushed."""
+    if not data.startswith(COMPONENT_HEADER):
+        return None
+    config = wasmtime.Config()
+    config.wasm_component_model = True
+    engine = wasmtime.Engine(config)
+    try:
+        component = wcomponent.Component(engine, data)
+    except wasmtime.WasmtimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid"
+        raise ValueError(f"the file is not a valid WebAssembly component: {first}") from None
+    imports = tuple(sorted(component.type.imports(engine)))
+    exports = tuple(sorted(component.type.exports(engine)))
+    return push.ComponentDescription(imports, exports, target_world(exports))
+
+
 async def _push(
     *,
     module: bytes,
@@ -84,6 +110,7 @@ async def _push(
     settings: client.ClientSettings,
     credentials: auth.Credentials | None,
 ) -> push.PushedModule:
+    component = describe_component(module)
     async with client.RegistryClient(settings=settings) as registry:
         return await push.push_module(
             client=registry,
@@ -91,6 +118,7 @@ async def _push(
             module=module,
             credentials=credentials,
             title=title,
+            component=component,
         )
 
 

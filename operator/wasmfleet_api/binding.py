@@ -21,6 +21,8 @@ __all__ = [
     "STALE_CONFIGURATION_REASON",
     "BindingCondition",
     "BindingPhase",
+    "ModuleInfo",
+    "ModuleKind",
     "WasmBinding",
     "WasmBindingSpec",
     "WasmBindingStatus",
@@ -95,6 +97,23 @@ class WasmBindingSpec(KubeModel):
     """The module and everything it may see, copied from the service's spec."""
 
 
+class ModuleKind(StrEnum):
+    """Whether a module is a core WebAssembly module or a component."""
+
+    MODULE = "Module"
+    COMPONENT = "Component"
+
+
+class ModuleInfo(KubeModel):
+    """What the module is, as the agent that loaded it found it."""
+
+    kind: ModuleKind
+    """Module (a WASI preview 1 core module) or Component (a WASI 0.2 component)."""
+    world: str = Field(max_length=256)
+    """The world it runs as: `wasi_snapshot_preview1 command` for a module, the WIT world
+    with its version for a component (for example `wasi:cli/command@0.2.6`)."""
+
+
 class WasmBindingStatus(KubeModel):
     """The replica as its agent sees it."""
 
@@ -110,6 +129,8 @@ class WasmBindingStatus(KubeModel):
     """Port the agent serves the replica on."""
     module_digest: str | None = None
     """Digest of the Wasm module bytes (the layer), once pulled."""
+    module: ModuleInfo | None = None
+    """What the module is, once loaded."""
     restarts: int = 0
     """Times the replica failed and was started again."""
     last_error: str | None = Field(default=None, max_length=4096)

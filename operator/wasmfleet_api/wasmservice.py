@@ -17,6 +17,7 @@ from wasmfleet_api.base import (
     rule,
     schema,
 )
+from wasmfleet_api.binding import ModuleInfo
 from wasmfleet_api.workload import WorkloadSpec
 
 __all__ = [
@@ -209,6 +210,9 @@ class WasmServiceStatus(KubeModel):
     """In-cluster address of the service (http only)."""
     selector: str | None = None
     """Label selector of this service's bindings (for the scale subresource)."""
+    module: ModuleInfo | None = None
+    """What the current revision's module is (a module or a component, and its world), as
+    its agents found it when they loaded it."""
     placements: list[PlacementStatus] = Field(default_factory=list)
     """Every replica and where it runs."""
     conditions: list[Condition] = Field(

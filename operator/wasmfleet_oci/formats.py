@@ -102,7 +102,12 @@ _SCHEMA1_TYPES = frozenset(
     }
 )
 # Preference among index entries: lower is better.
-_WASM_PLATFORM_RANK = {("os", "wasip1"): 0, ("os", "wasi"): 1, ("architecture", "wasm"): 2}
+_WASM_PLATFORM_RANK = {
+    ("os", "wasip1"): 0,
+    ("os", "wasip2"): 1,
+    ("os", "wasi"): 2,
+    ("architecture", "wasm"): 3,
+}
 _WHITEOUT_PREFIX = ".wh."
 _OPAQUE_MARKER = ".wh..wh..opq"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -248,7 +253,8 @@ def _describe_platform(descriptor: Descriptor) -> str:
 def plan_platform_manifest(index: ImageIndex) -> Descriptor:
     """Chooses the index entry for a Wasm platform.
 
-    Preference: os ``wasip1``, then os ``wasi``, then architecture ``wasm``; among equals, the
+    Preference: os ``wasip1``, then ``wasip2`` (a component), then ``wasi``, then architecture
+    ``wasm``; among equals, the
     first listed. Raises `errors.UnsupportedArtifact` listing the platforms seen if none fits.
     """
     best: tuple[int, int, Descriptor] | None = None
@@ -261,7 +267,7 @@ def plan_platform_manifest(index: ImageIndex) -> Descriptor:
     if best is None:
         seen = ", ".join(_describe_platform(m) for m in index.manifests) or "none"
         raise errors.UnsupportedArtifact(
-            "the image index has no entry for a Wasm platform (os wasip1 or wasi, or "
+            "the image index has no entry for a Wasm platform (os wasip1, wasip2 or wasi, or "
             f"architecture wasm); platforms seen: {seen}"
         )
     return best[2]

@@ -19,6 +19,7 @@ from wasmfleet_oci.client import RegistryClient, sha256_digest
 from wasmfleet_oci.reference import Reference
 
 __all__ = [
+    "ComponentDescription",
     "PushedModule",
     "push_module",
     "render_wasm_config",
@@ -44,13 +45,37 @@ class PushedModule:
         return self.reference.with_digest(self.manifest_digest)
 
 
-def render_wasm_config(*, module_digest: str, created: datetime.datetime | None = None) -> bytes:
-    """The config blob of a CNCF Wasm artifact for a WASI preview 1 module."""
+@dataclass(frozen=True)
+class ComponentDescription:
+    """What the config of a component's artifact says about it: the interfaces it imports and
+    exports and, when known, the world it targets (the artifact format's ``component``)."""
+
+    imports: tuple[str, ...]
+    exports: tuple[str, ...]
+    target: str | None = None
+
+
+def render_wasm_config(
+    *,
+    module_digest: str,
+    created: datetime.datetime | None = None,
+    component: ComponentDescription | None = None,
+) -> bytes:
+    """The config blob of a CNCF Wasm artifact: os ``wasip1`` for a preview 1 module, or
+    ``wasip2`` with the ``component`` section for a component."""
     document: dict[str, object] = {
         "architecture": "wasm",
-        "os": "wasip1",
+        "os": "wasip1" if component is None else "wasip2",
         "layerDigests": [module_digest],
     }
+    if component is not None:
+        section: dict[str, object] = {
+            "exports": list(component.exports),
+            "imports": list(component.imports),
+        }
+        if component.target is not None:
+            section["target"] = component.target
+        document["component"] = section
     if created is not None:
         document["created"] = format_time(created)
     return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
@@ -82,11 +107,13 @@ async def push_module(
     credentials: auth.Credentials | None = None,
     title: str | None = None,
     created: datetime.datetime | None = None,
+    component: ComponentDescription | None = None,
 ) -> PushedModule:
     """Uploads ``module`` (config blob, layer blob, then the manifest under the tag).
 
     Blobs the repository already has are not uploaded again. ``title`` (a file name) and
-    ``created`` become the usual OCI annotations when given.
+    ``created`` become the usual OCI annotations when given; ``component`` describes a
+    component (the caller inspects it: this package does not load Wasm).
     """
     if not module.startswith(formats.WASM_MAGIC):
         raise ValueError("the file is not a WebAssembly binary (no \\0asm header)")
@@ -100,7 +127,9 @@ async def push_module(
         size=len(module),
         annotations=layer_annotations,
     )
-    config_bytes = render_wasm_config(module_digest=module_digest, created=created)
+    config_bytes = render_wasm_config(
+        module_digest=module_digest, created=created, component=component
+    )
     config = formats.Descriptor(
         media_type=formats.WASM_CONFIG,
         digest=sha256_digest(config_bytes),

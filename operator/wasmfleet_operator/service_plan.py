@@ -211,6 +211,7 @@ def plan_service(view: ServiceView) -> ServicePlan:
             message=_status(b).last_error or "",
             failure=_status(b).failure,
             stale_config=_status(b).stale_configuration,
+            module=_status(b).module,
         )
         for b in view.bindings
         if _name(b) not in removing

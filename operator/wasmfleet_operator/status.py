@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wasmfleet_api.base import Condition
-from wasmfleet_api.binding import BindingPhase
+from wasmfleet_api.binding import BindingPhase, ModuleInfo
 from wasmfleet_api.wasmservice import PlacementStatus, WasmServiceStatus
 
 __all__ = [
@@ -51,6 +51,8 @@ class ObservedReplica:
     replica is retried after it, None once it is ready."""
     stale_config: str | None = None
     """Why the replica serves its last good configuration, when it does."""
+    module: ModuleInfo | None = None
+    """What its agent found the module to be, once loaded."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,10 @@ def compute_status(
         ready=f"{ready_all}/{desired}",
         url=observed.url,
         selector=observed.selector,
+        module=next(
+            (r.module for r in observed.replicas if r.revision == observed.revision and r.module),
+            None,
+        ),
         placements=[
             PlacementStatus(
                 node=r.node,

@@ -57,6 +57,23 @@ CASES = {
     "go-wordcount-missing-dir": Case(
         "wordcount-job", ("/nowhere",), (), {}, False, "wordcount-job.wasm"
     ),
+    # WASI 0.2 components (wasi:cli/command) made from the modules above
+    "c-component-args-env-dirs-exit3": Case(
+        "jobprobe-component",
+        ("first", "second word", "exit=3"),
+        (("A", "1"), ("B", "two words")),
+        {"one.txt": "1\n", "two.txt": "2\n"},
+        True,
+        "jobprobe-component.wasm",
+    ),
+    "go-component-wordcount": Case(
+        "wordcount-component",
+        ("/input",),
+        (),
+        {"a.txt": "one two three\n", "b.txt": "four five\n"},
+        False,
+        "wordcount-component.wasm",
+    ),
 }
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from wasmfleet_api.binding import WasmBinding
+from wasmfleet_api.binding import ModuleInfo, ModuleKind, WasmBinding
 from wasmfleet_api.wasmservice import WasmService
 from wasmfleet_api.workload import WorkloadSpec
 from wasmfleet_operator.render import (
@@ -249,3 +250,17 @@ def test_each_condition_transition_gives_one_event_and_a_pass_over_it_again_none
     again = plan_service(ServiceView(service=svc, previous=first.status, digest=DIGEST, now="t2"))
     assert again.events == ()
     assert again.status.to_kube() == first.status.to_kube()
+
+
+def test_the_service_says_what_its_current_revision_runs_as_its_agents_found_it() -> None:
+    component = ModuleInfo(kind=ModuleKind.COMPONENT, world="wasi:cli/command@0.2.6")
+    module = ModuleInfo(kind=ModuleKind.MODULE, world="wasi_snapshot_preview1 command")
+    old = dataclasses.replace(replica("a", "old"), module=module)
+    loading = replica("b")  # not loaded yet: says nothing
+    new = dataclasses.replace(replica("c"), module=component)
+    status = compute_status(observed(old, loading, new, desired=2), previous=None, now="t1")
+    assert status.module == component
+    dumped = status.model_dump(by_alias=True, exclude_none=True)
+    assert dumped["module"] == {"kind": "Component", "world": "wasi:cli/command@0.2.6"}
+    only_old = compute_status(observed(old, loading), previous=None, now="t1")
+    assert only_old.module is None

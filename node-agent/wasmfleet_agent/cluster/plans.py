@@ -13,18 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wasmfleet_agent.cluster.config import ResolvedConfig
-from wasmfleet_agent.runtime.engine import EngineSettings, ModuleSlot
+from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, ModuleSlot
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
 from wasmfleet_agent.server.http import HttpLimits
 from wasmfleet_agent.server.orders import ServeOrder
+from wasmfleet_api.binding import ModuleInfo, ModuleKind
 from wasmfleet_api.units import parse_duration, parse_quantity
 from wasmfleet_api.workload import HttpSpec, JobSpec, WorkloadSpec
 from wasmfleet_common.backoff import Backoff
 
-__all__ = ["JobPlan", "plan_engine", "plan_job", "plan_sandbox", "plan_serve_order"]
+__all__ = ["JobPlan", "describe", "plan_engine", "plan_job", "plan_sandbox", "plan_serve_order"]
 
 _JOB_BACKOFF_CAP = 300.0
 """A job's wait between runs doubles from ``job.backoff`` up to five minutes."""
+
+
+def describe(compiled: CompiledModule) -> ModuleInfo:
+    """What a loaded module is, as its binding's status says it."""
+    kind = ModuleKind.COMPONENT if compiled.kind == "component" else ModuleKind.MODULE
+    return ModuleInfo(kind=kind, world=compiled.world)
 
 
 def plan_engine(workload: WorkloadSpec) -> EngineSettings:

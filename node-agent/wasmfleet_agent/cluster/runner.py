@@ -45,6 +45,7 @@ from wasmfleet_agent.cluster.config import (
 from wasmfleet_agent.cluster.jobs import run_job_replica
 from wasmfleet_agent.cluster.plans import (
     JobPlan,
+    describe,
     plan_engine,
     plan_job,
     plan_sandbox,
@@ -67,7 +68,7 @@ from wasmfleet_agent.server.orders import ServeOrder
 from wasmfleet_agent.server.serving import ServeError, Server
 from wasmfleet_agent.sockets import bind_in_namespace
 from wasmfleet_agent.store import ModuleStore
-from wasmfleet_api.binding import BindingPhase, WasmBinding
+from wasmfleet_api.binding import BindingPhase, ModuleInfo, WasmBinding
 from wasmfleet_common.backoff import Backoff
 from wasmfleet_common.kube import KubeClient
 from wasmfleet_oci import auth, errors
@@ -97,6 +98,8 @@ class Replica:
     state: BindingState = field(default_factory=BindingState)
     port: int | None = None
     module_digest: str | None = None
+    module: ModuleInfo | None = None
+    """What the loaded module is (kind and world), for its status."""
     task: asyncio.Task[None] | None = None
     pinned: str | None = None
 
@@ -230,6 +233,7 @@ class NodeRunner:
             address=self.settings.address,
             port=replica.port,
             module_digest=replica.module_digest,
+            module=replica.module,
         )
         self.status.report(replica.namespace, replica.name, status)
 
@@ -277,6 +281,7 @@ class NodeRunner:
                 compiled = await asyncio.to_thread(
                     self.runtime.load, path, replica.module_digest, plan_engine(workload)
                 )
+                replica.module = describe(compiled)
                 sandbox = plan_sandbox(workload, config)
                 sandbox.check()
             except (ModuleLoadError, SandboxConfigError, ConfigError, OSError) as error:

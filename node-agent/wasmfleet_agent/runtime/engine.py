@@ -19,6 +19,10 @@ an agent's memory follows the modules in use rather than every module it hosts.
 
 Modules that need metering (``fuel``) run in a second engine with fuel consumption turned on,
 created on first use: metering every module would slow all of them down.
+
+A WASI 0.2 component is loaded the same way (the same cache, keyed the same way) and linked
+with wasmtime's WASI 0.2 host; `component` says which components the agent runs. A
+`CompiledModule` says which of the two it holds (``kind``) and the world it is run as.
 """
 
 from __future__ import annotations
@@ -32,21 +36,32 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import wasmtime
+from wasmtime import component as wcomponent
 
 from wasmfleet_agent.runtime import hostcalls, sandbox
+from wasmfleet_agent.runtime.component import MODULE_WORLD, inspect_component
 from wasmfleet_agent.runtime.errors import ModuleLoadError
-from wasmfleet_agent.runtime.shape import parse_shape
+from wasmfleet_agent.runtime.shape import (
+    COMPONENT_HEADER,
+    MODULE_HEADER,
+    parse_component_shape,
+    parse_shape,
+)
 from wasmfleet_oci import atomic
 
 __all__ = [
+    "MAX_COMPONENT_MEMORIES",
     "TICK_SECONDS",
     "CompiledModule",
     "EngineSettings",
     "EpochClock",
+    "ModuleKind",
     "ModuleSlot",
     "Runtime",
 ]
@@ -58,6 +73,18 @@ TICK_SECONDS = 0.005
 
 WASMTIME_VERSION = metadata.version("wasmtime")
 _MAX_WASM_STACK = 1 << 20
+
+ModuleKind = Literal["module", "component"]
+_Code = TypeVar("_Code", wasmtime.Module, wcomponent.Component)
+
+MAX_COMPONENT_MEMORIES = 4
+"""Linear memories a component's core modules may define in all. The store's memory limit
+applies to each, so a component may take up to this many times ``resources.memory``; one
+built from a preview 1 program with the adapter has two (the program's and the adapter's
+small one)."""
+_MAX_COMPONENT_TABLES = 64
+"""Tables a component's core modules may define (the component model's glue modules define one
+each); every one is capped at the same number of elements as a module's."""
 
 
 @dataclass(frozen=True)
@@ -110,19 +137,37 @@ class EpochClock:
 
 
 @dataclass(frozen=True)
+class ComponentCode:
+    """What a run of a component needs besides the store: its code, linker and entry point."""
+
+    component: wcomponent.Component
+    linker: wcomponent.Linker
+    entry: tuple[wcomponent.ExportIndex, wcomponent.ExportIndex]
+    """The exported interface (``wasi:cli/run@…``) and its ``run`` function."""
+    memories: int
+    tables: int
+
+
+@dataclass(frozen=True)
 class CompiledModule:
-    """A module compiled for one engine and linked against the agent's host functions."""
+    """A module or component compiled for one engine and linked against the agent's host."""
 
     digest: str
     settings: EngineSettings
     engine: wasmtime.Engine
-    module: wasmtime.Module
-    pre: wasmtime.InstancePre
+    module: wasmtime.Module | None
+    """The core module (None for a component)."""
+    pre: wasmtime.InstancePre | None
+    """The core module, linked (None for a component)."""
     source: str
     """``compiled`` or ``cache``: where the machine code came from."""
     seconds: float
     clock: EpochClock = field(default_factory=EpochClock, compare=False, repr=False)
     """The clock of the engine's ticker: every run enters and leaves it."""
+    kind: ModuleKind = "module"
+    world: str = MODULE_WORLD
+    """The world it runs as: `component.MODULE_WORLD` or ``wasi:cli/command@0.2.x``."""
+    component: ComponentCode | None = field(default=None, compare=False, repr=False)
 
     def get(self) -> CompiledModule:
         """Itself (a `ModuleSlot` loads on demand; both are used the same way)."""
@@ -174,12 +219,25 @@ class _EngineSlot:
         # One memory per module, so that the store's memory limit bounds all of a request's
         # linear memory (the limit applies per memory); `_compile` says so before this would.
         config.wasm_multi_memory = False
+        config.wasm_component_model = True
         self.settings = settings
         self.engine = wasmtime.Engine(config)
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
         self.linker.allow_shadowing = True
         hostcalls.define(self.linker)
+        self._component_linker: wcomponent.Linker | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def component_linker(self) -> wcomponent.Linker:
+        """wasmtime's WASI 0.2 host, made on first use (agents without components skip it)."""
+        with self._lock:
+            if self._component_linker is None:
+                linker = wcomponent.Linker(self.engine)
+                linker.add_wasip2()
+                self._component_linker = linker
+            return self._component_linker
 
 
 @dataclass
@@ -293,20 +351,13 @@ class Runtime:
             return self._load(path, digest, settings)
 
     def _load(self, path: Path, digest: str, settings: EngineSettings) -> CompiledModule:
+        if _header(path, digest) == COMPONENT_HEADER:
+            return self._load_component(path, digest, settings)
         slot = self.engine(settings)
         cached = self.cache_path(digest, settings)
         started = time.perf_counter()
-        module: wasmtime.Module | None = None
         source = "cache"
-        if cached.is_file():
-            try:
-                module = wasmtime.Module.deserialize_file(slot.engine, str(cached))
-            except wasmtime.WasmtimeError as error:
-                _log.warning(
-                    "dropping unusable compiled-code cache file",
-                    extra={"path": str(cached), "error": str(error)},
-                )
-                cached.unlink(missing_ok=True)
+        module = _from_cache(cached, partial(wasmtime.Module.deserialize_file, slot.engine))
         if module is None:
             source = "compiled"
             module = _compile(slot.engine, path, digest)
@@ -333,19 +384,109 @@ class Runtime:
             digest, settings, slot.engine, module, pre, source, seconds, self._clock
         )
 
+    def _load_component(self, path: Path, digest: str, settings: EngineSettings) -> CompiledModule:
+        slot = self.engine(settings)
+        cached = self.cache_path(digest, settings)
+        started = time.perf_counter()
+        source = "cache"
+        data = _read(path)
+        shape = parse_component_shape(data)
+        if shape is None:
+            raise ModuleLoadError(f"component {digest} is truncated or malformed")
+        if shape.memories > MAX_COMPONENT_MEMORIES:
+            raise ModuleLoadError(
+                f"component {digest} defines {shape.memories} linear memories; the agent runs "
+                f"components with at most {MAX_COMPONENT_MEMORIES}, each bounded by "
+                "resources.memory"
+            )
+        if shape.tables > _MAX_COMPONENT_TABLES:
+            raise ModuleLoadError(
+                f"component {digest} defines {shape.tables} tables; the agent runs components "
+                f"with at most {_MAX_COMPONENT_TABLES}"
+            )
+        component = _from_cache(cached, partial(wcomponent.Component.deserialize_file, slot.engine))
+        if component is None:
+            source = "compiled"
+            try:
+                component = wcomponent.Component(slot.engine, data)
+            except wasmtime.WasmtimeError as error:
+                raise ModuleLoadError(
+                    f"component {digest} does not compile: {_first_line(error)}"
+                ) from None
+            with contextlib.suppress(OSError):
+                atomic.write_atomically(cached, bytes(component.serialize()))
+        info = inspect_component(slot.engine, component, digest)
+        interface = component.get_export_index(info.entry)
+        run = component.get_export_index("run", interface) if interface is not None else None
+        if interface is None or run is None:
+            raise ModuleLoadError(f"component {digest} exports {info.entry} without run")
+        seconds = time.perf_counter() - started
+        if self.on_compile is not None:
+            self.on_compile(source, seconds)
+        code = ComponentCode(
+            component,
+            slot.component_linker,
+            (interface, run),
+            memories=max(1, shape.memories),
+            tables=shape.tables,
+        )
+        return CompiledModule(
+            digest,
+            settings,
+            slot.engine,
+            None,
+            None,
+            source,
+            seconds,
+            self._clock,
+            kind="component",
+            world=info.world,
+            component=code,
+        )
 
-def _compile(engine: wasmtime.Engine, path: Path, digest: str) -> wasmtime.Module:
+
+def _from_cache(cached: Path, deserialize: Callable[[str], _Code]) -> _Code | None:
+    """The machine code in ``cached``, or None when there is none or it cannot be loaded (a
+    damaged or foreign file, which is removed so that the caller compiles again)."""
+    if not cached.is_file():
+        return None
     try:
-        data = path.read_bytes()
+        return deserialize(str(cached))
+    except wasmtime.WasmtimeError as error:
+        _log.warning(
+            "dropping unusable compiled-code cache file",
+            extra={"path": str(cached), "error": str(error)},
+        )
+        cached.unlink(missing_ok=True)
+        return None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
     except OSError as error:
         raise ModuleLoadError(f"module file {path} cannot be read: {error.strerror}") from None
-    if data[:4] != b"\0asm":
+
+
+def _header(path: Path, digest: str) -> bytes:
+    """The first 8 bytes: magic number, version and layer; refused unless module or component."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(8)
+    except OSError as error:
+        raise ModuleLoadError(f"module file {path} cannot be read: {error.strerror}") from None
+    if header[:4] != b"\0asm":
         raise ModuleLoadError(f"module {digest} is not a WebAssembly binary (bad magic number)")
-    if data[4:8] != b"\x01\0\0\0":
+    if header not in (MODULE_HEADER, COMPONENT_HEADER):
         raise ModuleLoadError(
-            f"module {digest} is a WebAssembly component or an unknown version; "
-            "only core modules (WASI preview 1) are supported"
+            f"module {digest} has WebAssembly version {header[4:8].hex()}, neither a core "
+            "module (01000000) nor a component (0d000100)"
         )
+    return header
+
+
+def _compile(engine: wasmtime.Engine, path: Path, digest: str) -> wasmtime.Module:
+    data = _read(path)
     shape = parse_shape(data)
     if shape is not None and shape.memories > 1:
         raise ModuleLoadError(

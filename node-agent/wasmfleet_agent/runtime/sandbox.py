@@ -20,6 +20,11 @@ Limits, enforced while it runs:
   read once at the end, so nothing touches the disk and a flood is cut within one tick.
 
 Every call of `run` builds a new Store: nothing a request does is visible to the next.
+
+A WASI 0.2 component of the ``wasi:cli/command`` world runs the same way, with the same WASI
+context, limits and output capture: its ``wasi:cli/run`` export stands for ``_start`` and an
+``err`` from it for exit code 1. Its core modules may define several memories (the engine
+counts them at load, `engine.MAX_COMPONENT_MEMORIES` at most), each bounded by the limit.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from wasmfleet_agent.runtime import capi
 from wasmfleet_agent.runtime.errors import SandboxConfigError
 
 if TYPE_CHECKING:
-    from wasmfleet_agent.runtime.engine import CompiledModule
+    from wasmfleet_agent.runtime.engine import CompiledModule, ComponentCode
 
 __all__ = [
     "MAX_TABLES",
@@ -160,6 +165,8 @@ class _Watch:
     slightly after: a guest's absolute wait then ends a few microseconds late, never early)."""
     offsets: dict[int, int] = field(default_factory=dict)
     reason: FailureKind | None = None
+    instantiated: float = 0.0
+    """When a component's instance was made (`perf_counter`), 0 before."""
 
     def drain(self) -> None:
         """Hands new output to the sink and frees what it has read.
@@ -340,11 +347,12 @@ def run(
         raise SandboxConfigError(str(error)) from None
     store.set_wasi(config)
     monotonic_origin = time.monotonic_ns()  # the guest's clock started inside set_wasi
+    code = compiled.component
     store.set_limits(
         memory_size=spec.memory_limit,
         table_elements=table_elements_limit(spec.memory_limit),
-        tables=MAX_TABLES,
-        memories=1,
+        tables=MAX_TABLES if code is None else code.tables,
+        memories=1 if code is None else code.memories,
     )
     if compiled.settings.fuel:
         store.set_fuel(spec.fuel if spec.fuel is not None else 2**62)
@@ -363,15 +371,24 @@ def run(
     try:
         with _watching(watch):
             try:
-                instance = capi.instantiate(compiled.pre, store)
-                instantiated = time.perf_counter()
-                if not capi.call_export(store, instance, entry.encode()):
-                    raise SandboxConfigError(f"the module exports no function {entry!r}")
-                exit_code = 0
+                if code is not None:
+                    exit_code = _run_component(code, store)
+                    instantiated = watch.instantiated or instantiated
+                else:
+                    instance = capi.instantiate(compiled.pre, store)  # type: ignore[arg-type]
+                    instantiated = time.perf_counter()
+                    if not capi.call_export(store, instance, entry.encode()):
+                        raise SandboxConfigError(f"the module exports no function {entry!r}")
+                    exit_code = 0
             except wasmtime.ExitTrap as exit_trap:
                 exit_code = exit_trap.code
+            except _InstantiationError as error:
+                failure = _classify_component(error, watch, spec)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
-                failure = _classify(error, watch, store, instance, spec)
+                if code is not None:
+                    failure = _classify_component(error, watch, spec)
+                else:
+                    failure = _classify(error, watch, store, instance, spec)
     finally:
         compiled.clock.leave()
     if instantiated == started:
@@ -397,6 +414,64 @@ def run(
     )
 
 
+def _run_component(code: ComponentCode, store: wasmtime.Store) -> int:
+    """Instantiates the component and calls its ``wasi:cli/run``; the exit code."""
+    watch: _Watch = _local.watch
+    try:
+        instance = code.linker.instantiate(store, code.component)
+    except wasmtime.WasmtimeError as error:
+        raise _InstantiationError(error) from None
+    watch.instantiated = time.perf_counter()
+    _interface, run = code.entry
+    func = instance.get_func(store, run)
+    if func is None:  # the engine found it in the component's type: not expected
+        raise SandboxConfigError("the component's wasi:cli/run has no run function")
+    outcome = func(store)
+    return 0 if getattr(outcome, "tag", "err") == "ok" else 1
+
+
+class _InstantiationError(Exception):
+    """A component that could not be instantiated (its imports, its memory, its start)."""
+
+    def __init__(self, cause: wasmtime.WasmtimeError) -> None:
+        super().__init__(str(cause))
+
+
+def _stopped_by_watch(watch: _Watch) -> Failure | None:
+    """The failure when the agent's watch stopped the run (deadline, output), else None."""
+    if watch.reason == "deadline":
+        return Failure("deadline", "deadline exceeded")
+    if watch.reason == "output":
+        return Failure("output", "output limit exceeded")
+    return None
+
+
+def _instantiation_failure(message: str, spec: SandboxSpec) -> Failure:
+    if "memory" in message and ("limit" in message or "exceeds" in message):
+        return Failure(
+            "memory", f"the module needs more memory than its limit of {spec.memory_limit}"
+        )
+    return Failure("instantiate", f"instantiation failed: {message}")
+
+
+def _classify_component(
+    error: wasmtime.Trap | wasmtime.WasmtimeError | _InstantiationError,
+    watch: _Watch,
+    spec: SandboxSpec,
+) -> Failure:
+    stopped = _stopped_by_watch(watch)
+    if stopped is not None:
+        return stopped
+    message = _summary(error)
+    if isinstance(error, _InstantiationError):
+        return _instantiation_failure(message, spec)
+    if "all fuel consumed" in message:
+        return Failure("fuel", "fuel exhausted")
+    if "call stack exhausted" in message:
+        return Failure("stack", "stack overflow")
+    return Failure("trap", f"trap: {message}")
+
+
 def _classify(
     error: wasmtime.Trap | wasmtime.WasmtimeError,
     watch: _Watch,
@@ -404,17 +479,12 @@ def _classify(
     instance: ffi.wasmtime_instance_t | None,
     spec: SandboxSpec,
 ) -> Failure:
-    if watch.reason == "deadline":
-        return Failure("deadline", "deadline exceeded")
-    if watch.reason == "output":
-        return Failure("output", "output limit exceeded")
+    stopped = _stopped_by_watch(watch)
+    if stopped is not None:
+        return stopped
     message = _summary(error)
     if instance is None:
-        if "memory" in message and ("limit" in message or "exceeds" in message):
-            return Failure(
-                "memory", f"the module needs more memory than its limit of {spec.memory_limit}"
-            )
-        return Failure("instantiate", f"instantiation failed: {message}")
+        return _instantiation_failure(message, spec)
     code = error.trap_code if isinstance(error, wasmtime.Trap) else None
     if code == wasmtime.TrapCode.OUT_OF_FUEL:
         return Failure("fuel", "fuel exhausted")

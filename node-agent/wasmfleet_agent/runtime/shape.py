@@ -1,17 +1,31 @@
-"""How many linear memories and tables a core module declares, read from its binary.
+"""How many linear memories and tables a core module or a component declares, read from
+its binary.
 
 The store's limits apply per memory and per table, so a module with many of either could take
 many times ``resources.memory``. The runtime refuses such modules before compiling them, with
 a reason a person understands; this module counts what the module defines and imports
 (sections 2, 4 and 5 of the binary format) without validating anything else, which is
-wasmtime's job. A binary it cannot follow yields None, and wasmtime's own error then says why.
+wasmtime's job. A component's memories and tables are those its core modules define (an
+imported one is another module's, counted there), in nested components too. A binary it
+cannot follow yields None, and wasmtime's own error then says why.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["ModuleShape", "parse_shape"]
+__all__ = [
+    "COMPONENT_HEADER",
+    "MODULE_HEADER",
+    "ModuleShape",
+    "parse_component_shape",
+    "parse_shape",
+]
+
+MODULE_HEADER = b"\0asm\x01\0\0\0"
+"""Magic number and version 1 (layer 0): a core module."""
+COMPONENT_HEADER = b"\0asm\x0d\0\x01\0"
+"""Magic number, version 0xd and layer 1: a component (the component model's binary format)."""
 
 _IMPORT_SECTION = 2
 _TABLE_SECTION = 4
@@ -26,6 +40,9 @@ class ModuleShape:
     """Linear memories, imported and defined."""
     tables: int
     """Tables, imported and defined."""
+    defined_memories: int = field(default=0, compare=False)
+    """Linear memories it defines itself (what a component counts)."""
+    defined_tables: int = field(default=0, compare=False)
 
 
 class _TruncatedError(Exception):
@@ -70,10 +87,10 @@ class _Reader:
 
 def parse_shape(data: bytes) -> ModuleShape | None:
     """The memories and tables of the core module ``data``; None when it cannot be followed."""
-    if data[:8] != b"\0asm\x01\0\0\0":
+    if data[:8] != MODULE_HEADER:
         return None
     reader = _Reader(data, 8)
-    memories = tables = 0
+    memories = tables = defined_memories = defined_tables = 0
     try:
         while reader.at < reader.end:
             section = reader.byte()
@@ -88,12 +105,57 @@ def parse_shape(data: bytes) -> ModuleShape | None:
                 memories += imported.memories
                 tables += imported.tables
             elif section == _TABLE_SECTION:
-                tables += body.uleb()
+                defined_tables += body.uleb()
             elif section == _MEMORY_SECTION:
-                memories += body.uleb()
+                defined_memories += body.uleb()
     except _TruncatedError:
         return None
-    return ModuleShape(memories=memories, tables=tables)
+    return ModuleShape(
+        memories=memories + defined_memories,
+        tables=tables + defined_tables,
+        defined_memories=defined_memories,
+        defined_tables=defined_tables,
+    )
+
+
+_CORE_MODULE_SECTION = 1
+_COMPONENT_SECTION = 4
+_MAX_NESTING = 16
+
+
+def parse_component_shape(data: bytes) -> ModuleShape | None:
+    """The memories and tables a component's core modules define, in all; None when it cannot
+    be followed. Each instance of a core module gets its own, so a module instantiated twice
+    counts once here: the store's limit on memories catches what this undercounts."""
+    return _component(data, 0, len(data), 0)
+
+
+def _component(data: bytes, start: int, end: int, depth: int) -> ModuleShape | None:
+    if depth > _MAX_NESTING or data[start : start + 8] != COMPONENT_HEADER:
+        return None
+    reader = _Reader(data, start + 8, end)
+    memories = tables = 0
+    try:
+        while reader.at < reader.end:
+            section = reader.byte()
+            size = reader.uleb()
+            body_start = reader.at
+            reader.skip(size)
+            if section == _CORE_MODULE_SECTION:
+                inner = parse_shape(data[body_start : body_start + size])
+            elif section == _COMPONENT_SECTION:
+                inner = _component(data, body_start, body_start + size, depth + 1)
+            else:
+                continue
+            if inner is None:
+                return None
+            memories += inner.defined_memories
+            tables += inner.defined_tables
+    except _TruncatedError:
+        return None
+    return ModuleShape(
+        memories=memories, tables=tables, defined_memories=memories, defined_tables=tables
+    )
 
 
 def _imports(body: _Reader) -> ModuleShape | None:
