@@ -236,7 +236,7 @@ def _install_and_show(system: LocalSystem) -> None:
         url = f"http://{ip}:{port}/"
         with urllib.request.urlopen(url, timeout=10) as response:
             body = response.read().decode(errors="replace").strip()
-        print(f"    {name:10} {url:28} {body}")
+        print(f"    {name:16} {url:28} {body}")
     _step("a request to every Service by its DNS name, from a Pod")
     probe_image = push_probe_image(system.registry)
     plane.kubectl_apply(probe_pod("client", probe_image, "serve", "client"))
@@ -247,7 +247,7 @@ def _install_and_show(system: LocalSystem) -> None:
         ]
         url = f"http://{name}.default.svc.cluster.local:{port}/"
         body = exec_in(plane, "default", "client", "/probe", "get", url).strip()
-        print(f"    {name:10} {url:48} {body}")
+        print(f"    {name:16} {url:56} {body}")
     _step("the wordcount job's output, from its agent's log")
     for line in _job_output(plane, "default/wordcount"):
         print(f"    {line}")
