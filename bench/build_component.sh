@@ -13,7 +13,7 @@
 # sums below as well as by cargo. A warm run with an up-to-date output does nothing.
 set -euo pipefail
 
-source "$(dirname "$0")/../e2e/toolchain/wasm-tools.sh"  # install_wasm_tools, check_crate
+source "$(dirname "$0")/../e2e/toolchain/wasm-tools.sh"  # install_wasm_tools, check_crate, cargo_fetch
 # wasip2 is only downloaded for its wit/ folder; cargo brings its two dependencies along.
 WASIP2_VERSION=2.0.1+wasi-0.2.12
 WASIP2_SHA256=89aafd4b69fb41a64cfd5d7f214cde92ab422ec4d9bcd55fcc816d3f5f49bbf3
@@ -42,22 +42,12 @@ fetch_wit() {
   echo "wasip2 ${WASIP2_VERSION}: fetching its WIT"
   mkdir -p "$cache/wit"
   local tmp; tmp=$(mktemp -d "$cache/wit/.fetch.XXXXXX")
-  # A throwaway package whose only purpose is to make cargo download wasip2; naming its two
-  # dependencies with exact versions pins the whole graph.
-  mkdir -p "$tmp/carrier/src" && : >"$tmp/carrier/src/lib.rs"
-  cat >"$tmp/carrier/Cargo.toml" <<EOF
-[package]
-name = "wit-carrier"
-version = "0.0.0"
-edition = "2021"
-publish = false
-
-[dependencies]
+  # cargo downloads wasip2 for its WIT; naming its two dependencies pins the whole graph
+  cargo_fetch "$tmp" wit-carrier <<DEPS
 wasip2 = "=${WASIP2_VERSION}"
 wit-bindgen = { version = "=${WIT_BINDGEN_VERSION}", default-features = false }
 bitflags = "=${BITFLAGS_VERSION}"
-EOF
-  (cd "$tmp/carrier" && cargo fetch --quiet)
+DEPS
   check_crate wasip2 "$WASIP2_VERSION" "$WASIP2_SHA256"
   check_crate wit-bindgen "$WIT_BINDGEN_VERSION" "$WIT_BINDGEN_SHA256"
   check_crate bitflags "$BITFLAGS_VERSION" "$BITFLAGS_SHA256"

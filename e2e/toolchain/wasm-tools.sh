@@ -12,7 +12,8 @@
 #                                             runs), which turn a preview 1 program into a
 #                                             WASI 0.2 component
 # Crate archives are checked against the SHA-256 sums below. Source it for the functions
-# (install_wasm_tools, fetch_adapters; then $wasm_tools and $adapters_dir), or run it to make
+# (install_wasm_tools, fetch_adapters, check_crate, cargo_fetch; then $wasm_tools and
+# $adapters_dir), or run it to make
 # both and print their paths. Needs a cargo >= 1.88 on PATH (rustup's) for the cold build.
 set -euo pipefail
 
@@ -50,6 +51,19 @@ require_cargo() {
     toolchain_die "cargo ${have} is too old: wasm-tools ${WASM_TOOLS_VERSION} needs >= ${WASM_TOOLS_MIN_RUST}"
 }
 
+# Makes cargo download crates into its cache: a throwaway package in DIR/carrier (named NAME)
+# whose [dependencies] are the lines on stdin; exact versions there pin the whole graph.
+cargo_fetch() {
+  local dir=$1 name=$2
+  mkdir -p "$dir/carrier/src" && : >"$dir/carrier/src/lib.rs"
+  {
+    printf '[package]\nname = "%s"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n' "$name"
+    printf '[dependencies]\n'
+    cat
+  } >"$dir/carrier/Cargo.toml"
+  (cd "$dir/carrier" && cargo fetch --quiet)
+}
+
 install_wasm_tools() {
   if [ -x "$wasm_tools" ]; then
     return
@@ -73,19 +87,8 @@ fetch_adapters() {
   echo "wasi-preview1-component-adapter-provider ${ADAPTER_VERSION}: fetching" >&2
   mkdir -p "$toolchain_cache/adapters"
   local tmp; tmp=$(mktemp -d "$toolchain_cache/adapters/.fetch.XXXXXX")
-  # A throwaway package whose only purpose is to make cargo download the crate.
-  mkdir -p "$tmp/carrier/src" && : >"$tmp/carrier/src/lib.rs"
-  cat >"$tmp/carrier/Cargo.toml" <<TOML
-[package]
-name = "adapter-carrier"
-version = "0.0.0"
-edition = "2021"
-publish = false
-
-[dependencies]
-wasi-preview1-component-adapter-provider = "=${ADAPTER_VERSION}"
-TOML
-  (cd "$tmp/carrier" && cargo fetch --quiet)
+  echo "wasi-preview1-component-adapter-provider = \"=${ADAPTER_VERSION}\"" |
+    cargo_fetch "$tmp" adapter-carrier
   check_crate wasi-preview1-component-adapter-provider "$ADAPTER_VERSION" "$ADAPTER_SHA256"
   mkdir -p "$tmp/out"
   tar -xzf "$crate_archive" -C "$tmp/out" --strip-components=2 \
