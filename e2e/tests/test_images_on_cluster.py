@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import re
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from wasmfleet_agent.runtime.engine import Runtime
+from wasmfleet_agent.runtime.sandbox import Preopen, SandboxSpec, run
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.chart import render_chart, run_as_chart_identities
 from wasmfleet_harness.controlplane import ControlPlane
@@ -224,6 +227,7 @@ def test_a_service_placed_on_the_arm64_image_agent_is_pulled_compiled_and_served
     registry: Registry,
     wasm_modules: dict[str, Path],
     namespace: str,
+    tmp_path: Path,
 ) -> None:
     plane = chart_run.plane
     image = f"{registry.host}/wasmfleet/tests/hello-c:1.0"
@@ -260,4 +264,110 @@ def test_a_service_placed_on_the_arm64_image_agent_is_pulled_compiled_and_served
     wait_until(bound_and_ready, timeout=240, interval=0.5, message=chart_run.logs)
     with urllib.request.urlopen(f"http://{NODE_IP}:{served['port']}/", timeout=10) as response:
         assert response.read() == b"Hello from a C Wasm microservice!\n"
-    assert any(chart_run.state.rglob("*.cwasm")), "compiled code is kept in the hostPath"
+    compiled = list(chart_run.state.rglob("*.cwasm"))
+    assert compiled, "compiled code is kept in the hostPath"
+    # machine code for the agent's own CPU, read from the file rather than taken on its word
+    assert {_elf_machine(path) for path in compiled} == {EM_AARCH64}
+    with Runtime(tmp_path / "amd64-cache") as local:
+        local.load(wasm_modules["hello-c"])
+    (here,) = (tmp_path / "amd64-cache").glob("*.cwasm")
+    assert _elf_machine(here) == EM_X86_64
+    assert here.name not in {path.name for path in compiled}, "the cache key names the CPU"
+
+
+def test_a_component_job_on_the_arm64_image_agent_gives_what_it_gives_on_amd64(
+    chart_run: ChartRun,
+    registry: Registry,
+    wasm_modules: dict[str, Path],
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The same component, as a job, on the aarch64 agent (under qemu-user) and on this
+    machine: the same output lines and exit code."""
+    plane = chart_run.plane
+    image = f"{registry.host}/wasmfleet/tests/wordcount-component:1.0"
+    push_module(wasm_modules["wordcount-component"], image)
+    files = {"brief.txt": "Wasm on every CPU.\n", "motto.txt": "Deny by default.\n"}
+    plane.kubectl_apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "words", "namespace": namespace},
+            "data": files,
+        }
+    )
+    plane.kubectl_apply(
+        {
+            "apiVersion": "wasmfleet.dev/v1alpha1",
+            "kind": "WasmService",
+            "metadata": {"name": "count", "namespace": namespace},
+            "spec": {
+                "module": {"image": image},
+                "replicas": 1,
+                "job": {"timeout": "2m"},
+                "args": ["/input"],
+                "files": [{"mountPath": "/input", "configMap": {"name": "words"}}],
+                "placement": {"architectures": ["arm64"]},
+            },
+        }
+    )
+    finished: dict[str, Any] = {}
+
+    def done() -> bool:
+        chart_run.agent.check_alive()
+        bindings = plane.kubectl_json("get", "wasmbindings", "-n", namespace) or {}
+        for binding in bindings.get("items", []):
+            status = binding.get("status", {})
+            if binding["spec"].get("serviceName") == "count" and status.get("phase") in (
+                "Succeeded",
+                "Failed",
+            ):
+                finished.update(binding)
+                return True
+        return False
+
+    wait_until(done, timeout=300, interval=0.5, message=chart_run.logs)
+    assert finished["spec"]["nodeName"] == NODE
+    status = finished["status"]
+    assert (status["phase"], status["exitCode"]) == ("Succeeded", 0)
+    assert status["module"]["kind"] == "Component"
+    given = tmp_path / "input"
+    given.mkdir()
+    for name, text in files.items():
+        (given / name).write_text(text)
+    with Runtime(tmp_path / "cache") as local:
+        here = run(
+            local.load(wasm_modules["wordcount-component"]),
+            SandboxSpec(
+                args=("wordcount-component", "/input"), preopens=(Preopen(given, "/input"),)
+            ),
+        )
+    assert here.exit_code == 0
+    there = [
+        record["message"]
+        for record in _records(chart_run.agent.log_path)
+        if record.get("service") == f"{namespace}/count" and record.get("stream") == "stdout"
+    ]
+    assert there == here.stdout.decode().splitlines()
+
+
+EM_X86_64 = 62
+EM_AARCH64 = 183
+
+
+def _elf_machine(path: Path) -> int:
+    """The ``e_machine`` of an ELF file (wasmtime's compiled code is one)."""
+    with path.open("rb") as handle:
+        header = handle.read(20)
+    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    return int.from_bytes(header[18:20], "little")
+
+
+def _records(log: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
