@@ -199,7 +199,7 @@ def _install_and_show(system: LocalSystem) -> None:
         print(f"    {image.reference}  ({image.outcome})")
     _step("helm install wasmfleet charts/wasmfleet (the images' registry and tags)")
     started = time.monotonic()
-    release = system.install(images)
+    system.install(images)
     print(f"    every Pod Running and Ready in {time.monotonic() - started:.1f}s")
     print(plane.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide").stdout, end="")
 
@@ -251,7 +251,6 @@ def _install_and_show(system: LocalSystem) -> None:
     _step("the wordcount job's output, from its agent's log")
     for line in _job_output(plane, "default/wordcount"):
         print(f"    {line}")
-    del release
 
 
 def _job_output(plane: Any, service: str) -> list[str]:

@@ -99,7 +99,8 @@ class Release:
         return done
 
     def install(self, values: Sequence[str], *, timeout: float = 300.0) -> None:
-        """``helm upgrade --install`` with ``values``, waiting until every Pod is Ready."""
+        """``helm upgrade --install`` with ``values`` and ``--wait`` (which takes a DaemonSet
+        as ready with up to its ``maxUnavailable`` Pods not ready yet)."""
         self.helm(
             "upgrade",
             "--install",
@@ -237,8 +238,11 @@ class LocalSystem:
         return build_images(registry=self.registry.host, progress=self.progress)
 
     def install(self, images: Sequence[BuiltImage], *, timeout: float = 300.0) -> Release:
+        """``helm install`` of the chart with ``images``; returns once every Pod is Ready."""
         release = self.release()
         release.install(render_install_values(images, self.registry.host), timeout=timeout)
+        # helm's --wait takes a DaemonSet as ready while up to maxUnavailable of its Pods are not
+        self.wait_for_release(release, timeout=timeout)
         return release
 
     def example_manifest(self, name: str) -> str:
