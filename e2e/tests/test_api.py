@@ -322,6 +322,14 @@ def test_a_valid_variant_is_accepted(
     WasmService.model_validate({**created, "metadata": {"name": created["metadata"]["name"]}})
 
 
+def _service_name(path: Path) -> str:
+    return next(
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all(path.read_text())
+        if d and d["kind"] == "WasmService"
+    )
+
+
 def _apply_examples(plane: ControlPlane, namespace: str) -> None:
     for path in EXAMPLES:
         plane.kubectl("apply", "--server-side", "-n", namespace, "-f", str(path))
@@ -331,7 +339,8 @@ def test_every_example_applies_and_kubectl_get_prints_the_columns(
     wasmfleet_crds: ControlPlane, namespace: str
 ) -> None:
     _apply_examples(wasmfleet_crds, namespace)
-    names = {"hello-rust", "hello-go", "hello-c", "greeter", "wordcount"}
+    names = {_service_name(path) for path in EXAMPLES}
+    assert {"hello-rust", "hello-go", "hello-c", "greeter", "hello-component"} <= names
     for resource in ("wasmservices", "wsvc", "wasm"):
         table = wasmfleet_crds.kubectl("get", resource, "-n", namespace).stdout.splitlines()
         assert table[0].split() == ["NAME", "READY", "STATUS", "DIGEST", "URL", "AGE"], resource
@@ -415,11 +424,7 @@ def test_kubectl_scale_changes_replicas_through_the_scale_subresource(
 def test_server_side_apply_twice_changes_nothing_and_shows_no_drift(
     wasmfleet_crds: ControlPlane, namespace: str, path: Path
 ) -> None:
-    name = next(
-        d["metadata"]["name"]
-        for d in yaml.safe_load_all(path.read_text())
-        if d and d["kind"] == "WasmService"
-    )
+    name = _service_name(path)
 
     def resource_version() -> str:
         got = wasmfleet_crds.kubectl_json("get", "wasmservice", name, "-n", namespace)
