@@ -86,6 +86,10 @@ bench: setup component
 	$(BIN)/python bench/density_bench.py
 	$(BIN)/python bench/report.py
 
+## bench-arch: the runtime in the arm64 image (qemu-user) beside the amd64 image
+bench-arch: setup
+	$(BIN)/python bench/arch_bench.py
+
 ## up / down / status: the whole system locally (README's first command)
 up: setup
 	$(BIN)/wasmfleet-dev up

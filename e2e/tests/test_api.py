@@ -324,7 +324,7 @@ def test_a_valid_variant_is_accepted(
 
 def _service_name(path: Path) -> str:
     return next(
-        d["metadata"]["name"]
+        str(d["metadata"]["name"])
         for d in yaml.safe_load_all(path.read_text())
         if d and d["kind"] == "WasmService"
     )

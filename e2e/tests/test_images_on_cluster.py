@@ -30,6 +30,7 @@ from wasmfleet_agent.runtime.sandbox import Preopen, SandboxSpec, run
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.chart import render_chart, run_as_chart_identities
 from wasmfleet_harness.controlplane import ControlPlane
+from wasmfleet_harness.elf import EM_AARCH64, EM_X86_64, elf_machine
 from wasmfleet_harness.images.recipe import Platform
 from wasmfleet_harness.images.rootfs import Bind, ImageRoot
 from wasmfleet_harness.processes import ManagedProcess, Workspace, free_port, wait_until
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.timeout(3600)
 RELEASE = "wasmfleet-images"
 NAMESPACE = "wasmfleet-images"
 NODE = "image-arm64"
+AMD64_NODE = "image-amd64"
 NODE_IP = "127.0.0.1"
 ARM64 = Platform("linux", "arm64")
 AMD64 = Platform("linux", "amd64")
@@ -92,9 +94,11 @@ class ChartRun:
     admin_port: int
     state: Path
     """The agent's hostPath (pulled modules and compiled code)."""
+    amd64_agent: ManagedProcess
+    """An agent from the amd64 image, on node `AMD64_NODE`, beside the arm64 one."""
 
     def logs(self) -> str:
-        processes = (self.operator, self.agent)
+        processes = (self.operator, self.agent, self.amd64_agent)
         return "\n".join(f"--- {p.name}\n{p.log_tail(40)}" for p in processes)
 
 
@@ -125,17 +129,20 @@ def chart_run(
     secrets.mkdir()
     operator_kubeconfig = _portable_kubeconfig(identities.operator, secrets / "operator")
     agent_kubeconfig = _portable_kubeconfig(identities.agent, secrets / "agent")
-    plane.kubectl_apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": NODE,
-                "labels": {"kubernetes.io/hostname": NODE, "kubernetes.io/arch": "arm64"},
-            },
-        }
-    )
-    plane.kubectl("taint", "nodes", NODE, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
+    for name, arch in ((NODE, "arm64"), (AMD64_NODE, "amd64")):
+        plane.kubectl_apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/hostname": name, "kubernetes.io/arch": arch},
+                },
+            }
+        )
+        plane.kubectl(
+            "taint", "nodes", name, "node.kubernetes.io/not-ready:NoSchedule-", check=False
+        )
 
     kubeconfig_mount = "/run/secrets/wasmfleet/kubeconfig"
     operator = dataclasses.replace(
@@ -154,37 +161,50 @@ def chart_run(
         log_path=workdir / "operator.log",
     )
 
-    agent = image_root("agent", ARM64)
-    state = workdir / "agent-state"
-    state.mkdir()
-    cache = Bind(state, "/var/lib/wasmfleet", writable=True)
-    (init,) = agent_pod["initContainers"]
-    init_run = dataclasses.replace(agent, user=_user(init["securityContext"])).run(
-        init["command"], binds=[cache], timeout=120
-    )
-    assert init_run.returncode == 0, init_run.stderr
-    (agent_container,) = agent_pod["containers"]
-    agent = dataclasses.replace(agent, user=_user(agent_container["securityContext"]))
-    agent_process = agent.process(
-        "image-agent",
-        [
-            *agent.entrypoint,
-            *_expand(agent_container["args"], {"NODE_NAME": NODE, "NODE_IP": NODE_IP}),
-            f"--kubeconfig={kubeconfig_mount}",
-        ],
-        binds=[cache, Bind(agent_kubeconfig, kubeconfig_mount)],
-        log_path=workdir / "agent.log",
-    )
-    processes: list[ManagedProcess] = [operator_process, agent_process]
+    def agent_process(platform: Platform, node: str, admin_port: int) -> ManagedProcess:
+        """The agent of ``platform``'s image as the DaemonSet's Pod on ``node`` runs it."""
+        agent = image_root("agent", platform)
+        state = workdir / f"{node}-state"
+        state.mkdir()
+        cache = Bind(state, "/var/lib/wasmfleet", writable=True)
+        (init,) = agent_pod["initContainers"]
+        init_run = dataclasses.replace(agent, user=_user(init["securityContext"])).run(
+            init["command"], binds=[cache], timeout=120
+        )
+        assert init_run.returncode == 0, init_run.stderr
+        (agent_container,) = agent_pod["containers"]
+        agent = dataclasses.replace(agent, user=_user(agent_container["securityContext"]))
+        args = _expand(agent_container["args"], {"NODE_NAME": node, "NODE_IP": NODE_IP})
+        # both agents share this machine's loopback: the second one's admin port moves
+        args = [f"--admin-port={admin_port}" if a.startswith("--admin-port=") else a for a in args]
+        return agent.process(
+            node,
+            [*agent.entrypoint, *args, f"--kubeconfig={kubeconfig_mount}"],
+            binds=[cache, Bind(agent_kubeconfig, kubeconfig_mount)],
+            log_path=workdir / f"{node}.log",
+        )
+
+    arm64_agent = agent_process(ARM64, NODE, admin)
+    amd64_agent = agent_process(AMD64, AMD64_NODE, free_port())
+    processes: list[ManagedProcess] = [operator_process, arm64_agent, amd64_agent]
     try:
         for process in processes:
             process.start()
-        yield ChartRun(plane, operator_process, agent_process, health, admin, state)
+        yield ChartRun(
+            plane,
+            operator_process,
+            arm64_agent,
+            health,
+            admin,
+            workdir / f"{NODE}-state",
+            amd64_agent,
+        )
     finally:
         for process in processes:
             process.stop()
-        plane.kubectl("delete", "wasmagent", NODE, "--ignore-not-found", check=False)
-        plane.kubectl("delete", "node", NODE, "--ignore-not-found", check=False)
+        for name in (NODE, AMD64_NODE):
+            plane.kubectl("delete", "wasmagent", name, "--ignore-not-found", check=False)
+            plane.kubectl("delete", "node", name, "--ignore-not-found", check=False)
 
 
 def test_the_operator_from_its_image_takes_the_leader_lease_and_reports_ready(
@@ -267,12 +287,78 @@ def test_a_service_placed_on_the_arm64_image_agent_is_pulled_compiled_and_served
     compiled = list(chart_run.state.rglob("*.cwasm"))
     assert compiled, "compiled code is kept in the hostPath"
     # machine code for the agent's own CPU, read from the file rather than taken on its word
-    assert {_elf_machine(path) for path in compiled} == {EM_AARCH64}
+    assert {elf_machine(path) for path in compiled} == {EM_AARCH64}
     with Runtime(tmp_path / "amd64-cache") as local:
         local.load(wasm_modules["hello-c"])
     (here,) = (tmp_path / "amd64-cache").glob("*.cwasm")
-    assert _elf_machine(here) == EM_X86_64
+    assert elf_machine(here) == EM_X86_64
     assert here.name not in {path.name for path in compiled}, "the cache key names the CPU"
+
+
+def test_a_service_on_both_architectures_answers_alike_from_each_with_one_digest(
+    chart_run: ChartRun, registry: Registry, wasm_modules: dict[str, Path], namespace: str
+) -> None:
+    """Two replicas, one per architecture: the same module digest on each, the same answer
+    from the aarch64 agent and from the amd64 one, each agent reporting its own CPU."""
+    plane = chart_run.plane
+    image = f"{registry.host}/wasmfleet/tests/hello-rust:1.0"
+    digest = push_module(wasm_modules["hello-rust"], image)
+    plane.kubectl_apply(
+        {
+            "apiVersion": "wasmfleet.dev/v1alpha1",
+            "kind": "WasmService",
+            "metadata": {"name": "both", "namespace": namespace},
+            "spec": {
+                "module": {"image": image},
+                "replicas": 2,
+                "http": {"port": 8080},
+                "placement": {"architectures": ["amd64", "arm64"]},
+            },
+        }
+    )
+    ports: dict[str, int] = {}
+
+    def both_ready() -> bool:
+        chart_run.agent.check_alive()
+        chart_run.amd64_agent.check_alive()
+        bindings = plane.kubectl_json("get", "wasmbindings", "-n", namespace) or {}
+        for binding in bindings.get("items", []):
+            status = binding.get("status", {})
+            if binding["spec"].get("serviceName") == "both" and status.get("ready"):
+                ports[binding["spec"]["nodeName"]] = int(status["port"])
+        return set(ports) == {NODE, AMD64_NODE}
+
+    wait_until(both_ready, timeout=240, interval=0.5, message=chart_run.logs)
+    answers = {}
+    for node, port in ports.items():
+        with urllib.request.urlopen(f"http://{NODE_IP}:{port}/", timeout=10) as response:
+            answers[node] = response.read()
+    assert answers[NODE] == answers[AMD64_NODE] == b"Hello from a Rust Wasm microservice!\n"
+
+    def reported() -> dict[str, Any]:
+        service = plane.kubectl_json("get", "wasmservice", "both", "-n", namespace)
+        status: dict[str, Any] = service.get("status") or {}
+        return status
+
+    wait_until(
+        lambda: len(reported().get("placements") or []) == 2,
+        timeout=60,
+        interval=0.5,
+        message=lambda: str(reported()),
+    )
+    status = reported()
+    assert status["digest"] == digest
+    assert {p["node"]: p["arch"] for p in status["placements"]} == {
+        NODE: "arm64",
+        AMD64_NODE: "amd64",
+    }
+    for node, arch in ((NODE, "arm64"), (AMD64_NODE, "amd64")):
+        agent = plane.kubectl_json("get", "wasmagent", node)
+        assert agent["status"]["architecture"] == arch
+        conditions = {c["type"]: c["status"] for c in agent["status"]["conditions"]}
+        assert conditions["ArchitectureMatchesNode"] == "True"
+    bindings = plane.kubectl_json("get", "wasmbindings", "-n", namespace)["items"]
+    assert {b["spec"]["digest"] for b in bindings if b["spec"]["serviceName"] == "both"} == {digest}
 
 
 def test_a_component_job_on_the_arm64_image_agent_gives_what_it_gives_on_amd64(
@@ -349,18 +435,6 @@ def test_a_component_job_on_the_arm64_image_agent_gives_what_it_gives_on_amd64(
         if record.get("service") == f"{namespace}/count" and record.get("stream") == "stdout"
     ]
     assert there == here.stdout.decode().splitlines()
-
-
-EM_X86_64 = 62
-EM_AARCH64 = 183
-
-
-def _elf_machine(path: Path) -> int:
-    """The ``e_machine`` of an ELF file (wasmtime's compiled code is one)."""
-    with path.open("rb") as handle:
-        header = handle.read(20)
-    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
-    return int.from_bytes(header[18:20], "little")
 
 
 def _records(log: Path) -> list[dict[str, Any]]:

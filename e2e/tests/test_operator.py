@@ -1,15 +1,19 @@
 """The whole system: operator and three agents on the real control plane and a real registry.
 
 Three agents run as local processes, each at an address of its own in a network namespace,
-registered as nodes ``amd64-a``, ``amd64-b`` (kubernetes.io/arch=amd64) and ``arm64-a``
-(arm64). Modules are built from source and pushed to the registry; requests go to the
-addresses and ports in each Service's EndpointSlices.
+registered as nodes ``amd64-a``, ``amd64-b`` (kubernetes.io/arch=amd64) and ``arm64-a``,
+whose Node is labelled arm64 though its agent, like the others, runs on this amd64 machine:
+a label that lies, which the agent reports and the operator does not follow (the suite that
+runs a real aarch64 agent is `test_images_on_cluster.py`). Modules are built from source
+and pushed to the registry; requests go to the addresses and ports in each Service's
+EndpointSlices.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import platform
 import re
 import subprocess
 import threading
@@ -31,6 +35,7 @@ from wasmfleet_harness.chart import run_as_chart_identities
 from wasmfleet_harness.controlplane import ControlPlane
 from wasmfleet_harness.fleet import EndpointClient, LocalFleet, Target, endpoints_of
 from wasmfleet_harness.netns import netns_available
+from wasmfleet_harness.nodenet import machine_architecture
 from wasmfleet_harness.processes import Workspace, wait_until
 from wasmfleet_harness.registry import BasicAuth, Registry
 from wasmfleet_harness.services import apply_object as _apply
@@ -254,10 +259,41 @@ def test_a_config_map_change_reaches_the_module_without_a_new_revision(
 # ---- scheduling ------------------------------------------------------------------------
 
 
-def test_placement_honours_architecture_spread_and_reports_unschedulable(
+def test_a_node_label_that_lies_about_the_cpu_is_reported_and_not_followed(
     fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
 ) -> None:
     plane = fleet.plane
+    host = machine_architecture(platform.machine())
+
+    def condition(node: str) -> dict[str, Any]:
+        agent = plane.kubectl_json("get", "wasmagent", node)
+        conditions = (agent.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "ArchitectureMatchesNode"), {})
+
+    wait_until(
+        lambda: condition("arm64-a").get("reason") == "NodeLabelMismatch",
+        timeout=30,
+        interval=0.2,
+        message=lambda: f"no mismatch condition: {condition('arm64-a')}\n{fleet.logs()}",
+    )
+    lying = condition("arm64-a")
+    assert lying["status"] == "False"
+    assert f"kubernetes.io/arch=arm64 but this agent runs on {host}" in lying["message"]
+    assert condition("amd64-a")["status"] == "True"
+    agent = plane.kubectl_json("get", "wasmagent", "arm64-a")
+    assert agent["status"]["architecture"] == host, "the agent reports its own CPU"
+    events = plane.kubectl_json(
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        "default",
+        "--field-selector",
+        "regarding.name=arm64-a,reason=ArchitectureMismatch",
+    )
+    # one per agent start that found the label wrong (each fleet of this module starts one)
+    assert events["items"]
+    assert {e["type"] for e in events["items"]} == {"Warning"}
+
     image = _push_example(wasm_modules, registry, "hello-c")
     _apply(
         plane,
@@ -265,6 +301,43 @@ def test_placement_honours_architecture_spread_and_reports_unschedulable(
         _wasm_service(
             "arm-only", image, replicas=1, http={}, placement={"architectures": ["arm64"]}
         ),
+    )
+    _apply(
+        plane,
+        namespace,
+        _wasm_service(
+            "arm-label",
+            image,
+            replicas=1,
+            http={},
+            placement={"nodeSelector": {"kubernetes.io/arch": "arm64"}},
+        ),
+    )
+
+    def unschedulable(name: str) -> bool:
+        ready = _condition(_service(plane, namespace, name), "Ready")
+        return bool(ready.get("reason") == "Unschedulable")
+
+    for name in ("arm-only", "arm-label"):
+        wait_until(
+            lambda: unschedulable(name),  # noqa: B023 - called before the loop moves on
+            timeout=30,
+            interval=0.2,
+            message=f"{name} is not Unschedulable",
+        )
+        assert _bindings(plane, namespace, name) == [], "no replica on the lying node"
+
+
+def test_placement_honours_architecture_spread_and_reports_unschedulable(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    host = machine_architecture(platform.machine())
+    image = _push_example(wasm_modules, registry, "hello-c")
+    _apply(
+        plane,
+        namespace,
+        _wasm_service("host-only", image, replicas=3, http={}, placement={"architectures": [host]}),
     )
     _apply(plane, namespace, _wasm_service("everywhere", image, replicas=3, http={}))
     _apply(
@@ -274,9 +347,8 @@ def test_placement_honours_architecture_spread_and_reports_unschedulable(
             "nowhere", image, replicas=1, http={}, placement={"nodeSelector": {"disk": "ssd"}}
         ),
     )
-    arm = _wait_ready(fleet, namespace, "arm-only", 1)
-    assert [p["node"] for p in arm["status"]["placements"]] == ["arm64-a"]
-    assert arm["status"]["placements"][0]["arch"] == "arm64"
+    only = _wait_ready(fleet, namespace, "host-only", 3)
+    assert {p["arch"] for p in only["status"]["placements"]} == {host}
     everywhere = _wait_ready(fleet, namespace, "everywhere", 3)
     assert sorted(p["node"] for p in everywhere["status"]["placements"]) == sorted(NODES)
 

@@ -21,6 +21,7 @@ import pytest
 from wasmfleet_agent.cluster.registration import (
     AgentIdentity,
     render_agent,
+    render_agent_event,
     render_agent_writes,
     render_lease,
 )
@@ -109,6 +110,16 @@ def _service() -> dict[str, Any]:
     }
 
 
+async def _get_own_node(kube: KubeClient) -> Any:
+    """The agent reading its Node (none by that name here: a 404 is an allowed read)."""
+    try:
+        return await kube.get(NODES, IDENTITY.node_name)
+    except ApiError as error:
+        if error.not_found:
+            return None
+        raise
+
+
 async def _create_lease(kube: KubeClient) -> Any:
     lease = render_lease(IDENTITY)
     lease["metadata"] = {"generateName": "probe-", "namespace": NAMESPACE, "name": ""}
@@ -164,6 +175,17 @@ CASES = [
         ("get",),
         lambda k: k.get(SECRETS, "probe", DATA),
         'get resource "secrets"',
+    ),
+    Case("agent", "ClusterRole", ("nodes",), ("get",), _get_own_node, 'get resource "nodes"'),
+    Case(
+        "agent",
+        "ClusterRole",
+        ("events",),
+        ("create",),
+        lambda k: k.create(
+            render_agent_event(IDENTITY, type_="Normal", reason="Probe", note="a probe")
+        ),
+        'create resource "events"',
     ),
     Case(
         "agent",
@@ -253,6 +275,17 @@ CASES = [
         ("get",),
         lambda k: k.get(SECRETS, "probe", DATA),
         'get resource "secrets"',
+    ),
+    Case("agent", "ClusterRole", ("nodes",), ("get",), _get_own_node, 'get resource "nodes"'),
+    Case(
+        "agent",
+        "ClusterRole",
+        ("events",),
+        ("create",),
+        lambda k: k.create(
+            render_agent_event(IDENTITY, type_="Normal", reason="Probe", note="a probe")
+        ),
+        'create resource "events"',
     ),
     Case("operator", "Role", ("leases",), ("create",), _create_lease, 'create resource "leases"'),
     Case(

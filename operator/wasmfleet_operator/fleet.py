@@ -137,10 +137,17 @@ class Fleet:
         return self._status(name).address
 
     def architecture(self, name: str) -> str:
+        """The CPU the node's replicas run on: what its agent reports of its own platform.
+
+        The Node's ``kubernetes.io/arch`` label stands in only until the agent has reported;
+        a label that disagrees with the agent is wrong about where code runs (the agent
+        reports it in its ``ArchitectureMatchesNode`` condition), so it never decides.
+        """
+        reported = self._status(name).architecture
+        if reported:
+            return reported
         labels = (self.nodes.get(name, {}).get("metadata") or {}).get("labels") or {}
-        if ARCH_LABEL in labels:
-            return str(labels[ARCH_LABEL])
-        return self._status(name).architecture
+        return str(labels.get(ARCH_LABEL, ""))
 
     def node_infos(self, now: float | None = None) -> list[NodeInfo]:
         now = self.clock() if now is None else now
@@ -151,7 +158,8 @@ class Fleet:
             node = self.nodes.get(name, {})
             labels = dict((node.get("metadata") or {}).get("labels") or {})
             arch = self.architecture(name)
-            labels.setdefault(ARCH_LABEL, arch)
+            if arch:  # a nodeSelector on the label means the CPU too
+                labels[ARCH_LABEL] = arch
             node_spec = node.get("spec") or {}
             taints = tuple(
                 Taint(

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from packaging.utils import canonicalize_name
 
+from wasmfleet_harness.elf import EM_AARCH64, EM_X86_64, elf_machine
 from wasmfleet_harness.images import distribution
 from wasmfleet_harness.images.build import BuiltImage, build_images
 from wasmfleet_harness.images.recipe import IMAGE_NAMES, PLATFORMS, Platform
@@ -195,6 +196,135 @@ def test_the_agent_image_runs_a_module_to_completion_as_wasmtime_run_does(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Hello from a C Wasm microservice!\n"
+
+
+# Jobs in Rust, Go and C with arguments, environment, a read-only input directory, a
+# writable output directory and exit codes (the cases `test_agent_jobs.py` runs beside the
+# native wasmtime CLI on this machine).
+ARCH_JOBS = {
+    "c-args-env-dirs-exit3": (
+        "jobprobe",
+        ("first", "second word", "exit=3"),
+        ("A=1", "B=two words"),
+        {"one.txt": "1\n", "two.txt": "2\n"},
+        True,
+    ),
+    "rust-exit5": (
+        "jobprobe-rust",
+        ("--flag", "exit=5"),
+        ("LANG_SEEN=rust",),
+        {"data.txt": "hello from the input\n"},
+        False,
+    ),
+    "go-wordcount": (
+        "wordcount-job",
+        ("/input",),
+        (),
+        {"a.txt": "one two three\n", "b.txt": "four five\n"},
+        False,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def run_caches(tmp_path_factory: pytest.TempPathFactory) -> dict[Platform, Path]:
+    """A compiled-code cache per platform, shared by the jobs (one compile per module)."""
+    caches = {}
+    for platform in PLATFORMS:
+        cache = tmp_path_factory.mktemp(f"run-cache-{platform.architecture}")
+        cache.chmod(0o777)
+        caches[platform] = cache
+    return caches
+
+
+@pytest.mark.parametrize("name", list(ARCH_JOBS))
+def test_the_run_path_gives_the_same_output_and_exit_code_on_arm64_as_on_amd64(
+    image_root: Callable[[str, Platform], ImageRoot],
+    wasm_modules: dict[str, Path],
+    run_caches: dict[Platform, Path],
+    tmp_path: Path,
+    name: str,
+) -> None:
+    """``wasmfleet-agent run`` in the arm64 image (aarch64 code under qemu-user) and in the
+    amd64 one, with the same paths inside each: the same stdout, stderr, exit code and
+    written file."""
+    module, args, env, inputs, writable = ARCH_JOBS[name]
+    given = tmp_path / "input"
+    given.mkdir()
+    given.chmod(0o755)  # the image's user reads it
+    for file_name, text in inputs.items():
+        (given / file_name).write_text(text)
+    results = {}
+    for platform in PLATFORMS:
+        output = tmp_path / f"output-{platform.architecture}"
+        output.mkdir()
+        output.chmod(0o777)
+        root = image_root("agent", platform)
+        binds = [
+            Bind(wasm_modules[module], f"/job/{module}.wasm"),
+            Bind(given, "/job/input"),
+            Bind(output, "/job/output", writable=True),
+            Bind(run_caches[platform], "/job/cache", writable=True),
+        ]
+        argv = ["run", "--cache-dir", "/job/cache", "--dir", "/job/input:/input:ro"]
+        if writable:
+            argv += ["--dir", "/job/output:/output:rw"]
+        for pair in env:
+            argv += ["--env", pair]
+        done = root.run(
+            root.entrypoint_with(*argv, f"/job/{module}.wasm", "--", *args),
+            binds=binds,
+            timeout=600,
+        )
+        written = {p.name: p.read_text() for p in output.iterdir()}
+        results[platform.architecture] = (done.returncode, done.stdout, done.stderr, written)
+    assert results["arm64"] == results["amd64"]
+    code, stdout, _, written = results["amd64"]
+    assert stdout, "the job printed something"
+    assert code == {"c-args-env-dirs-exit3": 3, "rust-exit5": 5, "go-wordcount": 0}[name]
+    assert bool(written) is writable
+    compiled = {p.name for p in run_caches[PLATFORMS[0]].glob("*.cwasm")}
+    assert compiled.isdisjoint(p.name for p in run_caches[PLATFORMS[1]].glob("*.cwasm"))
+
+
+def test_compiled_code_of_another_cpu_in_the_cache_is_compiled_again_not_run(
+    image_root: Callable[[str, Platform], ImageRoot],
+    wasm_modules: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """x86-64 code put in the arm64 agent's cache under the arm64 entry's own name (a cache
+    copied between machines and renamed): the agent refuses to load it, compiles again and
+    runs the module; the entry holds aarch64 code afterwards."""
+    caches = {}
+    for platform in PLATFORMS:
+        cache = tmp_path / platform.architecture
+        cache.mkdir()
+        cache.chmod(0o777)
+        caches[platform.architecture] = cache
+
+    def run_in(platform: Platform) -> tuple[int, str]:
+        root = image_root("agent", platform)
+        done = root.run(
+            root.entrypoint_with("run", "--cache-dir", "/job/cache", "/job/hello-c.wasm"),
+            binds=[
+                Bind(wasm_modules["hello-c"], "/job/hello-c.wasm"),
+                Bind(caches[platform.architecture], "/job/cache", writable=True),
+            ],
+            timeout=600,
+        )
+        return done.returncode, done.stdout
+
+    amd64, arm64 = PLATFORMS
+    expected = run_in(amd64)
+    assert expected == (0, "Hello from a C Wasm microservice!\n")
+    assert run_in(arm64) == expected
+    (x86_file,) = caches["amd64"].rglob("*.cwasm")
+    (arm_file,) = caches["arm64"].rglob("*.cwasm")
+    assert (elf_machine(x86_file), elf_machine(arm_file)) == (EM_X86_64, EM_AARCH64)
+    arm_file.write_bytes(x86_file.read_bytes())
+    assert run_in(arm64) == expected
+    (again,) = caches["arm64"].rglob("*.cwasm")
+    assert elf_machine(again) == EM_AARCH64
 
 
 def _get(url: str) -> tuple[int, str]:

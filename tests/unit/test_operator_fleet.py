@@ -90,7 +90,7 @@ def test_a_released_lease_is_not_ready_at_once_but_lost_only_after_the_grace_per
     assert fleet.liveness("a").ready
 
 
-def test_an_unknown_agent_is_lost_and_node_labels_win_over_the_agents_own_architecture() -> None:
+def test_an_unknown_agent_is_lost_and_the_agents_own_architecture_wins_over_a_node_label() -> None:
     fleet = Fleet(clock=Clock())
     assert fleet.liveness("ghost").lost
     fleet.update_agent(_agent("a", arch="amd64", capacity={"services": 7}))
@@ -102,12 +102,16 @@ def test_an_unknown_agent_is_lost_and_node_labels_win_over_the_agents_own_archit
     )
     fleet.update_binding(_binding("b1", node="a"))
     (info,) = fleet.node_infos()
-    assert info.arch == "arm64"
+    # the label lies: the agent's CPU decides, for architectures and for nodeSelectors alike
+    assert info.arch == "amd64"
+    assert info.labels["kubernetes.io/arch"] == "amd64"
     assert info.labels["disk"] == "ssd"
     assert info.taints[0].key == "dedicated"
     assert (info.capacity, info.allocated) == (7, 1)
     fleet.update_binding(_binding("b1", node="a"), deleted=True)
     assert fleet.node_infos()[0].allocated == 0
+    fleet.update_agent(_agent("a", arch="", capacity={"services": 7}))
+    assert fleet.node_infos()[0].arch == "arm64", "the label stands in until the agent reports"
 
 
 async def test_the_work_queue_never_hands_one_key_to_two_workers() -> None:

@@ -7,10 +7,16 @@ wire (as JSON, the way the API server hands it back); the operator's own `plan_s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
-from wasmfleet_agent.cluster.registration import AgentIdentity, render_agent, render_agent_writes
+from wasmfleet_agent.cluster.registration import (
+    AgentIdentity,
+    NodeArchitecture,
+    render_agent,
+    render_agent_writes,
+)
 from wasmfleet_agent.lifecycle import (
     BindingState,
     advance,
@@ -19,9 +25,9 @@ from wasmfleet_agent.lifecycle import (
 )
 from wasmfleet_api.agent import WasmAgent
 from wasmfleet_api.binding import BindingPhase, WasmBinding
-from wasmfleet_api.wasmservice import WasmService
+from wasmfleet_api.wasmservice import Placement, RollingUpdate, WasmService
 from wasmfleet_operator.fleet import Fleet
-from wasmfleet_operator.planner import NodeInfo
+from wasmfleet_operator.planner import NodeInfo, plan_placements
 from wasmfleet_operator.render import render_binding, render_revision
 from wasmfleet_operator.service_plan import NodeFacts, ServicePlan, ServiceView, plan_service
 
@@ -178,3 +184,51 @@ def test_the_agents_own_write_leaves_an_administrators_cordon_alone() -> None:
     fleet = Fleet(clock=lambda: 0.0)
     fleet.update_agent(_as_listed(obj, status, unschedulable=True))
     assert not fleet.node_infos()[0].schedulable
+
+
+def test_a_node_label_that_disagrees_with_the_agent_is_a_false_condition_and_no_arm_replica() -> (
+    None
+):
+    node = NodeArchitecture("amd64")
+    assert node.condition() is None, "no Node, nothing to compare"
+    assert node.observe("arm64"), "newly disagreeing: an Event is due"
+    assert not node.observe("arm64"), "still disagreeing: no second Event"
+    obj, status = render_agent_writes(
+        render_agent(
+            AgentIdentity(node_name="liar", address="10.0.0.4", architecture="amd64"),
+            allocated=0,
+            ready=True,
+            node=node,
+        )
+    )
+    conditions = {c["type"]: c for c in status["status"]["conditions"]}
+    mismatch = conditions["ArchitectureMatchesNode"]
+    assert (mismatch["status"], mismatch["reason"]) == ("False", "NodeLabelMismatch")
+    assert "kubernetes.io/arch=arm64" in mismatch["message"]
+    assert conditions["Ready"]["status"] == "True"
+
+    fleet = Fleet(clock=lambda: 0.0)
+    fleet.update_agent(_as_listed(obj, status))
+    fleet.update_node({"metadata": {"name": "liar", "labels": {"kubernetes.io/arch": "arm64"}}})
+    (info,) = fleet.node_infos()
+    assert info.arch == "amd64"
+    for placement, placed in (
+        (Placement(architectures=["arm64"]), False),
+        (Placement(node_selector={"kubernetes.io/arch": "arm64"}), False),
+        (Placement(architectures=["amd64"]), True),
+    ):
+        step = plan_placements(
+            desired=1,
+            revision="r1",
+            placement=placement,
+            strategy=RollingUpdate(),
+            nodes=[dataclasses.replace(info, ready=True, lost=False)],  # as with a Lease
+            replicas=[],
+        )
+        assert bool(step.create) is placed, placement
+
+    assert not node.observe("amd64"), "agreeing again is not an Event"
+    agreeing = node.condition()
+    assert agreeing is not None
+    assert agreeing.status == "True"
+    assert node.observe("arm64"), "disagreeing again is"

@@ -31,7 +31,9 @@ from wasmfleet_agent.cluster.bindings import StatusWriter, watch_bindings
 from wasmfleet_agent.cluster.registration import (
     AgentIdentity,
     ApiContact,
+    NodeArchitecture,
     apply_agent,
+    check_node_label,
     heartbeat,
     render_lease,
 )
@@ -72,11 +74,21 @@ class NodeOptions:
 
 
 async def _register(
-    kube: KubeClient, identity: AgentIdentity, stop: asyncio.Event, *, since: str
+    kube: KubeClient,
+    identity: AgentIdentity,
+    stop: asyncio.Event,
+    *,
+    since: str,
+    node: NodeArchitecture,
 ) -> bool:
     """Applies the WasmAgent, ready ``since``, retrying with backoff; False if stopped first."""
+
+    async def register() -> None:
+        await check_node_label(kube, identity, node)
+        await apply_agent(kube, identity, allocated=0, ready=True, since=since, node=node)
+
     return await retry_until_stopped(
-        lambda: apply_agent(kube, identity, allocated=0, ready=True, since=since),
+        register,
         stop,
         on_error=lambda error, delay: log.warning(
             "registration failed (%s); retrying in %.1fs", error, delay
@@ -108,17 +120,24 @@ async def report_allocation(
     interval: float = 10.0,
     health: Callable[[], tuple[bool, str]] | None = None,
     since: str | None = None,
+    node: NodeArchitecture | None = None,
+    label_every: int = 6,
 ) -> None:
-    """Keeps WasmAgent.status (``allocated``, and the Ready condition from ``health``) current,
-    one write per ``interval`` at most. The condition keeps the time it last changed (its
+    """Keeps WasmAgent.status (``allocated``, the Ready condition from ``health``, and whether
+    the Node's architecture label agrees, read every ``label_every`` intervals) current, one
+    write per ``interval`` at most. The Ready condition keeps the time it last changed (its
     status; ``since`` is the registration's), however often the allocation does."""
-    reported: tuple[int, bool, str] = (0, True, "")
+    reported: tuple[int, bool, str, str | None] = (0, True, "", node.label if node else None)
     since = since or format_time()
+    rounds = 0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
+        rounds += 1
+        if node is not None and rounds % label_every == 0 and not stop.is_set():
+            await check_node_label(kube, identity, node)
         ready, why = health() if health is not None else (True, "")
-        current = (len(replicas), ready, "" if ready else why)
+        current = (len(replicas), ready, "" if ready else why, node.label if node else None)
         if current != reported and not stop.is_set():
             changed = since if ready == reported[1] else format_time()
             try:
@@ -129,6 +148,7 @@ async def report_allocation(
                     ready=current[1],
                     why=current[2],
                     since=changed,
+                    node=node,
                 )
                 reported, since = current, changed
             except API_ERRORS as error:
@@ -215,7 +235,8 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
     registered = format_time()  # when this agent became ready, as its WasmAgent says
     joined = False
     try:
-        if await _register(kube, identity, stop, since=registered):
+        node_arch = NodeArchitecture(identity.architecture)
+        if await _register(kube, identity, stop, since=registered, node=node_arch):
             joined = True
             log.info(
                 "agent registered",
@@ -243,6 +264,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
                     stop,
                     health=supervisor.health,
                     since=registered,
+                    node=node_arch,
                 ),
                 critical=False,
             )

@@ -13,30 +13,38 @@ import contextlib
 import logging
 import platform
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 from wasmfleet_api.agent import AgentCapacity, WasmAgent, WasmAgentSpec, WasmAgentStatus
-from wasmfleet_api.base import Condition
+from wasmfleet_api.base import API_VERSION, Condition
 from wasmfleet_api.units import format_micro_time, format_time
-from wasmfleet_common.kube import KubeClient
+from wasmfleet_common.kube import API_ERRORS, ApiError, KubeClient, resource_for
 
 __all__ = [
+    "ARCH_LABEL",
     "LEASE_LABEL",
     "AgentIdentity",
     "ApiContact",
+    "NodeArchitecture",
     "apply_agent",
+    "check_node_label",
     "heartbeat",
     "kube_architecture",
+    "read_node_label",
     "render_agent",
+    "render_agent_event",
     "render_agent_writes",
     "render_lease",
 ]
 
 log = logging.getLogger(__name__)
 LEASE_LABEL = "wasmfleet.dev/agent"
+ARCH_LABEL = "kubernetes.io/arch"
+NODES = resource_for("v1", "Node")
 _MACHINE_TO_KUBE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -58,6 +66,117 @@ class AgentIdentity:
     capacity: int = 256
 
 
+@dataclass
+class NodeArchitecture:
+    """Whether the Node's ``kubernetes.io/arch`` label says what this agent's CPU is.
+
+    The operator places replicas by the agent's own report, whatever the label says; a label
+    that disagrees still misleads everything else that reads it (the kube-scheduler, a
+    DaemonSet's image selection, people), so the agent says so: the ``ArchitectureMatchesNode``
+    condition of its WasmAgent and a Warning Event when the disagreement starts.
+    """
+
+    architecture: str
+    label: str | None = None
+    """The label as last read; None: no Node of this name (or not read yet)."""
+    since: str = ""
+
+    def observe(self, label: str | None) -> bool:
+        """Records a read of the label; True when the agent now newly disagrees with it."""
+        before = self.agrees
+        self.label = label
+        if self.agrees != before:
+            self.since = format_time()
+        return before is not False and self.agrees is False
+
+    @property
+    def agrees(self) -> bool | None:
+        """None when there is no label to compare with."""
+        if not self.label:
+            return None
+        return self.label == self.architecture
+
+    def message(self) -> str:
+        if self.agrees is None:
+            return ""
+        if self.agrees:
+            return f"the Node's {ARCH_LABEL} label is {self.label}, as this agent's CPU"
+        return (
+            f"the Node is labelled {ARCH_LABEL}={self.label} but this agent runs on "
+            f"{self.architecture}; replicas are placed by the agent's {self.architecture}"
+        )
+
+    def condition(self) -> Condition | None:
+        if self.agrees is None:
+            return None
+        return Condition(
+            type="ArchitectureMatchesNode",
+            status="True" if self.agrees else "False",
+            reason="NodeLabelMatches" if self.agrees else "NodeLabelMismatch",
+            message=self.message(),
+            last_transition_time=self.since or format_time(),
+        )
+
+
+async def read_node_label(kube: KubeClient, node_name: str, label: str) -> str | None:
+    """``label`` of the Node ``node_name`` ("" when unset); None when there is no such Node or
+    the API server did not answer (logged)."""
+    try:
+        node = await kube.get(NODES, node_name)
+    except API_ERRORS as error:
+        if not (isinstance(error, ApiError) and error.not_found):
+            log.warning("node %s not read: %s", node_name, error)
+        return None
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return str(labels.get(label, ""))
+
+
+async def check_node_label(
+    kube: KubeClient, identity: AgentIdentity, node: NodeArchitecture
+) -> None:
+    """Reads the Node's architecture label into ``node``; posts a Warning Event when the
+    agent newly disagrees with it."""
+    label = await read_node_label(kube, identity.node_name, ARCH_LABEL)
+    if not node.observe(label):
+        return
+    log.warning("node label disagrees with this agent", extra={"why": node.message()})
+    try:
+        await kube.create(
+            render_agent_event(
+                identity, type_="Warning", reason="ArchitectureMismatch", note=node.message()
+            )
+        )
+    except API_ERRORS as error:
+        log.warning("event not recorded: %s", error)
+
+
+def render_agent_event(
+    identity: AgentIdentity, *, type_: str, reason: str, note: str
+) -> dict[str, Any]:
+    """An Event about this agent's WasmAgent (cluster-scoped, so in ``default``, as the
+    kubelet's Events about its Node are)."""
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{identity.node_name}.{uuid.uuid4().hex[:16]}",
+            "namespace": "default",
+        },
+        "eventTime": format_micro_time(),
+        "reportingController": "wasmfleet.dev/agent",
+        "reportingInstance": identity.node_name[:128],
+        "action": "Register",
+        "type": type_,
+        "reason": reason,
+        "note": note[:1024],
+        "regarding": {
+            "apiVersion": API_VERSION,
+            "kind": "WasmAgent",
+            "name": identity.node_name,
+        },
+    }
+
+
 def render_agent(
     identity: AgentIdentity,
     *,
@@ -65,9 +184,11 @@ def render_agent(
     ready: bool,
     why: str = "",
     since: str | None = None,
+    node: NodeArchitecture | None = None,
 ) -> WasmAgent:
     """The WasmAgent of this agent, status included (``why`` it is not ready; ``since``: when
-    it last became ready or not, now if not given)."""
+    it last became ready or not, now if not given; ``node``: what its Node's label says)."""
+    extra = node.condition() if node is not None else None
     return WasmAgent(
         metadata={"name": identity.node_name, "labels": {LEASE_LABEL: "true"}},
         spec=WasmAgentSpec(node_name=identity.node_name, lease_namespace=identity.lease_namespace),
@@ -87,7 +208,8 @@ def render_agent(
                     reason="AgentReady" if ready else "AgentUnhealthy",
                     message="the agent serves its bindings" if ready else why or "starting",
                     last_transition_time=since or format_time(),
-                )
+                ),
+                *([extra] if extra is not None else []),
             ],
         ),
     )
@@ -134,9 +256,11 @@ async def apply_agent(
     ready: bool,
     why: str = "",
     since: str | None = None,
+    node: NodeArchitecture | None = None,
 ) -> None:
+    """Writes the WasmAgent (with what ``node`` last read of the Node's label)."""
     obj, status = render_agent_writes(
-        render_agent(identity, allocated=allocated, ready=ready, why=why, since=since)
+        render_agent(identity, allocated=allocated, ready=ready, why=why, since=since, node=node)
     )
     await kube.apply(obj)
     await kube.apply_status(status)
