@@ -146,7 +146,12 @@ class AckRunner:
                 self.status.report(
                     namespace,
                     name,
-                    render_binding_status(binding, BindingState(), address=self.identity.address),
+                    render_binding_status(
+                        binding,
+                        BindingState(),
+                        address=self.identity.address,
+                        agent_instance=self.identity.instance,
+                    ),
                 )
             if self.ack_delay > 0:
                 loop.call_later(self.ack_delay, self._ack, key, binding)
@@ -174,6 +179,7 @@ class AckRunner:
                 address=self.identity.address,
                 port=port,
                 module_digest=self.module_digest,
+                agent_instance=self.identity.instance,
             ),
         )
 

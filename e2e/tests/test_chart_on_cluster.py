@@ -222,6 +222,11 @@ def test_every_pod_of_the_release_runs_and_is_ready_as_the_chart_describes(
         addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
         assert agent["status"]["architecture"] == node["metadata"]["labels"]["kubernetes.io/arch"]
         assert agent["status"]["address"] == addresses["InternalIP"]
+        # it read its Node's label with the chart's RBAC, from inside its Pod
+        matches = [
+            c for c in agent["status"]["conditions"] if c["type"] == "ArchitectureMatchesNode"
+        ]
+        assert [(c["status"], c["reason"]) for c in matches] == [("True", "NodeLabelMatches")]
     wait_until(lambda: _leaders(installed) == 1, timeout=60, message="not exactly one leader")
 
 

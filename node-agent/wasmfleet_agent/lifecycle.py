@@ -162,8 +162,10 @@ def render_binding_status(
     port: int | None = None,
     module_digest: str | None = None,
     module: ModuleInfo | None = None,
+    agent_instance: str | None = None,
 ) -> WasmBindingStatus:
-    """What an agent writes into a binding's status for a replica in ``state``."""
+    """What an agent writes into a binding's status for a replica in ``state`` (as the agent
+    run ``agent_instance``)."""
     conditions = []
     if state.failure is not None and not state.ready:
         conditions.append(
@@ -195,4 +197,5 @@ def render_binding_status(
         last_error=state.last_error or None,
         exit_code=state.exit_code,
         conditions=conditions,
+        agent_instance=agent_instance,
     )

@@ -56,6 +56,10 @@ class WasmAgentStatus(KubeModel):
     """Replicas the agent hosts now."""
     lease_duration_seconds: int = Field(default=20, ge=1)
     """How long a heartbeat is valid; the agent renews its Lease well within it."""
+    instance: str = Field(default="", max_length=64)
+    """This run of the agent, new at every start. A binding's status counts towards routing
+    only when this instance wrote it: what an earlier run reported (a port it listened on)
+    is not trusted after a restart."""
     conditions: list[Condition] = Field(default_factory=list)
     """Ready and its reason."""
 

@@ -139,6 +139,8 @@ class WasmBindingStatus(KubeModel):
     """Exit code of the latest run (job mode)."""
     conditions: list[Condition] = Field(default_factory=list)
     """Detailed conditions, when the phase is not enough."""
+    agent_instance: str | None = Field(default=None, max_length=64)
+    """The run of the agent that wrote this status (its WasmAgent's status.instance)."""
 
     def _condition(self, type_: BindingCondition, status: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_ and c.status == status), None)

@@ -136,6 +136,9 @@ class Fleet:
     def address(self, name: str) -> str:
         return self._status(name).address
 
+    def instance(self, name: str) -> str:
+        return self._status(name).instance
+
     def architecture(self, name: str) -> str:
         """The CPU the node's replicas run on: what its agent reports of its own platform.
 

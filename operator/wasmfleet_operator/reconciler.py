@@ -341,6 +341,7 @@ class Reconciler:
                 ready=bool(liveness.get(node) and liveness[node].ready),
                 architecture=self.fleet.architecture(node),
                 address=self.fleet.address(node),
+                instance=self.fleet.instance(node),
             )
             for node in names
         }

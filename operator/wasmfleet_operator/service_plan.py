@@ -45,6 +45,8 @@ class NodeFacts:
     architecture: str = ""
     address: str = ""
     """Where the agent serves (a binding's own reported address wins)."""
+    instance: str = ""
+    """The agent's current run (`WasmAgentStatus.instance`; "" if it does not say)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,9 @@ def plan_service(view: ServiceView) -> ServicePlan:
             and _name(binding) not in drifted
             # the agent has acted on this spec (not one edited since, or put back)
             and status.observed_generation in (None, binding.metadata.get("generation"))
+            # and the agent's current run said so: after a restart the port an earlier run
+            # reported is closed until this run serves the replica again
+            and (not facts.instance or status.agent_instance == facts.instance)
         )
 
     if revision is not None:

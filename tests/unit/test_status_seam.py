@@ -80,9 +80,8 @@ def _plan(service: WasmService, *bindings: WasmBinding, **view: Any) -> ServiceP
             digest=DIGEST,
             bindings=bindings,
             nodes=NODES,
-            facts=FACTS,
             now="t1",
-            **view,
+            **{"facts": FACTS, **view},
         )
     )
 
@@ -104,6 +103,22 @@ def test_a_replica_its_agent_reports_ready_is_routed_to_its_address_and_port() -
     assert _condition(plan, "Ready") == ("True", "AllReplicasReady")
     (placement,) = plan.status.placements
     assert (placement.phase, placement.ready) == ("Ready", True)
+
+
+def test_after_an_agent_restart_a_ready_status_of_its_earlier_run_is_not_routed() -> None:
+    """The port an earlier run of the agent listened on is closed once it restarted: its
+    statuses count again only when the new run has written them."""
+    service = _service()
+    restarted = {**FACTS, "node-a": dataclasses.replace(FACTS["node-a"], instance="run-2")}
+    earlier = _reported(service, "node-a", _walk(*READY), port=31000, agent_instance="run-1")
+    plan = _plan(service, earlier, facts=restarted)
+    assert not plan.endpoint_slices
+    assert _condition(plan, "Ready")[0] == "False"
+    (placement,) = plan.status.placements
+    assert not placement.ready
+    again = _reported(service, "node-a", _walk(*READY), port=31007, agent_instance="run-2")
+    (slice_,) = _plan(service, again, facts=restarted).endpoint_slices
+    assert slice_["ports"][0]["port"] == 31007
 
 
 def test_a_replica_retried_after_a_crash_keeps_the_service_crash_looping() -> None:

@@ -202,6 +202,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             bindings_dir=options.state_dir / "bindings",
             drain_seconds=options.drain_seconds,
             config_refresh_seconds=options.config_refresh_seconds,
+            instance=identity.instance,
         ),
         runtime=runtime,
         store=store,

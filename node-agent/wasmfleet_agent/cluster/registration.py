@@ -15,7 +15,7 @@ import platform
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -64,6 +64,8 @@ class AgentIdentity:
     lease_namespace: str = "wasmfleet-system"
     lease_duration_seconds: int = 20
     capacity: int = 256
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    """This run of the agent: the bindings' statuses it writes carry it."""
 
 
 @dataclass
@@ -201,6 +203,7 @@ def render_agent(
             capacity=AgentCapacity(services=identity.capacity),
             allocated=allocated,
             lease_duration_seconds=identity.lease_duration_seconds,
+            instance=identity.instance,
             conditions=[
                 Condition(
                     type="Ready",

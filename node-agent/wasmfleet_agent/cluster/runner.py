@@ -87,6 +87,8 @@ class RunnerSettings:
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
     backoff: Backoff = RESTART_BACKOFF
+    instance: str | None = None
+    """This run of the agent (`AgentIdentity.instance`), written with every status."""
 
 
 @dataclass
@@ -234,6 +236,7 @@ class NodeRunner:
             port=replica.port,
             module_digest=replica.module_digest,
             module=replica.module,
+            agent_instance=self.settings.instance,
         )
         self.status.report(replica.namespace, replica.name, status)
 
