@@ -376,6 +376,51 @@ def test_placement_honours_architecture_spread_and_reports_unschedulable(
     wait_until(event_recorded, timeout=30, interval=0.2, message="no Unschedulable event")
 
 
+def test_a_binding_status_with_a_forged_address_never_reaches_an_endpoint_slice(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    """A ready binding's status rewritten to name another address (as any identity that may
+    write binding statuses could): the operator routes only to the address its agent
+    registered, takes that replica out and says why in an Event."""
+    plane = fleet.plane
+    image = _push_example(wasm_modules, registry, "hello-c")
+    _apply(plane, namespace, _wasm_service("forged", image, replicas=2, http={}))
+    _wait_ready(fleet, namespace, "forged", 2)
+    victim = _bindings(plane, namespace, "forged")[0]
+    node = victim["spec"]["nodeName"]
+    registered = plane.kubectl_json("get", "wasmagent", node)["status"]["address"]
+    forged = "10.99.0.66"
+    plane.kubectl(
+        "patch",
+        "wasmbinding",
+        victim["metadata"]["name"],
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"address": forged}}),
+    )
+
+    def refused() -> bool:
+        events = plane.kubectl_json(
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            namespace,
+            "--field-selector",
+            "regarding.name=forged,reason=AddressMismatch",
+        )
+        return bool(events["items"])
+
+    wait_until(refused, timeout=30, interval=0.2, message="no AddressMismatch Event")
+    targets = endpoints_of(plane, namespace, "forged")
+    assert forged not in {t.address for t in targets}
+    assert registered not in {t.address for t in targets}, "the forged replica is out"
+    assert len(targets) == 1
+    assert _get(targets[0]) == "Hello from a C Wasm microservice!"
+
+
 # ---- rollout -------------------------------------------------------------------------------
 
 

@@ -44,7 +44,8 @@ class NodeFacts:
     """The agent's Lease is fresh."""
     architecture: str = ""
     address: str = ""
-    """Where the agent serves (a binding's own reported address wins)."""
+    """Where the agent registered that it serves: the only address its replicas are routed
+    to (a binding status that names another is not routed)."""
     instance: str = ""
     """The agent's current run (`WasmAgentStatus.instance`; "" if it does not say)."""
 
@@ -96,6 +97,12 @@ class ServicePlan:
     """BindingDrifted for each edited binding, then one per condition transition."""
     revision: str
     placements: Plan
+
+
+def _forged_address(status: WasmBindingStatus, facts: NodeFacts) -> bool:
+    """Whether a binding's status names another address than its agent registered: anyone
+    who may write binding statuses could otherwise point a Service at any address."""
+    return bool(status.address and facts.address and status.address != facts.address)
 
 
 def render_url(service: WasmService, cluster_domain: str = "cluster.local") -> str | None:
@@ -159,7 +166,17 @@ def plan_service(view: ServiceView) -> ServicePlan:
             # and the agent's current run said so: after a restart the port an earlier run
             # reported is closed until this run serves the replica again
             and (not facts.instance or status.agent_instance == facts.instance)
+            and not _forged_address(status, facts)
         )
+
+    for binding in view.bindings:
+        claimed, agent = _status(binding), view.facts.get(binding.spec.node_name)
+        if claimed.ready and agent is not None and _forged_address(claimed, agent):
+            note = (
+                f"binding {_name(binding)} reports address {claimed.address}, but the agent of "
+                f"node {binding.spec.node_name} registered {agent.address}; not routed"
+            )
+            events.append(Event("Warning", "AddressMismatch", note))
 
     if revision is not None:
         placements = plan_placements(
@@ -190,7 +207,7 @@ def plan_service(view: ServiceView) -> ServicePlan:
             if _name(binding) in removing or not serving(binding) or not reported.port:
                 continue
             node = binding.spec.node_name
-            address = reported.address or view.facts.get(node, NodeFacts()).address
+            address = view.facts.get(node, NodeFacts()).address or reported.address or ""
             endpoints.append(Endpoint(address, reported.port, node))
         service_objects = [render_service(service)]
         slices = render_endpoint_slices(service, endpoints)

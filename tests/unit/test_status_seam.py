@@ -121,6 +121,25 @@ def test_after_an_agent_restart_a_ready_status_of_its_earlier_run_is_not_routed(
     assert slice_["ports"][0]["port"] == 31007
 
 
+def test_a_binding_status_naming_another_address_than_its_agents_is_never_routed() -> None:
+    service = _service(replicas=2)
+    honest = _reported(service, "node-a", _walk(*READY), port=31000)
+    reported = _reported(service, "node-b", _walk(*READY), port=31001)
+    assert reported.status is not None
+    # what anyone who may write binding statuses could write
+    forged = reported.model_copy(
+        update={"status": reported.status.model_copy(update={"address": "10.99.0.66"})}
+    )
+    plan = _plan(service, honest, forged)
+    (slice_,) = plan.endpoint_slices
+    assert [e["addresses"] for e in slice_["endpoints"]] == [["10.0.0.1"]]
+    (event,) = [e for e in plan.events if e.reason == "AddressMismatch"]
+    assert event.type == "Warning"
+    assert "reports address 10.99.0.66" in event.message
+    assert "registered 10.0.0.2" in event.message
+    assert {p.node: p.ready for p in plan.status.placements} == {"node-a": True, "node-b": False}
+
+
 def test_a_replica_retried_after_a_crash_keeps_the_service_crash_looping() -> None:
     service = _service()
     crashed = _walk(
