@@ -421,6 +421,51 @@ def test_a_binding_status_with_a_forged_address_never_reaches_an_endpoint_slice(
     assert _get(targets[0]) == "Hello from a C Wasm microservice!"
 
 
+def test_someone_elses_service_of_the_same_name_is_left_alone_and_the_service_says_why(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    plane = fleet.plane
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "taken", "namespace": namespace, "labels": {"team": "other"}},
+        "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 8443, "protocol": "TCP"}]},
+    }
+    _apply(plane, namespace, foreign)
+    before = plane.kubectl_json("get", "service", "taken", "-n", namespace)
+    image = _push_example(wasm_modules, registry, "hello-c")
+    _apply(plane, namespace, _wasm_service("taken", image, replicas=1, http={}))
+
+    def refused() -> bool:
+        ready = _condition(_service(plane, namespace, "taken"), "Ready")
+        return bool(ready.get("reason") == "RoutingFailed")
+
+    wait_until(refused, timeout=30, interval=0.2, message="no RoutingFailed condition")
+    ready = _condition(_service(plane, namespace, "taken"), "Ready")
+    assert ready["status"] == "False"
+    assert "Service taken already exists and is not this WasmService's" in ready["message"]
+    after = plane.kubectl_json("get", "service", "taken", "-n", namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert "ownerReferences" not in after["metadata"]
+    assert endpoints_of(plane, namespace, "taken") == [], "no slices for someone else's Service"
+    events = plane.kubectl_json(
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        namespace,
+        "--field-selector",
+        "regarding.name=taken,reason=RoutingFailed",
+    )
+    assert {e["type"] for e in events["items"]} == {"Warning"}
+
+    plane.kubectl("delete", "service", "taken", "-n", namespace)
+    _wait_ready(fleet, namespace, "taken", 1)
+    owned = plane.kubectl_json("get", "service", "taken", "-n", namespace)
+    assert [o["kind"] for o in owned["metadata"]["ownerReferences"]] == ["WasmService"]
+    (target,) = endpoints_of(plane, namespace, "taken")
+    assert _get(target) == "Hello from a C Wasm microservice!"
+
+
 # ---- rollout -------------------------------------------------------------------------------
 
 

@@ -79,11 +79,17 @@ def _fingerprint(objects: Any) -> str:
     return hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
 
 
+class ForeignObjectError(Exception):
+    """A Service or EndpointSlice the service needs exists and belongs to something else."""
+
+
 @dataclass(frozen=True)
 class ReconcilerSettings:
     identity: str = "wasmfleet-operator"
     cluster_domain: str = "cluster.local"
     resolve_retry_seconds: float = 10.0
+    foreign_retry_seconds: float = 10.0
+    """How soon a service blocked by someone else's Service of its name looks again."""
     rewrite_every: int = 10
     """Every this many resyncs, forget what was written and write it all again."""
     max_pending_events: int = 10_000
@@ -297,6 +303,12 @@ class Reconciler:
             await self._write_owned(
                 "EndpointSlice", key, SLICES, plan.endpoint_slices, selector, uid
             )
+        except ForeignObjectError as error:
+            # Someone else's Service (or slice) of that name: left alone, reported, retried
+            # slowly (it is not watched: it carries none of our labels).
+            log.warning("routing not written", extra={"service": key, "error": str(error)})
+            plan = plan_service(dataclasses.replace(view, routing_error=str(error)))
+            self.queue.add_after(key, self.settings.foreign_retry_seconds)
         except ApiError as error:
             # Reported in the status (not Ready), then retried.
             log.warning("routing not written", extra={"service": key, "error": str(error)})
@@ -389,6 +401,11 @@ class Reconciler:
         applied = self._applied.setdefault((kind, key), {})
         namespace = key.split("/", 1)[0]
         wanted = frozenset(o["metadata"]["name"] for o in objects)
+        # A name not known to be this service's own may be someone else's object: never
+        # taken over (an apply with force would make it ours, and the garbage collector
+        # would delete it with the WasmService).
+        for name in sorted(wanted - (known[1] if known is not None else frozenset())):
+            await self._refuse_foreign(kind, resource, name, namespace, key, owner_uid)
         if known is not None:
             stale = known[1] - wanted  # written or seen as owned by this service
         elif kind in self._seeded:
@@ -423,6 +440,44 @@ class Reconciler:
             applied.pop(stale_name, None)  # our own deletion is no drift
             await self.kube.delete(resource, stale_name, namespace)
         self._written[(kind, key)] = (fingerprint, wanted)
+
+    async def _refuse_foreign(
+        self,
+        kind: str,
+        resource: Any,
+        name: str,
+        namespace: str,
+        key: str,
+        owner_uid: str | None,
+    ) -> None:
+        """Raises `ForeignObjectError` when ``name`` exists and is controlled by something other
+        than this WasmService (or an earlier one of the same name, whose objects the garbage
+        collector has not removed yet)."""
+        try:
+            existing = await self.kube.get(resource, name, namespace)
+        except ApiError as error:
+            if error.not_found:
+                return
+            raise
+        controller = next(
+            (o for o in existing["metadata"].get("ownerReferences") or [] if o.get("controller")),
+            None,
+        )
+        service_name = key.split("/", 1)[1]
+        if controller is not None and (
+            controller.get("uid") == owner_uid
+            or (controller.get("kind") == "WasmService" and controller.get("name") == service_name)
+        ):
+            return
+        owner = (
+            f"{controller.get('kind')} {controller.get('name')}"
+            if controller is not None
+            else "no controller"
+        )
+        raise ForeignObjectError(
+            f"{kind} {name} already exists and is not this WasmService's ({owner}); it is left "
+            f"as it is and the service is not routed until it is deleted or renamed"
+        )
 
     async def _write_status(
         self,
