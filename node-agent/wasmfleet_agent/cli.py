@@ -223,6 +223,18 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
         "--drain", type=_duration, default="2s", help="keep serving a removed binding this long"
     )
     parser.add_argument(
+        "--job-timeout",
+        type=_duration,
+        default="1h",
+        help="a job run's deadline when its WasmService sets no job.timeout",
+    )
+    parser.add_argument(
+        "--job-max-output",
+        type=_quantity,
+        default="1Mi",
+        help="most stdout and stderr one job run may write to the log; the run ends there",
+    )
+    parser.add_argument(
         "--config-refresh",
         type=_duration,
         default="10s",
@@ -240,6 +252,7 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _node(args: argparse.Namespace) -> int:
     from wasmfleet_agent.cluster.node import NodeOptions, run_node
+    from wasmfleet_agent.cluster.plans import JobLimits
     from wasmfleet_agent.cluster.registration import AgentIdentity, kube_architecture
     from wasmfleet_common.kube import KubeConfig
 
@@ -268,6 +281,7 @@ def _node(args: argparse.Namespace) -> int:
         unload_idle_seconds=args.unload_idle,
         drain_seconds=args.drain,
         config_refresh_seconds=args.config_refresh,
+        jobs=JobLimits(default_timeout=args.job_timeout, max_output=args.job_max_output),
         fault_injection=args.fault_injection,
     )
     return asyncio.run(run_node(options))

@@ -143,7 +143,8 @@ class JobSpec(KubeModel):
     backoff: Duration = Field(default="10s", **bounded_duration("0s", "1h"))
     """Delay before the first retry; it doubles with every further retry."""
     timeout: Duration | None = Field(default=None, **bounded_duration("1ms", "24h"))
-    """Longest one run may take; unset means no limit."""
+    """Longest one run may take; unset means the agent's default (``--job-timeout``, one
+    hour unless the chart's ``agent.jobTimeout`` says otherwise)."""
     schedule: str | None = Field(
         default=None,
         max_length=128,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from wasmfleet_agent.runtime.engine import Runtime
-from wasmfleet_agent.runtime.sandbox import Preopen, SandboxSpec
+from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec, run
 from wasmfleet_agent.runtime.service import JobRunner, run_job
 from wasmfleet_common.backoff import Backoff
 from wasmfleet_harness.agent import agent_command, wasmtime_cli
@@ -179,6 +179,39 @@ def test_a_job_logs_each_output_line_with_its_service(
         ("a.txt 2", "stdout", "team-a/wordcount"),
         ("total 2", "stdout", "team-a/wordcount"),
     ]
+
+
+def test_an_endless_jobs_output_stops_at_the_cap_with_a_last_line_saying_so(
+    tmp_path: Path, wasm_modules: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run that prints without end is stopped once it has written ``max_output`` bytes:
+    its sink gets exactly that many, the run fails as ``output``, and the job's log ends
+    with the agent's line saying why (the run's deadline is far away)."""
+    spec = SandboxSpec(args=("probe",), env=(("PATH_INFO", "/flood"),))
+    cap = 300_000
+    with Runtime(tmp_path / "compiled") as runtime:
+        compiled = runtime.load(wasm_modules["probe"])
+        received: list[bytes] = []
+        result = run(
+            compiled,
+            spec,
+            limits=RunLimits(deadline_seconds=60, max_output=cap),
+            sink=lambda _stream, data: received.append(data),
+        )
+        assert result.failure is not None
+        assert (result.failure.kind, result.exit_code) == ("output", None)
+        assert sum(map(len, received)) == cap
+        assert b"".join(received).startswith(b"content-type: text/plain\n\nxxxx")
+
+        with caplog.at_level(logging.INFO, logger="wasmfleet_agent.runtime.service"):
+            job = run_job(compiled, spec, timeout=60, max_output=cap, name="team-a/flood")
+    assert job.failure is not None
+    assert job.failure.kind == "output"
+    assert job.failure.detail == f"wrote more than {cap} bytes of output"
+    last = caplog.records[-1]
+    assert (last.__dict__["stream"], last.__dict__["service"]) == ("agent", "team-a/flood")
+    assert last.getMessage().startswith(f"output stopped: the run wrote more than {cap} bytes")
+    assert all(r.__dict__["stream"] == "stdout" for r in caplog.records[:-1])
 
 
 async def test_failed_jobs_are_retried_with_exponential_backoff(

@@ -11,6 +11,7 @@ import pytest
 
 from wasmfleet_agent.cluster.config import ConfigError, ResolvedConfig
 from wasmfleet_agent.cluster.plans import (
+    JobLimits,
     plan_engine,
     plan_job,
     plan_sandbox,
@@ -83,9 +84,13 @@ def test_a_jobs_runs_have_its_deadline_and_retries_with_doubling_backoff() -> No
     assert (plan.timeout, plan.backoff_limit) == (60.0, 2)
     assert [plan.backoff.delay(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
     assert plan.backoff.delay(20) == 300.0
-    unlimited = _workload(job={}).job
-    assert unlimited is not None
-    assert plan_job(unlimited, plan.sandbox).timeout is None
+    assert plan.max_output == JobLimits().max_output
+    untimed = _workload(job={}).job
+    assert untimed is not None
+    assert plan_job(untimed, plan.sandbox).timeout == JobLimits().default_timeout
+    agent = JobLimits(default_timeout=90.0, max_output=4096)
+    assert (plan_job(untimed, plan.sandbox, agent).timeout, plan.timeout) == (90.0, 60.0)
+    assert plan_job(untimed, plan.sandbox, agent).max_output == 4096
 
 
 async def test_the_refresh_reports_an_unreadable_configuration_once_and_applies_changes() -> None:

@@ -32,7 +32,12 @@ async def run_job_replica(
 
     async def run_once() -> RunResult:
         return await asyncio.to_thread(
-            run_job, compiled, plan.sandbox, timeout=plan.timeout, name=name
+            run_job,
+            compiled,
+            plan.sandbox,
+            timeout=plan.timeout,
+            max_output=plan.max_output,
+            name=name,
         )
 
     def on_attempt(attempt: JobAttempt) -> None:

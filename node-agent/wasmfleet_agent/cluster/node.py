@@ -28,6 +28,7 @@ from pathlib import Path
 from aiohttp import web
 
 from wasmfleet_agent.cluster.bindings import StatusWriter, watch_bindings
+from wasmfleet_agent.cluster.plans import JobLimits
 from wasmfleet_agent.cluster.registration import (
     AgentIdentity,
     ApiContact,
@@ -70,6 +71,7 @@ class NodeOptions:
     unload_idle_seconds: float = 600.0
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
+    jobs: JobLimits = field(default_factory=JobLimits)
     fault_injection: bool = False
 
 
@@ -202,6 +204,7 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             bindings_dir=options.state_dir / "bindings",
             drain_seconds=options.drain_seconds,
             config_refresh_seconds=options.config_refresh_seconds,
+            jobs=options.jobs,
             instance=identity.instance,
         ),
         runtime=runtime,

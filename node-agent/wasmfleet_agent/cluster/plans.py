@@ -22,7 +22,15 @@ from wasmfleet_api.units import parse_duration, parse_quantity
 from wasmfleet_api.workload import HttpSpec, JobSpec, WorkloadSpec
 from wasmfleet_common.backoff import Backoff
 
-__all__ = ["JobPlan", "describe", "plan_engine", "plan_job", "plan_sandbox", "plan_serve_order"]
+__all__ = [
+    "JobLimits",
+    "JobPlan",
+    "describe",
+    "plan_engine",
+    "plan_job",
+    "plan_sandbox",
+    "plan_serve_order",
+]
 
 _JOB_BACKOFF_CAP = 300.0
 """A job's wait between runs doubles from ``job.backoff`` up to five minutes."""
@@ -89,20 +97,38 @@ def plan_serve_order(
 
 
 @dataclass(frozen=True)
+class JobLimits:
+    """What the agent gives every job (its ``--job-timeout`` and ``--job-max-output``): a
+    job's output goes to the agent's own log, shared by every replica on the node, and a job
+    that never ends would hold its replica forever, so neither is left unbounded."""
+
+    default_timeout: float = 3600.0
+    """A run's deadline when the job sets no ``timeout``."""
+    max_output: int = 1 << 20
+    """Most bytes of stdout and stderr together one run may write; the run stops there."""
+
+
+@dataclass(frozen=True)
 class JobPlan:
-    """How a job runs: each run's sandbox and deadline, and its retries."""
+    """How a job runs: each run's sandbox, deadline and output cap, and its retries."""
 
     sandbox: SandboxSpec
-    timeout: float | None
+    timeout: float
+    max_output: int
     backoff_limit: int
     backoff: Backoff
 
 
-def plan_job(job: JobSpec, sandbox: SandboxSpec) -> JobPlan:
-    """The runs of ``job``: ``backoffLimit`` retries after the first, ``backoff`` doubling."""
+def plan_job(job: JobSpec, sandbox: SandboxSpec, limits: JobLimits = JobLimits()) -> JobPlan:
+    """The runs of ``job``: ``backoffLimit`` retries after the first, ``backoff`` doubling,
+    each run stopped at its ``timeout`` (the agent's default without one) or at the agent's
+    output cap."""
     return JobPlan(
         sandbox=sandbox,
-        timeout=parse_duration(job.timeout) if job.timeout is not None else None,
+        timeout=(
+            parse_duration(job.timeout) if job.timeout is not None else limits.default_timeout
+        ),
+        max_output=limits.max_output,
         backoff_limit=job.backoff_limit,
         backoff=Backoff(base=parse_duration(job.backoff), cap=_JOB_BACKOFF_CAP),
     )

@@ -44,6 +44,7 @@ from wasmfleet_agent.cluster.config import (
 )
 from wasmfleet_agent.cluster.jobs import run_job_replica
 from wasmfleet_agent.cluster.plans import (
+    JobLimits,
     JobPlan,
     describe,
     plan_engine,
@@ -87,6 +88,8 @@ class RunnerSettings:
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
     backoff: Backoff = RESTART_BACKOFF
+    jobs: JobLimits = field(default_factory=JobLimits)
+    """What every job run gets: a deadline when it sets none, and an output cap."""
     instance: str | None = None
     """This run of the agent (`AgentIdentity.instance`), written with every status."""
 
@@ -312,7 +315,9 @@ class NodeRunner:
                 await self._refresh(replica, order, config.fingerprint)
             else:
                 assert workload.job is not None
-                await self._run_job(replica, compiled, plan_job(workload.job, sandbox))
+                await self._run_job(
+                    replica, compiled, plan_job(workload.job, sandbox, self.settings.jobs)
+                )
             return
 
     async def _read_config(self, replica: Replica) -> ResolvedConfig:

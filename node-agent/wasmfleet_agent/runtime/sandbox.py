@@ -126,7 +126,8 @@ class SandboxSpec:
 class RunLimits:
     deadline_seconds: float | None = 30.0
     max_output: int = 16 << 20
-    """Largest stdout (and, separately, stderr) a run may write; not applied when streaming."""
+    """Largest stdout (and, separately, stderr) a run may write; when streaming, the most
+    both together may write (the sink gets exactly that much, then the run stops)."""
 
 
 OutputSink = Callable[[str, bytes], None]
@@ -168,21 +169,32 @@ class _Watch:
     instantiated: float = 0.0
     """When a component's instance was made (`perf_counter`), 0 before."""
 
-    def drain(self) -> None:
-        """Hands new output to the sink and frees what it has read.
+    streamed: int = 0
+    """Bytes handed to the sink so far, both streams together."""
+
+    def drain(self) -> bool:
+        """Hands new output to the sink and frees what it has read; False once the run has
+        written more than ``max_output`` (the sink then has exactly ``max_output`` bytes).
 
         Runs on the guest's thread while the guest is paused, so nothing writes meanwhile.
         The guest's file offset keeps growing; truncating to zero leaves a hole before it,
         which costs no memory.
         """
         assert self.sink is not None
+        within = True
         for stream, fd in zip(("stdout", "stderr"), self.fds, strict=True):
             start = self.offsets.get(fd, 0)
             end = os.fstat(fd).st_size
             if end > start:
-                self.sink(stream, os.pread(fd, end - start, start))
+                room = self.max_output - self.streamed
+                if end - start > room:
+                    within = False
+                if room > 0:
+                    self.sink(stream, os.pread(fd, min(end - start, room), start))
+                    self.streamed += min(end - start, room)
                 self.offsets[fd] = end
                 os.ftruncate(fd, 0)
+        return within
 
 
 _local = threading.local()
@@ -230,7 +242,8 @@ def _on_epoch(_context: Any, _data: Any, delta: Any, kind: Any) -> int:
             if watch.deadline is not None and time.monotonic() >= watch.deadline:
                 return _stop("deadline", b"deadline exceeded")
             if watch.sink is not None:
-                watch.drain()
+                if not watch.drain():
+                    return _stop("output", b"output limit exceeded")
             else:
                 for fd in watch.fds:
                     if os.fstat(fd).st_size > watch.max_output:
@@ -335,8 +348,8 @@ def run(
     """Runs ``entry`` of a fresh instance to completion on the calling thread (blocking).
 
     Output is captured and returned (up to ``limits.max_output``), or passed to ``sink`` as it
-    is written (at every epoch tick, without a size limit), or, with ``inherit_stdio``, goes
-    to the agent's own stdio (the ``run`` command only).
+    is written (at every epoch tick, up to ``limits.max_output`` in all), or, with
+    ``inherit_stdio``, goes to the agent's own stdio (the ``run`` command only).
     """
     started = time.perf_counter()
     pipes = _pipes()
@@ -396,7 +409,8 @@ def run(
     if inherit_stdio:
         stdout = stderr = b""
     elif sink is not None:
-        watch.drain()
+        if not watch.drain() and failure is None:
+            failure = Failure("output", f"wrote more than {limits.max_output} bytes of output")
         stdout = stderr = b""
     else:
         stdout, stdout_size = _read(pipes.stdout, limits.max_output + 1)
@@ -442,7 +456,7 @@ def _stopped_by_watch(watch: _Watch) -> Failure | None:
     if watch.reason == "deadline":
         return Failure("deadline", "deadline exceeded")
     if watch.reason == "output":
-        return Failure("output", "output limit exceeded")
+        return Failure("output", f"wrote more than {watch.max_output} bytes of output")
     return None
 
 

@@ -167,18 +167,28 @@ def run_job(
     *,
     timeout: float | None,
     name: str,
+    max_output: int = 1 << 20,
     inherit_stdio: bool = False,
 ) -> RunResult:
-    """Runs a job once (blocking); output goes to the agent's log, line by line, labelled."""
+    """Runs a job once (blocking); output goes to the agent's log, line by line, labelled.
+
+    A run that writes more than ``max_output`` bytes (stdout and stderr together) is
+    stopped there: its log ends with exactly that much output and then one line saying so.
+    """
     lines = _LineLogger(name)
     result = run(
         compiled,
         spec,
-        limits=RunLimits(deadline_seconds=timeout),
+        limits=RunLimits(deadline_seconds=timeout, max_output=max_output),
         inherit_stdio=inherit_stdio,
         sink=None if inherit_stdio else lines,
     )
     lines.flush()
+    if result.failure is not None and result.failure.kind == "output":
+        lines.emit_final(
+            f"output stopped: the run wrote more than {max_output} bytes, the agent's "
+            "--job-max-output; the run was ended"
+        )
     return result
 
 
@@ -200,6 +210,10 @@ class _LineLogger:
             if rest:
                 self._emit(stream, rest)
         self.partial = {"stdout": b"", "stderr": b""}
+
+    def emit_final(self, message: str) -> None:
+        """The agent's own last line about a run, after everything the run wrote."""
+        _log.warning(message, extra={"service": self.name, "stream": "agent"})
 
     def _emit(self, stream: str, line: bytes) -> None:
         _log.info(
