@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
+from wasmfleet_api.base import API_VERSION
+from wasmfleet_common.kube import ApiError, KubeClient, KubeConfig, resource_for
 from wasmfleet_harness.agent import push_module
 from wasmfleet_harness.argocd import argocd_health
 from wasmfleet_harness.chart import CHART
@@ -136,6 +138,10 @@ def _wait_ready(installed: Installed, name: str, replicas: int, timeout: float =
     )
 
 
+def _node_names(installed: Installed) -> list[str]:
+    return [n["metadata"]["name"] for n in installed.plane.kubectl_json("get", "nodes")["items"]]
+
+
 def _pods(installed: Installed, component: str) -> list[dict[str, Any]]:
     return [
         p
@@ -228,6 +234,45 @@ def test_every_pod_of_the_release_runs_and_is_ready_as_the_chart_describes(
         ]
         assert [(c["status"], c["reason"]) for c in matches] == [("True", "NodeLabelMatches")]
     wait_until(lambda: _leaders(installed) == 1, timeout=60, message="not exactly one leader")
+
+
+async def test_an_agent_pods_own_token_writes_its_node_and_is_refused_the_other(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The token the kubelet projected into a running agent Pod, read from the Pod's volume
+    on its node: the chart's admission policy lets it write its own WasmAgent's status and
+    refuses the other node's, with the policy's message."""
+    plane = installed.plane
+    pod = _pods(installed, "agent")[0]
+    own = pod["spec"]["nodeName"]
+    other = next(n for n in _node_names(installed) if n != own)
+    node = next(n for n in installed.system.cluster if n.name == own)
+    volumes = f"/var/lib/kubelet/pods/{pod['metadata']['uid']}/volumes/kubernetes.io~projected"
+    read = node.nsenter("sh", "-c", f"cat {volumes}/*/token")
+    assert read.returncode == 0, read.stderr
+    kubeconfig = plane.kubeconfig_for_token(read.stdout.strip(), tmp_path / "agent.kubeconfig")
+    agents = resource_for(API_VERSION, "WasmAgent")
+
+    async def refusal(kube: KubeClient, name: str) -> str | None:
+        """The API server's refusal of a status patch that changes nothing, else None."""
+        allocated = plane.kubectl_json("get", "wasmagent", name)["status"].get("allocated", 0)
+        try:
+            await kube.merge_patch(
+                agents, name, {"status": {"allocated": allocated}}, subresource="status"
+            )
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            return error.message
+        return None
+
+    async with KubeClient(
+        KubeConfig.from_kubeconfig(kubeconfig), field_manager="wasmfleet-test"
+    ) as kube:
+        assert await refusal(kube, own) is None
+        refused = await refusal(kube, other)
+    assert refused is not None
+    assert f"the agent of node {own} may write only the WasmAgent and the Lease" in refused
 
 
 # ---- requests through Services -----------------------------------------------------------------
