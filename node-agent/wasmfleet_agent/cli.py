@@ -223,6 +223,14 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
         "--drain", type=_duration, default="2s", help="keep serving a removed binding this long"
     )
     parser.add_argument(
+        "--memory-budget",
+        type=_quantity,
+        default="0",
+        help="most linear memory and tables all running instances may hold together "
+        "(shared by the processes; 0: no bound); a request that finds no room within 1s "
+        "gets 503",
+    )
+    parser.add_argument(
         "--job-timeout",
         type=_duration,
         default="1h",
@@ -282,6 +290,7 @@ def _node(args: argparse.Namespace) -> int:
         drain_seconds=args.drain,
         config_refresh_seconds=args.config_refresh,
         jobs=JobLimits(default_timeout=args.job_timeout, max_output=args.job_max_output),
+        memory_budget=args.memory_budget or None,
         fault_injection=args.fault_injection,
     )
     return asyncio.run(run_node(options))

@@ -41,6 +41,7 @@ from wasmfleet_agent.cluster.registration import (
 from wasmfleet_agent.cluster.runner import NodeRunner, RunnerSettings
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.admin import build_admin_app
+from wasmfleet_agent.server.budget import MemoryBudget
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.serving import InProcessServer, Server
 from wasmfleet_agent.server.workers import WorkerPool
@@ -72,6 +73,8 @@ class NodeOptions:
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
     jobs: JobLimits = field(default_factory=JobLimits)
+    memory_budget: int | None = None
+    """Bytes of instance memory all requests together may hold (None: unbounded)."""
     fault_injection: bool = False
 
 
@@ -188,10 +191,12 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             # room for every replica plus a rollout's new ones beside them
             max_services=2 * identity.capacity + 16,
             unload_idle_seconds=options.unload_idle_seconds,
+            memory_budget=options.memory_budget,
         )
         await workers.start()
     else:
-        server = InProcessServer(runtime=runtime, pool=pool, metrics=metrics)
+        budget = MemoryBudget(options.memory_budget) if options.memory_budget else None
+        server = InProcessServer(runtime=runtime, pool=pool, metrics=metrics, budget=budget)
     kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)
     status = StatusWriter(kube)
     contact = ApiContact(kube, timeout=identity.lease_duration_seconds / 2)

@@ -173,6 +173,13 @@ class CompiledModule:
         """Itself (a `ModuleSlot` loads on demand; both are used the same way)."""
         return self
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The linear memories and tables one instance may have, as its store allows."""
+        if self.component is None:
+            return 1, sandbox.MAX_TABLES
+        return self.component.memories, self.component.tables
+
 
 class ModuleSlot:
     """A module's machine code, loaded on use and dropped by the runtime when idle."""
@@ -182,6 +189,7 @@ class ModuleSlot:
         self.path = path
         self.digest = compiled.digest
         self.settings = compiled.settings
+        self.shape = compiled.shape
         self.last_used = time.monotonic()
         self._compiled: CompiledModule | None = compiled
         self._lock = threading.Lock()

@@ -59,6 +59,7 @@ __all__ = [
     "SandboxSpec",
     "current_deadline",
     "guest_monotonic_origin",
+    "instance_bytes",
     "run",
     "table_elements_limit",
 ]
@@ -120,6 +121,14 @@ class SandboxSpec:
             capi.EncodedStrings([name for name, _ in self.env]),
             capi.EncodedStrings([value for _, value in self.env]),
         )
+
+
+def instance_bytes(memory_limit: int, shape: tuple[int, int] = (1, MAX_TABLES)) -> int:
+    """The most one instance's linear memories and tables may take under ``memory_limit``,
+    for ``shape`` (memories, tables): what an agent's memory budget sets aside for a run."""
+    memories, tables = shape
+    table_bytes = tables * table_elements_limit(memory_limit) * _TABLE_ELEMENT_BYTES
+    return memories * memory_limit + table_bytes
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,14 @@ from dataclasses import dataclass, replace
 from wasmfleet_agent.runtime import cgi
 from wasmfleet_agent.runtime.engine import CompiledModule, ModuleSlot
 from wasmfleet_agent.runtime.errors import ModuleLoadError
-from wasmfleet_agent.runtime.sandbox import Failure, RunLimits, RunResult, SandboxSpec, run
+from wasmfleet_agent.runtime.sandbox import (
+    Failure,
+    RunLimits,
+    RunResult,
+    SandboxSpec,
+    instance_bytes,
+    run,
+)
 from wasmfleet_common.backoff import Backoff
 
 __all__ = [
@@ -105,6 +112,11 @@ class HttpModule:
             )
             self.spec = replace(self.spec, env=kept)
         self.spec.check()
+
+    @property
+    def instance_bytes(self) -> int:
+        """The most one request's instance may take (linear memories and tables)."""
+        return instance_bytes(self.spec.memory_limit, self.compiled.shape)
 
     def execute(self, request: IncomingRequest) -> HttpOutcome:
         variables = cgi.request_variables(

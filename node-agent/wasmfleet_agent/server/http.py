@@ -6,6 +6,8 @@ refuses what it will not run before any Wasm runs: an HTTP version other than 1.
 400 (`semantics`), an expectation other than ``100-continue`` 417; beyond ``max_concurrency``
 requests in flight it answers 503 at once, a body over the limit gets 413, one that cannot be
 read (the client gone mid-body) 400, and one that does not arrive within ``body_timeout`` 408.
+With a `budget.MemoryBudget`, a request runs only once its instance's memory is set aside
+there; one that finds no room within the budget's wait gets 503 with ``Retry-After``.
 ``Expect: 100-continue`` is answered once the request is accepted. Bodies reach the module as
 sent, ``Content-Encoding`` and all: decoding is the module's business, as in CGI, and a
 compressed bomb never inflates inside the agent. A request counts as in flight only once its
@@ -31,6 +33,7 @@ from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 
 from wasmfleet_agent.runtime.service import HttpOutcome, IncomingRequest
 from wasmfleet_agent.server import semantics
+from wasmfleet_agent.server.budget import MemoryBudget
 from wasmfleet_agent.server.inflight import ServiceCells
 from wasmfleet_agent.server.metrics import AgentMetrics
 
@@ -70,6 +73,12 @@ class ServiceHandler:
     metrics: AgentMetrics
     shared: ServiceCells | None = None
     """The service's in-flight counts across worker processes (None: this process only)."""
+    budget: MemoryBudget | None = None
+    """The process's memory budget, shared with its other services (None: unbounded)."""
+    key: str = ""
+    """This service's key in ``budget``."""
+    instance_bytes: int = 0
+    """What one request's instance may take, set aside in ``budget`` while it runs."""
     in_flight: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +89,7 @@ class ServiceHandler:
         self._instantiate = metrics.instantiate_seconds.labels(name)
         self._over_capacity = metrics.rejected.labels(name, "concurrency")
         self._over_body = metrics.rejected.labels(name, "body")
+        self._over_memory = metrics.rejected.labels(name, "memory")
         self._by_status: dict[int, Any] = {}
 
     async def runner(self, *, shutdown_timeout: float = 5.0) -> web.ServerRunner:
@@ -145,6 +155,13 @@ class ServiceHandler:
         # Checked again now that the body is in: a request takes a slot only from here on.
         if self._busy() >= self.limits.max_concurrency:
             return self._shed(started)
+        budget, need = self.budget, self.instance_bytes
+        if budget is not None and not await budget.take(self.key, need):
+            self._over_memory.inc()
+            response = web.Response(
+                status=503, text="agent memory budget exhausted\n", headers={"Retry-After": "1"}
+            )
+            return self._done(started, response)
         self.in_flight += 1
         if shared is not None:
             shared.add(1)
@@ -158,6 +175,8 @@ class ServiceHandler:
             if shared is not None:
                 shared.add(-1)
             self._gauge.dec()
+            if budget is not None:
+                budget.give_back(self.key, need)
         self._instantiate.observe(outcome.instantiate_seconds)
         if outcome.error is not None:
             error_id = uuid.uuid4().hex[:12]

@@ -79,7 +79,8 @@ class AgentMetrics:
         )
         self.rejected = Counter(
             "wasmfleet_agent_requests_rejected",
-            "Requests refused before running: over concurrency (503) or body limit (413).",
+            "Requests refused before running: over concurrency or the memory budget (503), "
+            "or the body limit (413).",
             ["service", "reason"],
             registry=r,
         )

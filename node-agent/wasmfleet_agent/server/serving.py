@@ -21,6 +21,7 @@ from aiohttp import web
 
 from wasmfleet_agent.runtime.engine import EngineSettings, Runtime
 from wasmfleet_agent.runtime.service import HttpModule
+from wasmfleet_agent.server.budget import MemoryBudget
 from wasmfleet_agent.server.http import ServiceHandler
 from wasmfleet_agent.server.inflight import ServiceCells
 from wasmfleet_agent.server.metrics import AgentMetrics
@@ -67,10 +68,19 @@ class InProcessServer:
     not, as in a worker process, loads it from ``runtime``'s compiled-code cache.
     """
 
-    def __init__(self, *, runtime: Runtime, pool: Executor, metrics: AgentMetrics) -> None:
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        pool: Executor,
+        metrics: AgentMetrics,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         self.runtime = runtime
         self.pool = pool
         self.metrics = metrics
+        self.budget = budget
+        """Memory every served module's instances share (None: unbounded)."""
         self._sites: dict[str, _Site] = {}
 
     def serves(self, key: str) -> bool:
@@ -84,23 +94,32 @@ class InProcessServer:
         try:
             if order.key in self._sites:
                 raise ServeError(f"{order.key} is served already")
+            module = await self._module(order)
+            self._budget_for(order.key, module)
             handler = ServiceHandler(
                 name=order.name,
-                execute=(await self._module(order)).execute,
+                execute=module.execute,
                 limits=order.http,
                 pool=self.pool,
                 metrics=self.metrics,
                 shared=shared,
+                budget=self.budget,
+                key=order.key,
+                instance_bytes=module.instance_bytes,
             )
             runner = await handler.runner()
         except BaseException:
             listener.close()
+            if self.budget is not None:
+                self.budget.remove_service(order.key)
             raise
         try:
             await web.SockSite(runner, listener).start()
         except BaseException:
             await runner.cleanup()
             listener.close()
+            if self.budget is not None:
+                self.budget.remove_service(order.key)
             raise
         self._sites[order.key] = _Site(runner, handler)
 
@@ -108,13 +127,27 @@ class InProcessServer:
         site = self._sites.get(order.key)
         if site is None:
             raise ServeError(f"{order.key} is not served")
-        site.handler.execute = (await self._module(order)).execute
+        module = await self._module(order)
+        self._budget_for(order.key, module)
+        site.handler.execute = module.execute
+        site.handler.instance_bytes = module.instance_bytes
         site.handler.limits = order.http
 
     async def stop(self, key: str) -> None:
         site = self._sites.pop(key, None)
         if site is not None:
             await site.runner.cleanup()
+        if self.budget is not None:
+            self.budget.remove_service(key)
+
+    def _budget_for(self, key: str, module: HttpModule) -> None:
+        """Keeps room for one instance of ``module`` in the budget; `ServeError` if one
+        instance could never fit there."""
+        if self.budget is not None:
+            try:
+                self.budget.add_service(key, module.instance_bytes)
+            except ValueError as error:
+                raise ServeError(str(error)) from None
 
     async def close(self) -> None:
         for key in list(self._sites):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from wasmfleet_agent.runtime.engine import Runtime
+from wasmfleet_agent.server.budget import MemoryBudget
 from wasmfleet_agent.server.inflight import InFlightCells
 from wasmfleet_agent.server.metrics import AgentMetrics, snapshot
 from wasmfleet_agent.server.orders import ServeOrder, read_message, receive_fd, write_message
@@ -49,6 +50,7 @@ class Worker:
         cells: InFlightCells,
         index: int,
         unload_idle_seconds: float = 0.0,
+        memory_budget: int | None = None,
     ) -> None:
         self.control = control
         self.reply = reply
@@ -58,7 +60,12 @@ class Worker:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wasm-request")
         self.metrics = AgentMetrics()
         self.metrics.modules_loaded.set_function(self.runtime.loaded_count)
-        self.server = InProcessServer(runtime=self.runtime, pool=self.pool, metrics=self.metrics)
+        self.server = InProcessServer(
+            runtime=self.runtime,
+            pool=self.pool,
+            metrics=self.metrics,
+            budget=MemoryBudget(memory_budget) if memory_budget is not None else None,
+        )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -138,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--unload-idle", type=float, default=0.0, help="seconds")
+    parser.add_argument("--memory-budget", type=int, help="bytes this process's instances share")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
     args = parser.parse_args(argv)
@@ -148,7 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     reply = socket.socket(fileno=args.reply_fd)
     cells = InFlightCells(args.inflight_fd, slots=args.slots, workers=args.workers)
     worker = Worker(
-        control, reply, args.cache_dir, args.threads, cells, args.index, args.unload_idle
+        control,
+        reply,
+        args.cache_dir,
+        args.threads,
+        cells,
+        args.index,
+        args.unload_idle,
+        args.memory_budget,
     )
     return asyncio.run(worker.run())
 

@@ -79,6 +79,7 @@ class WorkerPool:
         log_format: str = "json",
         max_services: int = 1024,
         unload_idle_seconds: float = 0.0,
+        memory_budget: int | None = None,
     ) -> None:
         if count < 1:
             raise ValueError("a worker pool needs at least one process")
@@ -88,6 +89,8 @@ class WorkerPool:
         self.cache_dir = cache_dir
         self.threads = threads
         self.unload_idle_seconds = unload_idle_seconds
+        self.memory_budget = memory_budget
+        """The agent's memory budget (None: unbounded); each process gets its share."""
         # by default the workers log at the level this process logs at
         root_level = logging.getLogger().getEffectiveLevel()
         self.log_level = log_level or logging.getLevelName(root_level).lower()
@@ -151,6 +154,11 @@ class WorkerPool:
                 f"--workers={self.count}",
                 f"--index={index}",
                 f"--unload-idle={self.unload_idle_seconds}",
+                *(
+                    [f"--memory-budget={self.memory_budget // self.count}"]
+                    if self.memory_budget is not None
+                    else []
+                ),
                 pass_fds=(control_child.fileno(), reply_child.fileno(), self.cells.fd),
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, "WASMFLEET_WORKER": str(index)},

@@ -11,6 +11,8 @@
  *   /open        tries to open the file named by the query string and says what happened
  *   /loop        spins forever (the deadline must stop it)
  *   /membomb     allocates until memory runs out
+ *   /hold        allocates and touches MIB mebibytes, holds them MS milliseconds, then says so
+ *                (query: MIB:MS)
  *   /recurse     recurses without end (stack exhaustion)
  *   /sleep       sleeps for the number of milliseconds in the query string
  *   /flood       prints without end
@@ -122,6 +124,22 @@ static long elapsed_ms(const struct timespec *from, const struct timespec *to) {
     return (to->tv_sec - from->tv_sec) * 1000L + (to->tv_nsec - from->tv_nsec) / 1000000L;
 }
 
+static void hold(void) {
+    long mib = 0, millis = 0;
+    sscanf(env_or("QUERY_STRING", ""), "%ld:%ld", &mib, &millis);
+    volatile char *held = malloc((size_t)(mib > 0 ? mib : 1) << 20);
+    if (held == NULL) {
+        printf("status: 507 Insufficient Storage\ncontent-type: text/plain\n\nno %ld MiB\n", mib);
+        return;
+    }
+    for (long at = 0; at < mib << 20; at += 4096) {
+        held[at] = 1; /* every page touched, so it is resident */
+    }
+    struct timespec pause = {millis / 1000, (millis % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
+    printf("content-type: text/plain\n\nheld %ld MiB for %ld ms\n", mib, millis);
+}
+
 static void absolute_sleep(void) {
     long millis = atol(env_or("QUERY_STRING", "0"));
     struct timespec start, until, end;
@@ -192,6 +210,8 @@ int main(void) {
             }
         }
         printf("%p\n", (void *)chain);
+    } else if (strcmp(path, "/hold") == 0) {
+        hold();
     } else if (strcmp(path, "/recurse") == 0) {
         printf("%d\n", recurse(0));
     } else if (strcmp(path, "/sleep") == 0) {
