@@ -549,9 +549,14 @@ def test_each_task_of_the_agent_that_dies_is_restarted(
 
 
 def _children(pid: int) -> list[int]:
+    """The child processes of ``pid``, as its threads list them (a thread that ends while
+    they are read lists none)."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
         found += [int(p) for p in text]
     return found
 
