@@ -669,6 +669,23 @@ def test_failures_are_reported_as_conditions_and_events(
     assert ("broken", "CrashLooping", "Warning") in reasons
 
 
+def _docker_config(registry: Registry, login: BasicAuth) -> str:
+    """A docker config file's text that logs in to ``registry``."""
+    auth = base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
+    return json.dumps({"auths": {registry.host: {"auth": auth}}})
+
+
+def _pull_secret(namespace: str, docker_config: str) -> dict[str, Any]:
+    """The pull secret ``pull`` in ``namespace``, holding ``docker_config``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "pull", "namespace": namespace},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(docker_config.encode()).decode()},
+    }
+
+
 def test_pull_secrets_and_secret_values_reach_the_agents_and_changes_apply_live(
     fleet: LocalFleet,
     namespace: str,
@@ -679,22 +696,13 @@ def test_pull_secrets_and_secret_values_reach_the_agents_and_changes_apply_live(
 ) -> None:
     plane = fleet.plane
     registry = registry_with_basic_auth
-    auth = base64.b64encode(
-        f"{registry_basic_auth.username}:{registry_basic_auth.password}".encode()
-    ).decode()
-    docker_config = json.dumps({"auths": {registry.host: {"auth": auth}}})
+    docker_config = _docker_config(registry, registry_basic_auth)
     config_file = workspace.subdir(f"auth-{namespace}") / "config.json"
     config_file.write_text(docker_config)
     image = f"{registry.host}/{namespace}/probe:1.0"
     push_module(wasm_modules["probe"], image, "--docker-config", str(config_file))
     plane.kubectl_apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "pull", "namespace": namespace},
-            "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson": base64.b64encode(docker_config.encode()).decode()},
-        },
+        _pull_secret(namespace, docker_config),
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -735,6 +743,77 @@ def test_pull_secrets_and_secret_values_reach_the_agents_and_changes_apply_live(
         "second-value" not in path.read_text(errors="replace")
         for path in (fleet.workdir / "logs").glob("*.log")
     )
+
+
+def test_a_tenant_naming_another_tenants_private_digest_is_refused_until_it_has_access(
+    fleet: LocalFleet,
+    namespace: str,
+    registry_with_basic_auth: Registry,
+    registry_basic_auth: BasicAuth,
+    wasm_modules: dict[str, Path],
+    workspace: Workspace,
+) -> None:
+    """Tenant A runs its private module; tenant B, in another namespace, names its digest and
+    is placed on the node where it is cached. Without credentials B gets a clear refusal, not
+    A's module; once B's own pull secret is accepted by the registry, B runs it."""
+    plane = fleet.plane
+    registry = registry_with_basic_auth
+    docker_config = _docker_config(registry, registry_basic_auth)
+    config_file = workspace.subdir(f"auth-{namespace}") / "config.json"
+    config_file.write_text(docker_config)
+    image = f"{registry.host}/{namespace}/secret-probe:1.0"
+    digest = push_module(wasm_modules["probe"], image, "--docker-config", str(config_file))
+    plane.kubectl_apply(_pull_secret(namespace, docker_config))
+    owner = _wasm_service("owner", image, replicas=1, http={})
+    owner["spec"]["module"]["pullSecrets"] = [{"name": "pull"}]
+    _apply(plane, namespace, owner)
+    _wait_ready(fleet, namespace, "owner", 1)
+    (cached_on,) = {t.node for t in endpoints_of(plane, namespace, "owner")}
+
+    other = f"{namespace}-b"
+    plane.kubectl("create", "namespace", other)
+    try:
+        borrowed = f"{registry.host}/{namespace}/secret-probe@{digest}"
+        on_that_node = {"nodeSelector": {"kubernetes.io/hostname": cached_on}}
+        _apply(
+            plane,
+            other,
+            _wasm_service("borrower", borrowed, replicas=1, http={}, placement=on_that_node),
+        )
+        refusal = "is cached on this node, but the registry does not grant it to anonymous pulls"
+
+        def placement_message() -> str:
+            placements = (_service(plane, other, "borrower").get("status") or {}).get(
+                "placements"
+            ) or [{}]
+            return str(placements[0].get("message", ""))
+
+        wait_until(
+            lambda: refusal in placement_message(),
+            timeout=60,
+            interval=0.2,
+            message=lambda: f"never refused: {_service(plane, other, 'borrower').get('status')}",
+        )
+        assert _condition(_service(plane, other, "borrower"), "Ready").get("status") == "False"
+        assert endpoints_of(plane, other, "borrower") == []
+
+        plane.kubectl_apply(_pull_secret(other, docker_config))
+        plane.kubectl(
+            "patch",
+            "wasmservice",
+            "borrower",
+            "-n",
+            other,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"module": {"pullSecrets": [{"name": "pull"}]}}}),
+        )
+        _wait_ready(fleet, other, "borrower", 1)
+        (target,) = endpoints_of(plane, other, "borrower")
+        assert target.node == cached_on
+        assert _get(target, "/plain") == "just text, no headers"
+    finally:
+        plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
 def test_an_agent_killed_loses_its_replicas_to_the_others_without_failed_requests(

@@ -110,7 +110,9 @@ class ModuleSource(KubeModel):
     node runs the same bytes."""
     pull_policy: PullPolicy = "IfNotPresent"
     """When an agent contacts the registry: Always (check the digest on every start),
-    IfNotPresent (only when the module is not cached), Never (use only the cache)."""
+    IfNotPresent (only when the module is not cached, or when these pull secrets have not yet
+    been shown to have access to the cached module), Never (use only the cache, and only a
+    module these pull secrets were shown to have access to)."""
     pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list,
         max_length=16,

@@ -29,6 +29,20 @@ from wasmfleet_agent.sockets import bind_in_namespace
 from wasmfleet_harness.processes import Workspace
 
 
+def _probe_order(path: Path, spec: SandboxSpec) -> ServeOrder:
+    """The order that serves the probe module at ``path`` with ``spec``, loaded from the cache."""
+    return ServeOrder(
+        key="team/probe-1",
+        name="team/probe",
+        module_path=path,
+        digest="sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
+        fuel=False,
+        spec=spec,
+        limits=RunLimits(deadline_seconds=5.0),
+        http=HttpLimits(max_concurrency=8),
+    )
+
+
 @pytest.fixture(params=["in-process", "two-workers"])
 async def served(
     request: pytest.FixtureRequest, workspace: Workspace, wasm_modules: dict[str, Path]
@@ -36,20 +50,10 @@ async def served(
     """A server of either kind and the order for the probe it is about to serve."""
     cache = workspace.subdir(f"servers-{request.param}")
     path = wasm_modules["probe"]
-    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    order = _probe_order(path, SandboxSpec(args=("probe.wasm",), env=(("GIVEN", "first"),)))
     runtime = Runtime(cache)
-    compiled = await asyncio.to_thread(runtime.load, path, digest, EngineSettings())
-    order = ServeOrder(
-        key="team/probe-1",
-        name="team/probe",
-        module_path=path,
-        digest=digest,
-        fuel=False,
-        spec=SandboxSpec(args=("probe.wasm",), env=(("GIVEN", "first"),)),
-        limits=RunLimits(deadline_seconds=5.0),
-        http=HttpLimits(max_concurrency=8),
-        module=runtime.slot(path, compiled),
-    )
+    compiled = await asyncio.to_thread(runtime.load, path, order.digest, EngineSettings())
+    order = replace(order, module=runtime.slot(path, compiled))
     pool = ThreadPoolExecutor(max_workers=4)
     server: Server
     if request.param == "in-process":
@@ -113,17 +117,7 @@ async def test_a_module_whose_instance_exceeds_a_process_share_of_the_budget_is_
     one process, not two processes' halves. The refusal names both sizes."""
     cache = workspace.subdir(f"budget-{kind}")
     path = wasm_modules["probe"]
-    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    order = ServeOrder(
-        key="team/probe-1",
-        name="team/probe",
-        module_path=path,
-        digest=digest,
-        fuel=False,
-        spec=SandboxSpec(args=("probe.wasm",), memory_limit=64 << 20),
-        limits=RunLimits(deadline_seconds=5.0),
-        http=HttpLimits(max_concurrency=8),
-    )
+    order = _probe_order(path, SandboxSpec(args=("probe.wasm",), memory_limit=64 << 20))
     budget = 120 << 20
     runtime = Runtime(cache)
     pool = ThreadPoolExecutor(max_workers=4)
@@ -136,7 +130,7 @@ async def test_a_module_whose_instance_exceeds_a_process_share_of_the_budget_is_
         server = WorkerPool(2, cache_dir=cache, threads=4, max_services=4, memory_budget=budget)
         await server.start()
     try:
-        await asyncio.to_thread(runtime.load, path, digest, EngineSettings())
+        await asyncio.to_thread(runtime.load, path, order.digest, EngineSettings())
         listener = bind_in_namespace(None, "127.0.0.1", 0)
         if kind == "in-process":
             await server.serve(order, listener)
@@ -159,21 +153,10 @@ async def test_requests_beyond_the_budget_wait_for_room_then_get_503(
     find none by then and get 503 (the second pair ends half a second after that)."""
     cache = workspace.subdir("budget-wait")
     path = wasm_modules["probe"]
-    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    order = _probe_order(path, SandboxSpec(args=("probe.wasm",), memory_limit=16 << 20))
     runtime = Runtime(cache)
-    compiled = await asyncio.to_thread(runtime.load, path, digest, EngineSettings())
-    spec = SandboxSpec(args=("probe.wasm",), memory_limit=16 << 20)
-    order = ServeOrder(
-        key="team/probe-1",
-        name="team/probe",
-        module_path=path,
-        digest=digest,
-        fuel=False,
-        spec=spec,
-        limits=RunLimits(deadline_seconds=5.0),
-        http=HttpLimits(max_concurrency=8),
-        module=runtime.slot(path, compiled),
-    )
+    compiled = await asyncio.to_thread(runtime.load, path, order.digest, EngineSettings())
+    order = replace(order, module=runtime.slot(path, compiled))
     pool = ThreadPoolExecutor(max_workers=8)
     budget = MemoryBudget(2 * instance_bytes(16 << 20) + 4096, wait_seconds=1.5)
     server = InProcessServer(runtime=runtime, pool=pool, metrics=AgentMetrics(), budget=budget)

@@ -338,3 +338,58 @@ async def test_a_failing_redirect_target_is_reported_without_its_signed_query(
                 await store.pull(ref, policy=PullPolicy.ALWAYS, credentials=credentials)
     assert SIGNATURE not in str(missing.value)
     assert "presigned" not in str(missing.value)
+
+
+# -- a cached private module ----------------------------------------------------------------------
+
+
+async def test_a_cached_private_module_reaches_only_callers_the_registry_accepts_for_it(
+    registry_with_basic_auth: Registry,
+    registry_basic_auth: BasicAuth,
+    wasm_modules: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """Tenant A pulls its private module; tenant B names the same digest on the same node.
+    Without credentials, or with wrong ones, B is refused though the module is cached; with
+    credentials the registry accepts, B is served from the cache; and a restarted agent
+    remembers who was accepted (pull policy Never asks no registry)."""
+    module = wasm_modules["hello-rust"].read_bytes()
+    credentials = _credentials(registry_basic_auth)
+    ref = await _push(registry_with_basic_auth.host, module, "private", credentials)
+    cache = tmp_path / "cache"
+    store = ModuleStore(cache, 64 * 1024 * 1024)
+    try:
+        first = await store.pull(ref, policy=PullPolicy.IF_NOT_PRESENT, credentials=credentials)
+        assert not first.cached
+
+        with pytest.raises(errors.Unauthorized) as anonymous:
+            await store.pull(ref, policy=PullPolicy.IF_NOT_PRESENT)
+        assert str(anonymous.value).startswith(
+            f"{ref} is cached on this node, but the registry does not grant it to anonymous pulls: "
+        )
+        wrong = Credentials(username=registry_basic_auth.username, password="not-the-password")
+        with pytest.raises(errors.Unauthorized, match="does not grant it to these pull cred"):
+            await store.pull(ref, policy=PullPolicy.IF_NOT_PRESENT, credentials=wrong)
+        with pytest.raises(errors.Unauthorized, match="pull policy Never does not ask it"):
+            await store.pull(ref, policy=PullPolicy.NEVER)
+
+        same_login = Credentials(
+            username=registry_basic_auth.username, password=credentials.password
+        )
+        served = await store.pull(ref, policy=PullPolicy.NEVER, credentials=same_login)
+        assert served.cached
+        assert served.path.read_bytes() == module
+    finally:
+        await store.close()
+
+    def no_network() -> RegistryClient:
+        raise AssertionError("the store asked for a registry client")
+
+    restarted = ModuleStore(cache, 64 * 1024 * 1024, client_factory=no_network)
+    try:
+        again = await restarted.pull(ref, policy=PullPolicy.NEVER, credentials=credentials)
+        assert again.cached
+        with pytest.raises(errors.Unauthorized, match="has not been seen to grant it"):
+            await restarted.pull(ref, policy=PullPolicy.NEVER)
+    finally:
+        await restarted.close()

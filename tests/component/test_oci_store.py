@@ -17,6 +17,7 @@ from wasmfleet_harness.loopback import LoopbackProxy
 from wasmfleet_harness.modules import with_custom_section
 from wasmfleet_harness.registry import Registry
 from wasmfleet_oci import errors
+from wasmfleet_oci.auth import Credentials
 from wasmfleet_oci.client import ClientSettings, RegistryClient, sha256_digest
 from wasmfleet_oci.push import push_module
 from wasmfleet_oci.reference import Reference, parse_reference
@@ -163,6 +164,27 @@ async def test_a_cached_module_is_served_after_a_restart_with_the_registry_stopp
             await strict.pull(pinned, policy=PullPolicy.ALWAYS)
     finally:
         await strict.close()
+
+
+async def test_a_module_an_anonymous_pull_brought_is_served_to_every_caller_from_the_cache(
+    registry: Registry, wasm_modules: dict[str, Path], tmp_path: Path
+) -> None:
+    """Public: what the registry gave to anyone needs no check for a caller with credentials."""
+    module = _variant(wasm_modules["hello-c"].read_bytes(), uuid.uuid4().hex)
+    ref = await _push(registry.host, module, "public")
+    first = ModuleStore(tmp_path / "cache", 64 * MiB)
+    try:
+        await first.pull(ref, policy=PullPolicy.IF_NOT_PRESENT)
+    finally:
+        await first.close()
+    offline = ModuleStore(tmp_path / "cache", 64 * MiB, client_factory=_no_network)
+    try:
+        someone = Credentials(username="someone", password="anything")
+        for policy in (PullPolicy.IF_NOT_PRESENT, PullPolicy.NEVER):
+            served = await offline.pull(ref, policy=policy, credentials=someone)
+            assert served.cached
+    finally:
+        await offline.close()
 
 
 async def test_never_with_a_module_that_is_not_cached_says_so(tmp_path: Path) -> None:

@@ -8,8 +8,11 @@ follow Kubernetes: ``IfNotPresent`` and ``Never`` serve from the cache without a
 call; ``Always`` asks the registry every time (so the caller's credentials are checked, and a
 tag is re-resolved) but downloads only what the cache lacks.
 
-As with kubelet's image cache, ``IfNotPresent`` serves a cached module to any caller, with or
-without credentials; use ``Always`` where access must be re-checked on every pull.
+A cached module is handed only to a caller the registry has accepted for it (`access`): the
+caller of the pull that brought it in, anyone when an anonymous pull brought it, and any other
+caller once a manifest HEAD with its own credentials succeeds. So with ``IfNotPresent`` a
+namespace without credentials for a private module does not get it from the cache, and with
+``Never`` only callers seen before do. ``Always`` asks the registry on every pull.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from wasmfleet_agent.store.access import AccessRecords, Shown, caller
 from wasmfleet_agent.store.cache import ModuleCache, PulledModule, hash_file
 from wasmfleet_oci import auth, errors, formats
 from wasmfleet_oci.client import RegistryClient
@@ -60,6 +64,7 @@ class ModuleStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cache = ModuleCache(root, max_bytes, verify=verify_cached, clock=clock)
+        self._access = AccessRecords(root / "access", clock=clock)
         self.max_image_bytes = max_image_bytes
         self._client_factory = client_factory
         self._client: RegistryClient | None = None
@@ -139,6 +144,7 @@ class ModuleStore:
         if policy is not PullPolicy.ALWAYS:
             found = self.lookup(ref)
             if found is not None and await self._cache.usable(found):
+                await self._check_access(ref, found.manifest_digest, credentials, policy)
                 return self._hand_out(found, pin=pin)
             if policy is PullPolicy.NEVER:
                 raise errors.ModuleNotCached(
@@ -149,15 +155,19 @@ class ModuleStore:
         else:
             client = self._get_client()
             manifest_digest = await client.fetch_digest(reference=ref, credentials=credentials)
+            self._access.grant(ref.name, manifest_digest, caller(credentials))
         if ref.digest is None:
             await self._cache.record_tag(ref, manifest_digest)
         for _ in range(3):
             found = self._cache.cached(manifest_digest)
             if found is not None and await self._cache.usable(found):
+                await self._check_access(ref, manifest_digest, credentials, policy)
                 return self._hand_out(found, pin=pin)
             module_digest = await self._join_download(ref.with_digest(manifest_digest), credentials)
             size = self._cache.size_of(module_digest)
             if size is not None:
+                # a download another caller started proves nothing about this one
+                await self._check_access(ref, manifest_digest, credentials, policy)
                 pulled = PulledModule(
                     manifest_digest=manifest_digest,
                     module_digest=module_digest,
@@ -180,6 +190,42 @@ class ModuleStore:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+    async def _check_access(
+        self,
+        ref: Reference,
+        manifest_digest: str,
+        credentials: auth.Credentials | None,
+        policy: PullPolicy,
+    ) -> None:
+        """Returns when the registry has accepted this caller (or anonymous pulls) for the
+        module; otherwise asks it, and raises `errors.Unauthorized` when it refuses."""
+        who = caller(credentials)
+        shown = self._access.shown(ref.name, manifest_digest, who)
+        if shown is Shown.FRESH:
+            return
+        whom = "anonymous pulls" if credentials is None else "these pull credentials"
+        pinned = ref.with_digest(manifest_digest)
+        if policy is PullPolicy.NEVER:
+            if shown is Shown.STALE:
+                return
+            raise errors.Unauthorized(
+                f"{pinned} is cached on this node, but the registry has not been seen to grant "
+                f"it to {whom}, and pull policy Never does not ask it"
+            )
+        try:
+            await self._get_client().fetch_digest(reference=pinned, credentials=credentials)
+        except (errors.Unauthorized, errors.NotFound) as error:
+            self._access.forget(ref.name, manifest_digest, who)
+            raise errors.Unauthorized(
+                f"{pinned} is cached on this node, but the registry does not grant it to "
+                f"{whom}: {error}"
+            ) from None
+        except errors.RegistryUnavailable:
+            if shown is Shown.STALE:
+                return  # granted before; the registry cannot say otherwise now
+            raise
+        self._access.grant(ref.name, manifest_digest, who)
 
     def _awaited(self) -> set[str]:
         """The modules of downloads that pulls are still waiting to hand out."""
@@ -254,6 +300,7 @@ class ModuleStore:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         await self._cache.record_manifest(reference.digest, module_digest)
+        self._access.grant(reference.name, reference.digest, caller(credentials))
         return module_digest
 
     def _check_module_size(self, reference: Reference, size: int) -> None:
