@@ -155,18 +155,22 @@ class ServiceHandler:
         # Checked again now that the body is in: a request takes a slot only from here on.
         if self._busy() >= self.limits.max_concurrency:
             return self._shed(started)
-        budget, need = self.budget, self.instance_bytes
-        if budget is not None and not await budget.take(self.key, need):
-            self._over_memory.inc()
-            response = web.Response(
-                status=503, text="agent memory budget exhausted\n", headers={"Retry-After": "1"}
-            )
-            return self._done(started, response)
+        # A request waiting for room in the memory budget holds its slot (and its body), so
+        # maxConcurrency bounds the waiters too.
         self.in_flight += 1
         if shared is not None:
             shared.add(1)
         self._gauge.inc()
+        budget, need, taken = self.budget, self.instance_bytes, False
         try:
+            if budget is not None and not (taken := await budget.take(self.key, need)):
+                self._over_memory.inc()
+                response = web.Response(
+                    status=503,
+                    text="agent memory budget exhausted\n",
+                    headers={"Retry-After": "1"},
+                )
+                return self._done(started, response)
             incoming = _incoming(request, body, target, server_name)
             loop = asyncio.get_running_loop()
             outcome = await loop.run_in_executor(self.pool, self.execute, incoming)
@@ -175,7 +179,8 @@ class ServiceHandler:
             if shared is not None:
                 shared.add(-1)
             self._gauge.dec()
-            if budget is not None:
+            if taken:
+                assert budget is not None
                 budget.give_back(self.key, need)
         self._instantiate.observe(outcome.instantiate_seconds)
         if outcome.error is not None:
