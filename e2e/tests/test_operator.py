@@ -675,6 +675,15 @@ def _docker_config(registry: Registry, login: BasicAuth) -> str:
     return json.dumps({"auths": {registry.host: {"auth": auth}}})
 
 
+def _push_logged_in(
+    module: Path, image: str, docker_config: str, workspace: Workspace, namespace: str
+) -> str:
+    """``wasmfleet push`` of ``module`` to ``image`` with ``docker_config``; the digest."""
+    config_file = workspace.subdir(f"auth-{namespace}") / "config.json"
+    config_file.write_text(docker_config)
+    return push_module(module, image, "--docker-config", str(config_file))
+
+
 def _pull_secret(namespace: str, docker_config: str) -> dict[str, Any]:
     """The pull secret ``pull`` in ``namespace``, holding ``docker_config``."""
     return {
@@ -697,10 +706,8 @@ def test_pull_secrets_and_secret_values_reach_the_agents_and_changes_apply_live(
     plane = fleet.plane
     registry = registry_with_basic_auth
     docker_config = _docker_config(registry, registry_basic_auth)
-    config_file = workspace.subdir(f"auth-{namespace}") / "config.json"
-    config_file.write_text(docker_config)
     image = f"{registry.host}/{namespace}/probe:1.0"
-    push_module(wasm_modules["probe"], image, "--docker-config", str(config_file))
+    _push_logged_in(wasm_modules["probe"], image, docker_config, workspace, namespace)
     plane.kubectl_apply(
         _pull_secret(namespace, docker_config),
         {
@@ -759,10 +766,8 @@ def test_a_tenant_naming_another_tenants_private_digest_is_refused_until_it_has_
     plane = fleet.plane
     registry = registry_with_basic_auth
     docker_config = _docker_config(registry, registry_basic_auth)
-    config_file = workspace.subdir(f"auth-{namespace}") / "config.json"
-    config_file.write_text(docker_config)
     image = f"{registry.host}/{namespace}/secret-probe:1.0"
-    digest = push_module(wasm_modules["probe"], image, "--docker-config", str(config_file))
+    digest = _push_logged_in(wasm_modules["probe"], image, docker_config, workspace, namespace)
     plane.kubectl_apply(_pull_secret(namespace, docker_config))
     owner = _wasm_service("owner", image, replicas=1, http={})
     owner["spec"]["module"]["pullSecrets"] = [{"name": "pull"}]

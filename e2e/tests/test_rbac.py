@@ -276,17 +276,6 @@ CASES = [
         lambda k: k.get(SECRETS, "probe", DATA),
         'get resource "secrets"',
     ),
-    Case("agent", "ClusterRole", ("nodes",), ("get",), _get_own_node, 'get resource "nodes"'),
-    Case(
-        "agent",
-        "ClusterRole",
-        ("events",),
-        ("create",),
-        lambda k: k.create(
-            render_agent_event(IDENTITY, type_="Normal", reason="Probe", note="a probe")
-        ),
-        'create resource "events"',
-    ),
     Case("operator", "Role", ("leases",), ("create",), _create_lease, 'create resource "leases"'),
     Case(
         "operator",
