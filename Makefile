@@ -72,9 +72,9 @@ reliability: setup
 	$(BIN)/pytest $(RELIABILITY_TESTS)
 	$(BIN)/python -m wasmfleet_harness.findings
 
-## component: the wasi:http component of the `wasmtime serve` baseline (cold: ~5 min, then cached)
-component: system-packages
-	@bash bench/build_component.sh
+## component: the wasi:http component of the `wasmtime serve` baseline (part of `make modules`)
+component: $(INSTALLED)
+	$(BIN)/python -m wasmfleet_harness.modules hello-http-component
 
 ## bench: every benchmark beside its baselines, then plots and tables into docs/performance.md
 bench: setup component

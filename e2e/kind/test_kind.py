@@ -41,6 +41,8 @@ EXPECTED_ANSWERS = {
     "hello-go": "Hello from a Go Wasm microservice!",
     "hello-rust": "Hello from a Rust Wasm microservice!",
     "greeter": "Hello, Wasmfleet!",
+    "hello-component": "Hello from a Rust Wasm microservice!",
+    "hello-python": "Hello from a Python Wasm microservice!",
 }
 
 

@@ -340,7 +340,8 @@ def test_every_example_applies_and_kubectl_get_prints_the_columns(
 ) -> None:
     _apply_examples(wasmfleet_crds, namespace)
     names = {_service_name(path) for path in EXAMPLES}
-    assert {"hello-rust", "hello-go", "hello-c", "greeter", "hello-component"} <= names
+    expected = {"hello-rust", "hello-go", "hello-c", "greeter", "hello-component", "hello-python"}
+    assert expected <= names
     for resource in ("wasmservices", "wsvc", "wasm"):
         table = wasmfleet_crds.kubectl("get", resource, "-n", namespace).stdout.splitlines()
         assert table[0].split() == ["NAME", "READY", "STATUS", "DIGEST", "URL", "AGE"], resource

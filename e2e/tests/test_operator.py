@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import wasmtime
 import yaml
 
 from wasmfleet_harness.agent import push_module
@@ -116,6 +115,7 @@ EXPECTED = {
     "hello-go": "Hello from a Go Wasm microservice!",
     "hello-c": "Hello from a C Wasm microservice!",
     "greeter": "Hello, Wasmfleet!",
+    "hello-python": "Hello from a Python Wasm microservice! (GET /)",
 }
 
 
@@ -155,17 +155,17 @@ def test_components_run_as_wasm_services_and_their_status_says_what_they_are(
     namespace: str,
     registry: Registry,
     wasm_modules: dict[str, Path],
-    tmp_path: Path,
 ) -> None:
     """The component examples need nothing new in the WasmService; the bindings and the
-    service's status say what each runs, and a component of a world the agents do not host
-    is refused with that reason in the service's conditions."""
+    service's status say what each runs, and a wasi:http component asked to run as a job is
+    refused with that reason in the service's conditions."""
     plane = fleet.plane
-    for name in ("hello-component", "wordcount-component", "wordcount-job"):
+    for name in ("hello-component", "wordcount-component", "wordcount-job", "hello-python"):
         _push_example(wasm_modules, registry, name)
     _apply_yaml(plane, namespace, _example(registry, "wordcount-job"))  # its ConfigMap
     _apply_yaml(plane, namespace, _example(registry, "hello-component"))
     _apply_yaml(plane, namespace, _example(registry, "wordcount-component"))
+    _apply_yaml(plane, namespace, _example(registry, "hello-python"))
 
     service = _wait_ready(fleet, namespace, "hello-component", 2)
     assert service["status"]["module"]["kind"] == "Component"
@@ -188,42 +188,31 @@ def test_components_run_as_wasm_services_and_their_status_says_what_they_are(
         "world": "wasi_snapshot_preview1 command",
     }
 
-    proxy = f"{registry.host}/wasmfleet/components/proxy-world:1.0"
-    push_module(_proxy_component(tmp_path), proxy)
-    _apply(plane, namespace, _wasm_service("proxy-world", proxy, replicas=1, http={}))
+    python = _wait_ready(fleet, namespace, "hello-python", 2)
+    assert python["status"]["module"]["kind"] == "Component"
+    assert python["status"]["module"]["world"].startswith("wasi:http/proxy@0.2.")
+    for target in endpoints_of(plane, namespace, "hello-python"):
+        assert _get(target) == EXPECTED["hello-python"]
+
+    proxy = f"{registry.host}/wasmfleet/examples/hello-python:1.0"
+    _apply(plane, namespace, _wasm_service("proxy-job", proxy, replicas=1, job={}))
 
     def refused() -> bool:
-        condition = _condition(_service(plane, namespace, "proxy-world"), "Degraded")
-        return "wasi:http/proxy world" in condition.get("message", "")
+        condition = _condition(_service(plane, namespace, "proxy-job"), "Degraded")
+        return "which answers HTTP requests: a job runs" in condition.get("message", "")
 
     wait_until(
         refused,
         timeout=60,
-        message=lambda: f"{_service(plane, namespace, 'proxy-world').get('status')}",
+        message=lambda: f"{_service(plane, namespace, 'proxy-job').get('status')}",
     )
-    condition = _condition(_service(plane, namespace, "proxy-world"), "Degraded")
+    condition = _condition(_service(plane, namespace, "proxy-job"), "Degraded")
     assert condition["reason"] == "CrashLooping"
 
 
 def _example(registry: Registry, name: str) -> str:
     text = (REPO_ROOT / "examples" / name / "wasmservice.yaml").read_text()
     return text.replace(EXAMPLE_HOST, registry.host)
-
-
-def _proxy_component(workdir: Path) -> Path:
-    """A component that exports only wasi:http/incoming-handler: the proxy world's entry."""
-    path = workdir / "proxy-world.wasm"
-    path.write_bytes(
-        wasmtime.wat2wasm(
-            """(component
-              (core module $m (func (export "handle")))
-              (core instance $i (instantiate $m))
-              (func $handle (canon lift (core func $i "handle")))
-              (instance $inst (export "handle" (func $handle)))
-              (export "wasi:http/incoming-handler@0.2.0" (instance $inst)))"""
-        )
-    )
-    return path
 
 
 def service_replicas(name: str) -> int:

@@ -11,15 +11,24 @@
 #                                             crate (the same version as the wasmtime the agent
 #                                             runs), which turn a preview 1 program into a
 #                                             WASI 0.2 component
+#   wit/wasip2-<version>/deps/                the WASI 0.2 WIT of the wasip2 crate, which
+#                                             wasi:http components are built against
 # Crate archives are checked against the SHA-256 sums below. Source it for the functions
-# (install_wasm_tools, fetch_adapters, check_crate, cargo_fetch; then $wasm_tools and
-# $adapters_dir), or run it to make
-# both and print their paths. Needs a cargo >= 1.88 on PATH (rustup's) for the cold build.
+# (install_wasm_tools, fetch_adapters, fetch_wit, check_crate, cargo_fetch; then $wasm_tools,
+# $adapters_dir and $wit_dir), or run it to make all three and print their paths. Needs a cargo >= 1.88 on PATH (rustup's) for the cold build.
 set -euo pipefail
 
 WASM_TOOLS_VERSION=1.263.0
 WASM_TOOLS_SHA256=14b8ed798ec13f0e0939dcc403836ba5fd7fb29ff9772e6438a9bcc227bfdc96
 WASM_TOOLS_MIN_RUST=1.88
+# The WASI 0.2 WIT that wasi:http components are built against: the wit/deps of the wasip2
+# crate (WASI's own WIT); cargo brings its two dependencies along, pinned here too.
+WASIP2_VERSION=2.0.1+wasi-0.2.12
+WASIP2_SHA256=89aafd4b69fb41a64cfd5d7f214cde92ab422ec4d9bcd55fcc816d3f5f49bbf3
+WIT_BINDGEN_VERSION=0.62.0
+WIT_BINDGEN_SHA256=53cb4b5556c3a791e86838ea287782bdafa704d55b0e68b5b81a3a16b9ea5f4b
+BITFLAGS_VERSION=2.13.2
+BITFLAGS_SHA256=3ded4057c258ba199e2d26386d3af3780957ecaee6c4ef4041c6b4b8b97c0b06
 ADAPTER_VERSION=50.0.1
 ADAPTER_SHA256=08af31e188aec735fabb6370000e3c5954eae92d434a63ad22f665b55b01dda4
 
@@ -28,6 +37,7 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 wasm_tools_dir="$toolchain_cache/bin/wasm-tools-${WASM_TOOLS_VERSION}"
 wasm_tools="$wasm_tools_dir/bin/wasm-tools"
 adapters_dir="$toolchain_cache/adapters/${ADAPTER_VERSION}"
+wit_dir="$toolchain_cache/wit/wasip2-${WASIP2_VERSION}"
 
 toolchain_die() { echo "wasm-tools.sh: $*" >&2; exit 1; }
 
@@ -98,9 +108,35 @@ fetch_adapters() {
   rm -rf "$adapters_dir" && mv "$tmp/out" "$adapters_dir" && rm -rf "$tmp"
 }
 
+fetch_wit() {
+  if [ -f "$wit_dir/deps/http.wit" ]; then
+    return
+  fi
+  require_cargo
+  echo "wasip2 ${WASIP2_VERSION}: fetching its WIT" >&2
+  mkdir -p "$toolchain_cache/wit"
+  local tmp; tmp=$(mktemp -d "$toolchain_cache/wit/.fetch.XXXXXX")
+  cargo_fetch "$tmp" wit-carrier <<DEPS
+wasip2 = "=${WASIP2_VERSION}"
+wit-bindgen = { version = "=${WIT_BINDGEN_VERSION}", default-features = false }
+bitflags = "=${BITFLAGS_VERSION}"
+DEPS
+  check_crate wasip2 "$WASIP2_VERSION" "$WASIP2_SHA256"
+  check_crate wit-bindgen "$WIT_BINDGEN_VERSION" "$WIT_BINDGEN_SHA256"
+  check_crate bitflags "$BITFLAGS_VERSION" "$BITFLAGS_SHA256"
+  local manifest
+  manifest=$(cd "$tmp/carrier" && cargo metadata --quiet --offline --format-version 1 |
+    python3 -c 'import json, sys
+print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wasip2"))')
+  mkdir -p "$tmp/out" && cp -r "$(dirname "$manifest")/wit/deps" "$tmp/out/deps"
+  rm -rf "$wit_dir" && mv "$tmp/out" "$wit_dir" && rm -rf "$tmp"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   install_wasm_tools
   fetch_adapters
+  fetch_wit
   echo "wasm_tools=$wasm_tools"
   echo "adapters=$adapters_dir"
+  echo "wit=$wit_dir"
 fi

@@ -47,7 +47,15 @@ STATE_FILE = STATE_DIR / "state.json"
 LOG_FILE = STATE_DIR / "up.log"
 UP_MARKER = "Up. State and logs:"
 
-EXAMPLES = ("hello-rust", "hello-go", "hello-c", "greeter", "hello-component", "wordcount-job")
+EXAMPLES = (
+    "hello-rust",
+    "hello-go",
+    "hello-c",
+    "greeter",
+    "hello-component",
+    "hello-python",
+    "wordcount-job",
+)
 STARTUP_LIMIT = 3600.0
 """Seconds ``up`` waits for the keeper: a cold machine builds Go binaries and images first."""
 
@@ -191,7 +199,7 @@ def cmd_keep(_args: argparse.Namespace) -> int:
 
 def _install_and_show(system: LocalSystem) -> None:
     plane = system.plane
-    _step("Wasm modules from Rust, Go and C sources")
+    _step("Wasm modules and components from Rust, Go, C and Python sources")
     modules = build_all()
     _step("the operator and agent images (linux/amd64 and linux/arm64), pushed to the registry")
     images = system.build_images()

@@ -8,6 +8,13 @@ A module is a directory holding one entry file; its name picks the toolchain:
 - ``component.toml``: a WASI 0.2 component made from another module of this list (``from``)
   with the preview 1 adapter (``adapter``: ``command``), by ``wasm-tools component new``
   (`e2e/toolchain/wasm-tools.sh` builds the tool and fetches the adapters, pinned).
+- ``lib.rs`` beside ``wit/world.wit``: a ``wasi:http`` component written against the canonical
+  ABI by hand (``no_std``): Debian's ``rustc`` for ``wasm32-unknown-unknown``, then
+  ``wasm-tools component embed`` with the world and ``component new``.
+- ``app.py`` beside ``wit/world.wit``: a Python component, by ``componentize-py`` (PyPI,
+  pinned in ``pyproject.toml``) for the world named in ``world.wit``.
+  Both take the WASI 0.2 WIT that ``world.wit`` refers to from the pinned ``wasip2`` crate
+  (`e2e/toolchain/wasm-tools.sh`).
 - ``main.c``: ``clang --target=wasm32-wasi`` against Debian's ``wasi-libc``. A C module may
   build with third-party source that is downloaded, not committed: its ``vendor.toml`` names
   an archive (``url``, pinned ``sha256``), the files to ``extract`` from it, which of them are
@@ -57,7 +64,16 @@ SOURCE_ROOTS = (
     REPO_ROOT / "tests" / "modules",
     REPO_ROOT / "bench" / "modules",
 )
-ENTRY_FILES = {"main.rs": "rust", "main.go": "go", "main.c": "c", "component.toml": "component"}
+ENTRY_FILES = {
+    "main.rs": "rust",
+    "main.go": "go",
+    "main.c": "c",
+    "component.toml": "component",
+    "lib.rs": "rust-wit",
+    "app.py": "python",
+}
+WIT_LANGUAGES = ("rust-wit", "python")
+"""Components built against a WIT world of their own (``wit/world.wit``)."""
 WASM_TOOLS_SCRIPT = REPO_ROOT / "e2e" / "toolchain" / "wasm-tools.sh"
 ADAPTERS = ("command", "reactor")
 VENDOR_FILE = "vendor.toml"
@@ -219,20 +235,91 @@ def _stale(source: ModuleSource, inputs: Sequence[Path] = ()) -> bool:
 
 def component_toolchain() -> tuple[Path, Path]:
     """``wasm-tools`` and the directory of the preview 1 adapters, made on first use."""
+    paths = _toolchain()
+    return paths["wasm_tools"], paths["adapters"]
+
+
+def _toolchain() -> dict[str, Path]:
+    """``wasm_tools``, ``adapters`` and ``wit`` (the WASI 0.2 WIT), made on first use."""
     done = subprocess.run(
         ["bash", str(WASM_TOOLS_SCRIPT)], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"{WASM_TOOLS_SCRIPT} failed:\n{done.stderr}")
-    paths = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
-    return Path(paths["wasm_tools"]), Path(paths["adapters"])
+    lines = (line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return {key: Path(value) for key, value in lines}
+
+
+_WORLD = re.compile(r"^\s*world\s+([a-z][a-z0-9-]*)\s*\{", re.MULTILINE)
+
+
+def _build_wit_component(source: ModuleSource, force: bool) -> Path:
+    """A component of the world in the module's ``wit/world.wit`` (``lib.rs`` or ``app.py``)."""
+    world_file = source.directory / "wit" / "world.wit"
+    worlds = _WORLD.findall(world_file.read_text()) if world_file.is_file() else []
+    if len(worlds) != 1:
+        raise ValueError(f"{world_file} must exist and define exactly one world")
+    if not force and not _stale(source, [WASM_TOOLS_SCRIPT]):
+        return source.output
+    tools = _toolchain()
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    partial = source.output.with_suffix(".wasm.partial")
+    with tempfile.TemporaryDirectory(prefix=f"{source.name}-") as scratch:
+        work = Path(scratch)
+        shutil.copytree(source.directory / "wit", work / "wit")
+        shutil.copytree(tools["wit"] / "deps", work / "wit" / "deps", dirs_exist_ok=True)
+        wasm_tools = str(tools["wasm_tools"])
+        if source.language == "rust-wit":
+            core, embedded = work / "core.wasm", work / "embedded.wasm"
+            steps = [
+                [_rustc(), "--edition", "2021", "--crate-type", "cdylib",
+                 "--target", "wasm32-unknown-unknown", "-C", "opt-level=2", "-C", "panic=abort",
+                 "-C", "strip=symbols", "-o", str(core), str(source.entry)],
+                [wasm_tools, "component", "embed", str(work / "wit"), "--world", worlds[0],
+                 str(core), "-o", str(embedded)],
+                [wasm_tools, "component", "new", str(embedded), "-o", str(partial)],
+            ]  # fmt: skip
+        else:
+            componentize = Path(sys.executable).parent / "componentize-py"
+            steps = [
+                [str(componentize), "-d", str(work / "wit"), "-w", worlds[0], "componentize",
+                 "-p", str(source.directory), source.entry.stem, "-o", str(partial)],
+            ]  # fmt: skip
+        steps.append([wasm_tools, "validate", str(partial)])
+        for argv in steps:
+            _step(source, argv, partial, cwd=work)
+    partial.replace(source.output)
+    return source.output
+
+
+def _step(
+    source: ModuleSource,
+    argv: list[str],
+    partial: Path,
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Runs one build step of ``source``; on failure removes ``partial`` and says why."""
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"building {source.name} ({source.language}) failed: {' '.join(argv)}\n"
+            f"{result.stdout}{result.stderr}"
+        )
 
 
 def _build_component(source: ModuleSource, force: bool) -> Path:
     spec = tomllib.loads(source.entry.read_text())
     origin, adapter = spec.get("from"), spec.get("adapter", "command")
     known = {s.name: s for s in discover()}
-    if origin not in known or known[origin].language == "component" or adapter not in ADAPTERS:
+    core_languages = ("rust", "go", "c")
+    if (
+        origin not in known
+        or known[origin].language not in core_languages
+        or adapter not in ADAPTERS
+    ):
         raise ValueError(
             f"{source.entry}: `from` must name a module of {sorted(known)} (not a component) "
             f"and `adapter` be one of {ADAPTERS}"
@@ -268,20 +355,14 @@ def build_module(source: ModuleSource, *, force: bool = False) -> Path:
     """Builds one module if it is stale and returns the path of its ``.wasm``."""
     if source.language == "component":
         return _build_component(source, force)
+    if source.language in WIT_LANGUAGES:
+        return _build_wit_component(source, force)
     if not force and not _stale(source):
         return source.output
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     partial = source.output.with_suffix(".wasm.partial")
     argv, env = _command(source, partial)
-    result = subprocess.run(
-        argv, cwd=source.directory, env=env, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"building {source.name} ({source.language}) failed: {' '.join(argv)}\n"
-            f"{result.stdout}{result.stderr}"
-        )
+    _step(source, argv, partial, cwd=source.directory, env=env)
     partial.replace(source.output)
     return source.output
 

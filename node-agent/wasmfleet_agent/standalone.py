@@ -22,7 +22,7 @@ from aiohttp import web
 from wasmfleet_agent.runtime.engine import CompiledModule, EngineSettings, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
-from wasmfleet_agent.runtime.service import run_job
+from wasmfleet_agent.runtime.service import check_fits, run_job
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.http import HttpLimits
 from wasmfleet_agent.server.metrics import AgentMetrics
@@ -221,6 +221,7 @@ async def serve(
         server = workers
     try:
         order.spec.check()
+        check_fits(loaded.compiled, order.spec, job=False)
         if workers is not None:
             await workers.start()
         await server.serve(order, bind_in_namespace(None, serve_options.host, serve_options.port))
@@ -260,6 +261,7 @@ async def run_module(
     try:
         spec = _spec(options, args)
         spec.check()
+        check_fits(loaded.compiled, spec, job=True)
         result = await asyncio.to_thread(
             run_job,
             loaded.compiled,

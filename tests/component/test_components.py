@@ -253,7 +253,7 @@ def _component(
     [
         (
             _component(export="wasi:http/incoming-handler@0.2.0"),
-            "targets the wasi:http/proxy world",
+            "exports wasi:http/incoming-handler@0.2.0 without handle",
         ),
         (_component(export="acme:tools/main@1.0.0"), "targets no world this agent hosts"),
         (
@@ -273,7 +273,7 @@ def _component(
         (b"\0asm\x0c\0\x01\0", "neither a core module (01000000) nor a component"),
     ],
     ids=[
-        "proxy-world",
+        "proxy-world-without-handle",
         "unknown-world",
         "unhosted-import",
         "wasi-0.3-import",
@@ -295,8 +295,8 @@ def test_a_component_the_agent_cannot_run_is_refused_at_load_with_the_reason(
 def test_a_refused_component_does_not_stop_the_agent_serving_it(
     workspace: Workspace, tmp_path: Path
 ) -> None:
-    path = tmp_path / "proxy.wasm"
-    path.write_bytes(_component(export="wasi:http/incoming-handler@0.2.0"))
+    path = tmp_path / "unknown-world.wasm"
+    path.write_bytes(_component(export="acme:tools/main@1.0.0"))
     served = ServedModule(workspace.subdir("components-refused"), path, name="components-refused")
     served.process.start()
     try:
@@ -304,7 +304,7 @@ def test_a_refused_component_does_not_stop_the_agent_serving_it(
     finally:
         served.stop()
     assert served.process.returncode() == 1, "refused with an error, not a crash"
-    assert "targets the wasi:http/proxy world" in served.process.log_tail()
+    assert "targets no world this agent hosts" in served.process.log_tail()
 
 
 # ---- pushed and pulled -------------------------------------------------------------------------

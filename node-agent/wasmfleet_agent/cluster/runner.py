@@ -63,7 +63,7 @@ from wasmfleet_agent.lifecycle import (
 )
 from wasmfleet_agent.runtime.engine import CompiledModule, Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
-from wasmfleet_agent.runtime.service import JobAttempt
+from wasmfleet_agent.runtime.service import JobAttempt, check_fits
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
 from wasmfleet_agent.server.serving import ServeError, Server
@@ -290,6 +290,7 @@ class NodeRunner:
                 replica.module = describe(compiled)
                 sandbox = plan_sandbox(workload, config)
                 sandbox.check()
+                check_fits(compiled, sandbox, job=workload.job is not None)
             except (ModuleLoadError, SandboxConfigError, ConfigError, OSError) as error:
                 self._move(replica, BindingPhase.CRASH_LOOP_BACKOFF, error=str(error))
                 await asyncio.sleep(self._backoff(replica))

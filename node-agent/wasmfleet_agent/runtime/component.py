@@ -6,8 +6,13 @@ A component says what it is by its exports and imports, named as WIT interfaces
 environment, preopened directories, stdin and stdout, limits and exit codes, linked with
 wasmtime's WASI 0.2 host (``add_wasip2``). Every import must be an interface of a package that
 host provides, at a 0.2 version; anything else is refused before the component runs, with the
-names it asked for. A component of the ``wasi:http/proxy`` world, or of a world the agent does
-not know, is refused the same way.
+names it asked for.
+
+A component that exports ``wasi:http/incoming-handler`` (the ``wasi:http/proxy`` world) is
+served per request by the agent's own host of that world (`wasi_http`); it may import the
+proxy world's interfaces and what language runtimes add to them (``wasi:cli``,
+``wasi:filesystem`` and ``wasi:sockets``, the last two linked to traps). A component of a world
+the agent does not know is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = [
     "COMMAND_WORLD",
     "HOSTED_PACKAGES",
     "MODULE_WORLD",
+    "PROXY_PACKAGES",
     "PROXY_WORLD",
     "ComponentInfo",
     "inspect_component",
@@ -39,7 +45,21 @@ _HTTP_HANDLER = "wasi:http/incoming-handler"
 HOSTED_PACKAGES = frozenset(
     {"wasi:cli", "wasi:clocks", "wasi:filesystem", "wasi:io", "wasi:random", "wasi:sockets"}
 )
-"""The WASI 0.2 packages of wasmtime's WASI host, which the agent links into every component."""
+"""The WASI 0.2 packages of wasmtime's WASI host, which the agent links into every
+``wasi:cli/command`` component."""
+PROXY_PACKAGES = frozenset(
+    {
+        "wasi:cli",
+        "wasi:clocks",
+        "wasi:filesystem",
+        "wasi:http",
+        "wasi:io",
+        "wasi:random",
+        "wasi:sockets",
+    }
+)
+"""What a ``wasi:http/proxy`` component may import: the agent's own host (`wasi_http`), where
+``wasi:filesystem`` and ``wasi:sockets`` (which language runtimes import) are linked to traps."""
 
 _INTERFACE = re.compile(
     r"(?P<package>[a-z][a-z0-9-]*:[a-z][a-z0-9-]*)/(?P<interface>[a-z][a-z0-9-]*)"
@@ -92,29 +112,27 @@ def inspect_component(engine: wasmtime.Engine, component: Component, digest: str
     imports = tuple(sorted(kind.imports(engine)))
     exports = tuple(sorted(kind.exports(engine)))
     entry = _find(exports, _RUN)
+    hosted, world = HOSTED_PACKAGES, COMMAND_WORLD
     if entry is None:
-        if _find(exports, _HTTP_HANDLER) is not None:
-            raise ModuleLoadError(
-                f"component {digest} targets the wasi:http/proxy world (it exports "
-                f"{_HTTP_HANDLER}); this agent runs only wasi:cli/command components "
-                "(exporting wasi:cli/run@0.2) and WASI preview 1 modules so far"
-            )
+        entry = _find(exports, _HTTP_HANDLER)
+        hosted, world = PROXY_PACKAGES, PROXY_WORLD
+    if entry is None:
         listed = ", ".join(exports) or "nothing"
         raise ModuleLoadError(
             f"component {digest} exports {listed}: it targets no world this agent hosts "
-            "(a wasi:cli/command component exports wasi:cli/run@0.2)"
+            "(a wasi:cli/command component exports wasi:cli/run@0.2, a wasi:http/proxy "
+            "component wasi:http/incoming-handler@0.2)"
         )
     unhosted = []
     for name in imports:
         parts = _parse(name)
-        if parts is None or parts[0] not in HOSTED_PACKAGES or not _is_0_2(parts[2]):
+        if parts is None or parts[0] not in hosted or not _is_0_2(parts[2]):
             unhosted.append(name)
     if unhosted:
         raise ModuleLoadError(
             f"component {digest} imports {', '.join(unhosted)}, which this agent does not "
-            f"provide (it provides the WASI 0.2 interfaces of {', '.join(sorted(HOSTED_PACKAGES))})"
+            f"provide to {world} components (it provides the WASI 0.2 interfaces of "
+            f"{', '.join(sorted(hosted))})"
         )
     version = _parse(entry)[2]  # type: ignore[index]
-    return ComponentInfo(
-        world=f"{COMMAND_WORLD}@{version}", entry=entry, imports=imports, exports=exports
-    )
+    return ComponentInfo(world=f"{world}@{version}", entry=entry, imports=imports, exports=exports)

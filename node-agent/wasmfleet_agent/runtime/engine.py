@@ -44,8 +44,8 @@ from typing import Literal, TypeVar
 import wasmtime
 from wasmtime import component as wcomponent
 
-from wasmfleet_agent.runtime import hostcalls, sandbox
-from wasmfleet_agent.runtime.component import MODULE_WORLD, inspect_component
+from wasmfleet_agent.runtime import hostcalls, sandbox, wasi_http
+from wasmfleet_agent.runtime.component import MODULE_WORLD, PROXY_WORLD, inspect_component
 from wasmfleet_agent.runtime.errors import ModuleLoadError
 from wasmfleet_agent.runtime.shape import (
     COMPONENT_HEADER,
@@ -146,6 +146,7 @@ class ComponentCode:
     """The exported interface (``wasi:cli/run@…``) and its ``run`` function."""
     memories: int
     tables: int
+    world_kind: Literal["command", "proxy"] = "command"
 
 
 @dataclass(frozen=True)
@@ -424,19 +425,32 @@ class Runtime:
             with contextlib.suppress(OSError):
                 atomic.write_atomically(cached, bytes(component.serialize()))
         info = inspect_component(slot.engine, component, digest)
+        proxy = info.world.startswith(PROXY_WORLD)
+        function = "handle" if proxy else "run"
         interface = component.get_export_index(info.entry)
-        run = component.get_export_index("run", interface) if interface is not None else None
-        if interface is None or run is None:
-            raise ModuleLoadError(f"component {digest} exports {info.entry} without run")
+        entry = component.get_export_index(function, interface) if interface else None
+        if interface is None or entry is None:
+            raise ModuleLoadError(f"component {digest} exports {info.entry} without {function}")
+        linker = slot.component_linker
+        if proxy:
+            # Its imports are defined by name, at the versions it asks for: a linker each.
+            linker = wcomponent.Linker(slot.engine)
+            try:
+                wasi_http.define(linker, slot.engine, component)
+            except wasmtime.WasmtimeError as error:
+                raise ModuleLoadError(
+                    f"component {digest} cannot be linked: {_first_line(error)}"
+                ) from None
         seconds = time.perf_counter() - started
         if self.on_compile is not None:
             self.on_compile(source, seconds)
         code = ComponentCode(
             component,
-            slot.component_linker,
-            (interface, run),
+            linker,
+            (interface, entry),
             memories=max(1, shape.memories),
             tables=shape.tables,
+            world_kind="proxy" if proxy else "command",
         )
         return CompiledModule(
             digest,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import re
 import threading
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from wasmfleet_agent.runtime import capi
+from wasmfleet_agent.runtime import capi, wasi_http
 from wasmfleet_agent.runtime.errors import SandboxConfigError
 
 if TYPE_CHECKING:
@@ -53,14 +54,17 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_TABLES",
     "Failure",
+    "HandleResult",
     "Preopen",
     "RunLimits",
     "RunResult",
     "SandboxSpec",
     "current_deadline",
     "guest_monotonic_origin",
+    "handle_http",
     "instance_bytes",
     "run",
+    "stop_run",
     "table_elements_limit",
 ]
 
@@ -207,12 +211,21 @@ class _Watch:
 
 
 _local = threading.local()
+_log = logging.getLogger(__name__)
 
 
 def current_deadline() -> float | None:
     """The monotonic deadline of the run on this thread (for host functions)."""
     watch: _Watch | None = getattr(_local, "watch", None)
     return None if watch is None else watch.deadline
+
+
+def stop_run(reason: FailureKind) -> None:
+    """Records why the run on this thread is being stopped by a host function (which then
+    raises, trapping the guest), so that the run's failure says ``reason``."""
+    watch: _Watch | None = getattr(_local, "watch", None)
+    if watch is not None:
+        watch.reason = reason
 
 
 def guest_monotonic_origin() -> int:
@@ -360,6 +373,8 @@ def run(
     is written (at every epoch tick, up to ``limits.max_output`` in all), or, with
     ``inherit_stdio``, goes to the agent's own stdio (the ``run`` command only).
     """
+    if compiled.component is not None and compiled.component.world_kind == "proxy":
+        raise SandboxConfigError(f"a {compiled.world} component has no entry point to run")
     started = time.perf_counter()
     pipes = _pipes()
     store = wasmtime.Store(compiled.engine)
@@ -370,16 +385,7 @@ def run(
     store.set_wasi(config)
     monotonic_origin = time.monotonic_ns()  # the guest's clock started inside set_wasi
     code = compiled.component
-    store.set_limits(
-        memory_size=spec.memory_limit,
-        table_elements=table_elements_limit(spec.memory_limit),
-        tables=MAX_TABLES if code is None else code.tables,
-        memories=1 if code is None else code.memories,
-    )
-    if compiled.settings.fuel:
-        store.set_fuel(spec.fuel if spec.fuel is not None else 2**62)
-    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _no_finalizer)
-    store.set_epoch_deadline(1)
+    _bound(store, compiled, spec)
     deadline = None
     if limits.deadline_seconds is not None:
         deadline = time.monotonic() + limits.deadline_seconds
@@ -435,6 +441,82 @@ def run(
         seconds=time.perf_counter() - started,
         instantiate_seconds=instantiated - started,
     )
+
+
+def _bound(store: wasmtime.Store, compiled: CompiledModule, spec: SandboxSpec) -> None:
+    """Sets a new store's limits: memory, tables, fuel, and the epoch watch."""
+    code = compiled.component
+    store.set_limits(
+        memory_size=spec.memory_limit,
+        table_elements=table_elements_limit(spec.memory_limit),
+        tables=MAX_TABLES if code is None else code.tables,
+        memories=1 if code is None else code.memories,
+    )
+    if compiled.settings.fuel:
+        store.set_fuel(spec.fuel if spec.fuel is not None else 2**62)
+    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _no_finalizer)
+    store.set_epoch_deadline(1)
+
+
+@dataclass(frozen=True)
+class HandleResult:
+    """How one ``wasi:http`` request's run ended (the response is in its exchange)."""
+
+    failure: Failure | None
+    seconds: float
+    instantiate_seconds: float
+
+
+def handle_http(
+    compiled: CompiledModule,
+    spec: SandboxSpec,
+    state: wasi_http.Exchange,
+    *,
+    deadline_seconds: float | None,
+) -> HandleResult:
+    """Serves one request with a fresh instance of a ``wasi:http/proxy`` component: its
+    ``incoming-handler.handle`` is called with the request of ``state``, whose response the
+    guest fills in. Blocking; the same limits as `run` (memory, tables, fuel, deadline)."""
+    code = compiled.component
+    assert code is not None
+    assert code.world_kind == "proxy"
+    started = time.perf_counter()
+    store = wasmtime.Store(compiled.engine)
+    _bound(store, compiled, spec)
+    deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
+    watch = _Watch(deadline, (), state.max_output)
+    failure: Failure | None = None
+    instantiated = started
+    compiled.clock.enter()
+    try:
+        with _watching(watch), wasi_http.exchange(state):
+            try:
+                try:
+                    instance = code.linker.instantiate(store, code.component)
+                except wasmtime.WasmtimeError as error:
+                    raise _InstantiationError(error) from None
+                instantiated = time.perf_counter()
+                _interface, handle = code.entry
+                func = instance.get_func(store, handle)
+                if func is None:
+                    raise SandboxConfigError("the component's incoming-handler has no handle")
+                request, outparam = wasi_http.incoming_handles(state)
+                func(store, request, outparam)
+            except _InstantiationError as error:
+                failure = _classify_component(error, watch, spec)
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as error:
+                failure = _classify_component(error, watch, spec)
+            except wasi_http.GuestError as error:
+                # wasmtime-py hands a host function's exception back to the caller of the
+                # export: the guest is stopped there, as by a trap
+                failure = _stopped_by_watch(watch) or Failure("trap", f"trap: {error}")
+            except Exception as error:  # a fault of the host's own: this request fails alone
+                _log.exception("the wasi:http host failed")
+                failure = Failure("trap", f"the agent's wasi:http host failed: {error!r}")
+    finally:
+        compiled.clock.leave()
+        del store
+    return HandleResult(failure, time.perf_counter() - started, instantiated - started)
 
 
 def _run_component(code: ComponentCode, store: wasmtime.Store) -> int:

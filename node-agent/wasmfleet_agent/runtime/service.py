@@ -25,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from wasmfleet_agent.runtime import cgi
+from wasmfleet_agent.runtime import cgi, wasi_http
 from wasmfleet_agent.runtime.engine import CompiledModule, ModuleSlot
-from wasmfleet_agent.runtime.errors import ModuleLoadError
+from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import (
     Failure,
+    HandleResult,
     RunLimits,
     RunResult,
     SandboxSpec,
+    handle_http,
     instance_bytes,
     run,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "IncomingRequest",
     "JobAttempt",
     "JobRunner",
+    "check_fits",
     "run_job",
 ]
 
@@ -137,6 +141,8 @@ class HttpModule:
             compiled = self.compiled.get()
         except ModuleLoadError as error:  # unloaded while idle, and its file is gone
             return HttpOutcome(500, error=f"module failed: {error}")
+        if compiled.component is not None and compiled.component.world_kind == "proxy":
+            return self._handle(compiled, request)
         result = run(
             compiled, self.spec, stdin=request.body, extra_env=variables, limits=self.limits
         )
@@ -149,6 +155,103 @@ class HttpModule:
                 },
             )
         return _outcome(result)
+
+    def _handle(self, compiled: CompiledModule, request: IncomingRequest) -> HttpOutcome:
+        """One request to a ``wasi:http/proxy`` component."""
+        state = wasi_http.Exchange(
+            _http_request(request),
+            max_output=self.limits.max_output,
+            env=self.spec.env,
+            args=self.spec.args,
+        )
+        result = handle_http(
+            compiled, self.spec, state, deadline_seconds=self.limits.deadline_seconds
+        )
+        if state.log:
+            _log.info(
+                "module stderr",
+                extra={
+                    "service": self.name,
+                    "stderr": bytes(state.log[:_MAX_STDERR_LOGGED]).decode("utf-8", "replace"),
+                },
+            )
+        return _proxy_outcome(result, state.response)
+
+
+def check_fits(compiled: CompiledModule, spec: SandboxSpec, *, job: bool) -> None:
+    """Raises `SandboxConfigError` when ``compiled`` cannot run as asked: a ``wasi:http/proxy``
+    component answers requests (it is no job) and is given no directories."""
+    if compiled.component is None or compiled.component.world_kind != "proxy":
+        return
+    if job:
+        raise SandboxConfigError(
+            f"the module is a {compiled.world} component, which answers HTTP requests: a job "
+            "runs a wasi:cli/command component or a WASI preview 1 module"
+        )
+    if spec.preopens:
+        raise SandboxConfigError(
+            f"the module is a {compiled.world} component, and this agent gives those no "
+            "directories yet: remove the volumes, or build it as a wasi:cli/command component"
+        )
+
+
+def _http_request(request: IncomingRequest) -> wasi_http.IncomingHttp:
+    target = request.request_uri
+    if target is None:
+        target = urllib.parse.quote(request.path, safe="/%!$&'()*+,;=:@~-._")
+        if request.query:
+            target += "?" + request.query
+    authority = next((v for k, v in request.headers if k.lower() == "host"), None)
+    if authority is None:
+        authority = f"{request.server_name}:{request.server_port}"
+    return wasi_http.IncomingHttp(
+        method=request.method,
+        path_with_query=target,
+        scheme=request.scheme,
+        authority=authority,
+        # Host is the authority (as native wasmtime serve hands it over)
+        headers=tuple(
+            (name, value.encode("utf-8", "surrogateescape"))
+            for name, value in request.headers
+            if name.lower() != "host"
+        ),
+        body=request.body,
+    )
+
+
+def _proxy_outcome(result: HandleResult, response: wasi_http.GuestResponse | None) -> HttpOutcome:
+    timing = result.instantiate_seconds
+    if result.failure is not None:
+        status, text = _CLIENT_TEXT.get(result.failure.kind, (500, "module failed"))
+        return HttpOutcome(
+            status, error=f"{text}: {result.failure.detail}", instantiate_seconds=timing
+        )
+    problem: tuple[int, str] | None = None
+    if response is None:
+        problem = 500, "module failed: the component returned without setting a response"
+    elif response.error is not None:
+        problem = 500, f"module failed: the component answered with error {response.error}"
+    elif not response.finished:
+        problem = 502, "module wrote an invalid response: its body was not finished"
+    else:
+        declared = [v for k, v in response.headers if k.lower() == "content-length"]
+        if declared and declared[0].strip() != str(len(response.body)).encode():
+            problem = (
+                502,
+                (
+                    "module wrote an invalid response: content-length "
+                    f"{declared[0].decode('latin-1')!r} but {len(response.body)} bytes of body"
+                ),
+            )
+    if problem is not None:
+        return HttpOutcome(problem[0], error=problem[1], instantiate_seconds=timing)
+    assert response is not None
+    return HttpOutcome(
+        response.status,
+        wasi_http.header_pairs(response.headers),
+        bytes(response.body),
+        instantiate_seconds=timing,
+    )
 
 
 def _outcome(result: RunResult) -> HttpOutcome:

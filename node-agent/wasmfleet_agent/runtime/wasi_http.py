@@ -1,0 +1,1030 @@
+"""The host side of the ``wasi:http/proxy`` world, written on wasmtime's component API.
+
+wasmtime-py links wasmtime's own WASI 0.2 host, but gives an embedder no way to make an
+incoming request, a response outparam or a ``wasi:io`` stream of its own, so a component that
+exports ``wasi:http/incoming-handler`` is served by this module instead: every interface the
+proxy world imports is defined here, in Python, over one request's state (an `Exchange`):
+
+- ``wasi:http/types``: fields (headers and trailers), the incoming request and its body, the
+  outgoing response and its body, the response outparam; the outgoing request types exist so
+  that a guest can build a request, and ``wasi:http/outgoing-handler`` refuses every request
+  with the spec's ``HTTP-request-denied`` (no outbound HTTP yet);
+- ``wasi:io``: errors, pollables (always ready, or ready at an instant of the monotonic clock)
+  and streams over the request body, the response body and the guest's stdout and stderr;
+- ``wasi:clocks`` and ``wasi:random``; ``wasi:cli`` environment (the service's variables),
+  arguments, stdio, exit and terminals (none), which language runtimes import beside the
+  proxy world.
+
+A proxy component gets no files and no sockets: ``wasi:filesystem/preopens`` lists no
+directory, and every other function of ``wasi:filesystem`` and ``wasi:sockets`` (which language
+runtimes import) is linked to a function that traps, saying what was called.
+
+Limits: a guest blocked in a host call (a pollable's ``block``, ``poll``) wakes by the run's
+deadline and traps there, like a guest running code; a response body past ``max_output``
+stops the run. Bodies are held in memory, each within a bound: the request body within the
+agent's request body limit, the response body within ``max_output``.
+
+Value shapes follow wasmtime-py's conversions: a ``result`` or ``option`` whose cases take
+values of distinct Python classes is passed untagged (the value, or None for a case without
+one), otherwise as a `Variant` (``Variant("ok")``); each function below says which.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+from wasmtime.component import (
+    Component,
+    ComponentInstanceType,
+    FuncType,
+    Linker,
+    Record,
+    ResourceAny,
+    ResourceHost,
+    ResourceType,
+    Variant,
+)
+
+from wasmfleet_agent.runtime import sandbox
+
+__all__ = [
+    "Exchange",
+    "GuestResponse",
+    "IncomingHttp",
+    "define",
+    "exchange",
+]
+
+# ---------------------------------------------------------------------------------------------
+# One request's state
+
+
+@dataclass(frozen=True)
+class IncomingHttp:
+    """The request as the guest sees it."""
+
+    method: str
+    path_with_query: str
+    scheme: str
+    authority: str
+    headers: tuple[tuple[str, bytes], ...]
+    body: bytes
+
+
+@dataclass
+class GuestResponse:
+    """What the guest answered: filled by ``response-outparam.set`` and the body's writes."""
+
+    status: int = 200
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    finished: bool = False
+    """``outgoing-body.finish`` was called (a body dropped unfinished is a broken response)."""
+    error: str | None = None
+    """The error code the guest set instead of a response."""
+
+
+@dataclass
+class Exchange:
+    """One request served by one instance: the guest's resources live here, by handle."""
+
+    request: IncomingHttp
+    max_output: int
+    env: tuple[tuple[str, str], ...] = ()
+    args: tuple[str, ...] = ()
+    response: GuestResponse | None = None
+    """Set once the guest has called ``response-outparam.set``."""
+    log: bytearray = field(default_factory=bytearray)
+    """The guest's stdout and stderr, the first `_MAX_LOG` bytes."""
+    objects: dict[int, object] = field(default_factory=dict)
+    _next: int = 1
+
+    def add(self, obj: object) -> int:
+        rep = self._next
+        self._next += 1
+        self.objects[rep] = obj
+        return rep
+
+    def handle(self, obj: object, kind: int) -> ResourceHost:
+        """A new owned handle on ``obj``, for the guest."""
+        return ResourceHost.own(self.add(obj), kind)
+
+
+_MAX_LOG = 64 << 10
+_local = threading.local()
+
+
+class exchange:  # noqa: N801 - a context manager, named as the state it installs
+    """Makes ``state`` the exchange of the host calls on this thread while in the block."""
+
+    def __init__(self, state: Exchange) -> None:
+        self.state = state
+
+    def __enter__(self) -> Exchange:
+        _local.exchange = self.state
+        return self.state
+
+    def __exit__(self, *exc: object) -> None:
+        _local.exchange = None
+
+
+def _current() -> Exchange:
+    state: Exchange | None = getattr(_local, "exchange", None)
+    if state is None:
+        raise RuntimeError("a wasi:http host call outside of a request")
+    return state
+
+
+class GuestError(Exception):
+    """A guest's misuse of an interface: the call traps with this message."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Resource kinds: one host resource type each, shared by every interface that uses it
+
+
+_KINDS = (
+    "fields",
+    "incoming-request",
+    "outgoing-request",
+    "request-options",
+    "response-outparam",
+    "incoming-response",
+    "incoming-body",
+    "future-trailers",
+    "outgoing-response",
+    "outgoing-body",
+    "future-incoming-response",
+    "error",
+    "pollable",
+    "input-stream",
+    "output-stream",
+    "terminal-input",
+    "terminal-output",
+)
+_ALIASES = {"headers": "fields", "trailers": "fields", "io-error": "error"}
+_KIND = {name: 0x7766_0000 + index for index, name in enumerate(_KINDS)}
+"""The host resource type id of each kind (``0x7766`` is "wf")."""
+
+
+def _kind_of(resource: str) -> int | None:
+    return _KIND.get(_ALIASES.get(resource, resource))
+
+
+def _get(handle: ResourceAny | ResourceHost, kind: type[Any]) -> Any:
+    """The object behind a handle the guest passed (own or borrow)."""
+    host = handle if isinstance(handle, ResourceHost) else handle.to_host(_store())
+    obj = _current().objects.get(host.rep)
+    if not isinstance(obj, kind):
+        raise GuestError(f"a handle of the wrong kind (wanted {kind.__name__})")
+    return obj
+
+
+def _take(handle: ResourceAny | ResourceHost, kind: type[Any]) -> Any:
+    """The object behind an owned handle the guest gave up."""
+    host = handle if isinstance(handle, ResourceHost) else handle.to_host(_store())
+    obj = _current().objects.pop(host.rep, None)
+    if not isinstance(obj, kind):
+        raise GuestError(f"a handle of the wrong kind (wanted {kind.__name__})")
+    return obj
+
+
+def _store() -> Any:
+    store = getattr(_local, "store", None)
+    if store is None:
+        raise RuntimeError("no store for this host call")
+    return store
+
+
+# ---------------------------------------------------------------------------------------------
+# Objects behind the handles
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+FORBIDDEN_FIELDS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    }
+)
+"""Fields a guest may not set: they belong to the connection, which the agent owns."""
+
+
+class _Fields:
+    def __init__(self, entries: list[tuple[str, bytes]], mutable: bool = True) -> None:
+        self.entries = entries
+        self.mutable = mutable
+
+
+def _field_error(name: str, value: bytes | None = None) -> Variant | None:
+    if not _TOKEN.fullmatch(name.encode("utf-8", "replace")):
+        return Variant("invalid-syntax")
+    if value is not None and (_BAD_VALUE.search(value) or value != value.strip(b" \t")):
+        return Variant("invalid-syntax")
+    if name.lower() in FORBIDDEN_FIELDS:
+        return Variant("forbidden")
+    return None
+
+
+@dataclass
+class _InputStream:
+    data: memoryview
+    position: int = 0
+
+
+@dataclass
+class _OutputStream:
+    write: Callable[[bytes], None]
+    closed: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class _IncomingRequest:
+    request: IncomingHttp
+    consumed: bool = False
+
+
+@dataclass
+class _IncomingBody:
+    data: bytes
+    streamed: bool = False
+
+
+@dataclass
+class _FutureTrailers:
+    pass
+
+
+@dataclass
+class _OutgoingResponse:
+    headers: _Fields
+    status: int = 200
+    body_taken: bool = False
+    body: _OutgoingBody | None = None
+
+
+@dataclass
+class _OutgoingBody:
+    response: GuestResponse | None = None
+    """Where writes go, once the response is set (writes before that are kept here)."""
+    pending: bytearray = field(default_factory=bytearray)
+    stream_taken: bool = False
+    finished: bool = False
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            raise GuestError("a write to a finished outgoing-body")
+        target = self.pending if self.response is None else self.response.body
+        state = _current()
+        if len(target) + len(data) > state.max_output:
+            sandbox.stop_run("output")
+            raise GuestError(f"the response body is larger than {state.max_output} bytes")
+        target += data
+
+
+@dataclass
+class _ResponseOutparam:
+    used: bool = False
+
+
+@dataclass
+class _OutgoingRequest:
+    headers: _Fields
+    method: Variant = field(default_factory=lambda: Variant("get"))
+    path_with_query: str | None = None
+    scheme: Variant | None = None
+    authority: str | None = None
+    body_taken: bool = False
+
+
+@dataclass
+class _RequestOptions:
+    connect: int | None = None
+    first_byte: int | None = None
+    between_bytes: int | None = None
+
+
+@dataclass
+class _Error:
+    message: str
+
+
+@dataclass
+class _Pollable:
+    ready_at: int | None = None
+    """``time.monotonic_ns()`` from which it is ready (None: always ready)."""
+
+    def ready(self) -> bool:
+        return self.ready_at is None or time.monotonic_ns() >= self.ready_at
+
+
+def _wait_until(ready_at: int) -> None:
+    """Sleeps until ``ready_at`` (monotonic ns), or traps at the run's deadline first."""
+    deadline = sandbox.current_deadline()
+    while True:
+        now = time.monotonic_ns()
+        if now >= ready_at:
+            return
+        pause = (ready_at - now) / 1e9
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                sandbox.stop_run("deadline")
+                raise GuestError("deadline exceeded while blocked in a host call")
+            pause = min(pause, left)
+        time.sleep(pause)
+
+
+# ---------------------------------------------------------------------------------------------
+# wasi:http/types
+
+
+_METHODS = frozenset(
+    {"get", "head", "post", "put", "delete", "connect", "options", "trace", "patch"}
+)
+
+
+def _method(name: str) -> Variant:
+    lowered = name.lower()
+    if name == name.upper() and lowered in _METHODS:
+        return Variant(lowered)
+    return Variant("other", name)
+
+
+def _scheme(name: str) -> Variant:
+    if name == "http":
+        return Variant("HTTP")
+    if name == "https":
+        return Variant("HTTPS")
+    return Variant("other", name)
+
+
+def _fields_new(_store: Any) -> ResourceHost:
+    return _current().handle(_Fields([]), _KIND["fields"])
+
+
+def _fields_from_list(_store: Any, entries: list[tuple[str, bytes]]) -> ResourceHost | Variant:
+    # result<fields, header-error>: a handle, or the error Variant
+    kept = []
+    for name, value in entries:
+        error = _field_error(name, value)
+        if error is not None:
+            return error
+        kept.append((name, value))
+    return _current().handle(_Fields(kept), _KIND["fields"])
+
+
+def _fields_get(_store: Any, this: Any, name: str) -> list[bytes]:
+    fields: _Fields = _get(this, _Fields)
+    lowered = name.lower()
+    return [value for key, value in fields.entries if key.lower() == lowered]
+
+
+def _fields_has(_store: Any, this: Any, name: str) -> bool:
+    return bool(_fields_get(_store, this, name))
+
+
+def _fields_set(_store: Any, this: Any, name: str, values: list[bytes]) -> Variant | None:
+    # result<_, header-error>: None, or the error Variant
+    fields: _Fields = _get(this, _Fields)
+    if not fields.mutable:
+        return Variant("immutable")
+    checks: list[bytes | None] = [*values] if values else [None]
+    for value in checks:
+        error = _field_error(name, value)
+        if error is not None:
+            return error
+    lowered = name.lower()
+    fields.entries = [(k, v) for k, v in fields.entries if k.lower() != lowered]
+    fields.entries.extend((name, value) for value in values)
+    return None
+
+
+def _fields_delete(_store: Any, this: Any, name: str) -> Variant | None:
+    fields: _Fields = _get(this, _Fields)
+    if not fields.mutable:
+        return Variant("immutable")
+    error = _field_error(name)
+    if error is not None:
+        return error
+    lowered = name.lower()
+    fields.entries = [(k, v) for k, v in fields.entries if k.lower() != lowered]
+    return None
+
+
+def _fields_append(_store: Any, this: Any, name: str, value: bytes) -> Variant | None:
+    fields: _Fields = _get(this, _Fields)
+    if not fields.mutable:
+        return Variant("immutable")
+    error = _field_error(name, value)
+    if error is not None:
+        return error
+    fields.entries.append((name, value))
+    return None
+
+
+def _fields_entries(_store: Any, this: Any) -> list[tuple[str, bytes]]:
+    return list(_get(this, _Fields).entries)
+
+
+def _fields_clone(_store: Any, this: Any) -> ResourceHost:
+    fields: _Fields = _get(this, _Fields)
+    return _current().handle(_Fields(list(fields.entries)), _KIND["fields"])
+
+
+def _request_method(_store: Any, this: Any) -> Variant:
+    return _method(_get(this, _IncomingRequest).request.method)
+
+
+def _request_path(_store: Any, this: Any) -> str | None:
+    request: _IncomingRequest = _get(this, _IncomingRequest)
+    return request.request.path_with_query
+
+
+def _request_scheme(_store: Any, this: Any) -> Variant | None:
+    return _scheme(_get(this, _IncomingRequest).request.scheme)
+
+
+def _request_authority(_store: Any, this: Any) -> str | None:
+    return _get(this, _IncomingRequest).request.authority or None
+
+
+def _request_headers(_store: Any, this: Any) -> ResourceHost:
+    request: _IncomingRequest = _get(this, _IncomingRequest)
+    fields = _Fields(list(request.request.headers), mutable=False)
+    return _current().handle(fields, _KIND["fields"])
+
+
+def _request_consume(_store: Any, this: Any) -> ResourceHost | None:
+    # result<incoming-body>: a handle, or None for the error (consumed already)
+    request: _IncomingRequest = _get(this, _IncomingRequest)
+    if request.consumed:
+        return None
+    request.consumed = True
+    return _current().handle(_IncomingBody(request.request.body), _KIND["incoming-body"])
+
+
+def _body_stream(_store: Any, this: Any) -> ResourceHost | None:
+    body: _IncomingBody = _get(this, _IncomingBody)
+    if body.streamed:
+        return None
+    body.streamed = True
+    return _current().handle(_InputStream(memoryview(body.data)), _KIND["input-stream"])
+
+
+def _body_finish(_store: Any, this: Any) -> ResourceHost:
+    _take(this, _IncomingBody)
+    return _current().handle(_FutureTrailers(), _KIND["future-trailers"])
+
+
+def _trailers_subscribe(_store: Any, this: Any) -> ResourceHost:
+    _get(this, _FutureTrailers)
+    return _current().handle(_Pollable(), _KIND["pollable"])
+
+
+def _trailers_get(_store: Any, this: Any) -> Variant:
+    # option<result<result<option<trailers>, error-code>>>: ready, no trailers
+    _get(this, _FutureTrailers)
+    return Variant("ok", None)
+
+
+def _response_new(_store: Any, headers: Any) -> ResourceHost:
+    fields: _Fields = _take(headers, _Fields)
+    fields.mutable = False
+    return _current().handle(_OutgoingResponse(fields), _KIND["outgoing-response"])
+
+
+def _response_status(_store: Any, this: Any) -> int:
+    return int(_get(this, _OutgoingResponse).status)
+
+
+def _response_set_status(_store: Any, this: Any, status: int) -> Variant:
+    # result (no payloads): tagged
+    response: _OutgoingResponse = _get(this, _OutgoingResponse)
+    if not 100 <= status <= 999:
+        return Variant("err")
+    response.status = status
+    return Variant("ok")
+
+
+def _response_headers(_store: Any, this: Any) -> ResourceHost:
+    response: _OutgoingResponse = _get(this, _OutgoingResponse)
+    return _current().handle(response.headers, _KIND["fields"])
+
+
+def _response_body(_store: Any, this: Any) -> ResourceHost | None:
+    response: _OutgoingResponse = _get(this, _OutgoingResponse)
+    if response.body_taken:
+        return None
+    response.body_taken = True
+    response.body = _OutgoingBody()
+    return _current().handle(response.body, _KIND["outgoing-body"])
+
+
+def _outgoing_body_write(_store: Any, this: Any) -> ResourceHost | None:
+    body: _OutgoingBody = _get(this, _OutgoingBody)
+    if body.stream_taken:
+        return None
+    body.stream_taken = True
+    stream = _OutputStream(body.write, lambda: body.finished)
+    return _current().handle(stream, _KIND["output-stream"])
+
+
+def _outgoing_body_finish(_store: Any, this: Any, trailers: Any) -> Variant | None:
+    # result<_, error-code>: None, or the error Variant
+    body: _OutgoingBody = _take(this, _OutgoingBody)
+    if trailers is not None:
+        _take(trailers, _Fields)  # trailers are accepted and not sent (HTTP/1.1 responses)
+    body.finished = True
+    if body.response is not None:
+        body.response.finished = True
+    return None
+
+
+def _outparam_set(_store: Any, param: Any, response: Any) -> None:
+    outparam: _ResponseOutparam = _take(param, _ResponseOutparam)
+    state = _current()
+    if outparam.used or state.response is not None:
+        raise GuestError("response-outparam.set called twice")
+    outparam.used = True
+    if isinstance(response, Variant):  # err(error-code)
+        state.response = GuestResponse(error=_error_code_text(response))
+        return
+    outgoing: _OutgoingResponse = _take(response, _OutgoingResponse)
+    guest = GuestResponse(status=outgoing.status, headers=list(outgoing.headers.entries))
+    body = outgoing.body
+    if body is None:
+        guest.finished = True  # no body asked for: an empty one
+    else:
+        guest.body += body.pending
+        guest.finished = body.finished
+        body.response = guest
+        body.pending = bytearray()
+    state.response = guest
+
+
+def _outparam_informational(_store: Any, this: Any, status: int, headers: Any) -> Variant | None:
+    _get(this, _ResponseOutparam)
+    _take(headers, _Fields)
+    return Variant("HTTP-protocol-error")
+
+
+def _error_code_text(code: Variant) -> str:
+    if code.payload is None:
+        return code.tag
+    return f"{code.tag}({code.payload!r})"
+
+
+def _http_error_code(_store: Any, error: Any) -> None:
+    _get(error, _Error)  # no error of this host carries an HTTP error code
+
+
+# outgoing requests: built by the guest, refused by the outgoing handler
+
+
+def _outgoing_request_new(_store: Any, headers: Any) -> ResourceHost:
+    fields: _Fields = _take(headers, _Fields)
+    fields.mutable = False
+    return _current().handle(_OutgoingRequest(fields), _KIND["outgoing-request"])
+
+
+def _outgoing_request_body(_store: Any, this: Any) -> ResourceHost | None:
+    request: _OutgoingRequest = _get(this, _OutgoingRequest)
+    if request.body_taken:
+        return None
+    request.body_taken = True
+    return _current().handle(_OutgoingBody(), _KIND["outgoing-body"])
+
+
+def _getter(kind: type[Any], attribute: str) -> Callable[..., Any]:
+    """A method returning ``attribute`` of a ``kind`` object (outgoing requests, options)."""
+
+    def get(_store: Any, this: Any) -> Any:
+        return getattr(_get(this, kind), attribute)
+
+    return get
+
+
+def _setter(kind: type[Any], attribute: str) -> Callable[..., Any]:
+    """A method setting ``attribute`` of a ``kind`` object; ``result`` (tagged) ok."""
+
+    def set_(_store: Any, this: Any, value: Any) -> Variant:
+        setattr(_get(this, kind), attribute, value)
+        return Variant("ok")
+
+    return set_
+
+
+def _accessors(
+    resource: str, kind: type[Any], attributes: dict[str, str]
+) -> dict[str, Callable[..., Any]]:
+    """The getter and ``set-`` method of each WIT name in ``attributes`` (to the Python name)."""
+    methods = {}
+    for name, attribute in attributes.items():
+        methods[f"[method]{resource}.{name}"] = _getter(kind, attribute)
+        methods[f"[method]{resource}.set-{name}"] = _setter(kind, attribute)
+    return methods
+
+
+def _outgoing_request_headers(_store: Any, this: Any) -> ResourceHost:
+    request: _OutgoingRequest = _get(this, _OutgoingRequest)
+    return _current().handle(request.headers, _KIND["fields"])
+
+
+def _options_new(_store: Any) -> ResourceHost:
+    return _current().handle(_RequestOptions(), _KIND["request-options"])
+
+
+def _outgoing_handle(_store: Any, request: Any, options: Any) -> Variant:
+    # result<future-incoming-response, error-code>: the error Variant
+    _take(request, _OutgoingRequest)
+    if options is not None:
+        _take(options, _RequestOptions)
+    return Variant("HTTP-request-denied")
+
+
+# ---------------------------------------------------------------------------------------------
+# wasi:io
+
+
+def _error_debug(_store: Any, this: Any) -> str:
+    return str(_get(this, _Error).message)
+
+
+def _pollable_ready(_store: Any, this: Any) -> bool:
+    return bool(_get(this, _Pollable).ready())
+
+
+def _pollable_block(_store: Any, this: Any) -> None:
+    pollable: _Pollable = _get(this, _Pollable)
+    if pollable.ready_at is not None:
+        _wait_until(pollable.ready_at)
+
+
+def _poll(_store: Any, pollables: list[Any]) -> list[int]:
+    if not pollables:
+        raise GuestError("poll of an empty list")
+    items: list[_Pollable] = [_get(p, _Pollable) for p in pollables]
+    ready = [index for index, item in enumerate(items) if item.ready()]
+    if ready:
+        return ready
+    _wait_until(min(item.ready_at for item in items if item.ready_at is not None))
+    return [index for index, item in enumerate(items) if item.ready()]
+
+
+def _subscribe_ready(_store: Any, this: Any) -> ResourceHost:
+    return _current().handle(_Pollable(), _KIND["pollable"])
+
+
+def _read(_store: Any, this: Any, length: int) -> bytes | None:
+    # result<list<u8>, stream-error>: the bytes, or None for closed
+    stream: _InputStream = _get(this, _InputStream)
+    if stream.position >= len(stream.data):
+        return None
+    end = min(len(stream.data), stream.position + min(length, 1 << 20))
+    chunk = bytes(stream.data[stream.position : end])
+    stream.position = end
+    return chunk
+
+
+def _skip(_store: Any, this: Any, length: int) -> int | None:
+    stream: _InputStream = _get(this, _InputStream)
+    if stream.position >= len(stream.data):
+        return None
+    end = min(len(stream.data), stream.position + length)
+    skipped = end - stream.position
+    stream.position = end
+    return skipped
+
+
+_WRITE_ROOM = 1 << 20
+
+
+def _check_write(_store: Any, this: Any) -> int | None:
+    # result<u64, stream-error>: the room, or None for closed
+    stream: _OutputStream = _get(this, _OutputStream)
+    return None if stream.closed() else _WRITE_ROOM
+
+
+def _write(_store: Any, this: Any, contents: bytes) -> Variant:
+    # result<_, stream-error>: tagged (both cases may be None)
+    stream: _OutputStream = _get(this, _OutputStream)
+    if stream.closed():
+        return Variant("err", None)
+    stream.write(contents)
+    return Variant("ok")
+
+
+def _flush(_store: Any, this: Any) -> Variant:
+    stream: _OutputStream = _get(this, _OutputStream)
+    return Variant("err", None) if stream.closed() else Variant("ok")
+
+
+def _write_zeroes(_store: Any, this: Any, length: int) -> Variant:
+    return _write(_store, this, bytes(min(length, _WRITE_ROOM)))
+
+
+def _splice(_store: Any, this: Any, source: Any, length: int) -> int | None:
+    data = _read(_store, source, length)
+    if data is None:
+        return None
+    if _write(_store, this, data).tag == "err":
+        return None
+    return len(data)
+
+
+def _log_write(data: bytes) -> None:
+    log = _current().log
+    room = _MAX_LOG - len(log)
+    if room > 0:
+        log += data[:room]
+
+
+# ---------------------------------------------------------------------------------------------
+# wasi:clocks, wasi:random, wasi:cli
+
+
+def _monotonic_now(_store: Any) -> int:
+    return time.monotonic_ns()
+
+
+def _monotonic_resolution(_store: Any) -> int:
+    return 1
+
+
+def _subscribe_instant(_store: Any, when: int) -> ResourceHost:
+    return _current().handle(_Pollable(when), _KIND["pollable"])
+
+
+def _subscribe_duration(_store: Any, duration: int) -> ResourceHost:
+    return _current().handle(_Pollable(time.monotonic_ns() + duration), _KIND["pollable"])
+
+
+def _datetime(nanoseconds: int) -> Any:
+    value: Any = Record()
+    value.seconds, value.nanoseconds = divmod(nanoseconds, 1_000_000_000)
+    return value
+
+
+def _wall_now(_store: Any) -> Any:
+    return _datetime(time.time_ns())
+
+
+def _wall_resolution(_store: Any) -> Any:
+    return _datetime(1)
+
+
+def _random_bytes(_store: Any, length: int) -> bytes:
+    if length > 1 << 20:
+        raise GuestError("more than 1 MiB of random bytes asked for at once")
+    return os.urandom(length)
+
+
+def _random_u64(_store: Any) -> int:
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def _insecure_seed(_store: Any) -> tuple[int, int]:
+    return _random_u64(_store), _random_u64(_store)
+
+
+def _environment(_store: Any) -> list[tuple[str, str]]:
+    return list(_current().env)
+
+
+def _arguments(_store: Any) -> list[str]:
+    return list(_current().args)
+
+
+def _exit(_store: Any, status: Variant) -> None:
+    raise GuestError(f"the component exited ({status.tag}) while handling a request")
+
+
+def _exit_with_code(_store: Any, code: int) -> None:
+    raise GuestError(f"the component exited with code {code} while handling a request")
+
+
+def _stdout(_store: Any) -> ResourceHost:
+    return _current().handle(_OutputStream(_log_write), _KIND["output-stream"])
+
+
+def _stdin(_store: Any) -> ResourceHost:
+    return _current().handle(_InputStream(memoryview(b"")), _KIND["input-stream"])
+
+
+def _no_terminal(_store: Any) -> None:
+    return None
+
+
+def _no_directories(_store: Any) -> list[Any]:
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# The linker
+
+
+_FUNCTIONS: dict[str, dict[str, Callable[..., Any]]] = {
+    "wasi:http/types": {
+        "[constructor]fields": _fields_new,
+        "[static]fields.from-list": _fields_from_list,
+        "[method]fields.get": _fields_get,
+        "[method]fields.has": _fields_has,
+        "[method]fields.set": _fields_set,
+        "[method]fields.delete": _fields_delete,
+        "[method]fields.append": _fields_append,
+        "[method]fields.entries": _fields_entries,
+        "[method]fields.clone": _fields_clone,
+        "[method]incoming-request.method": _request_method,
+        "[method]incoming-request.path-with-query": _request_path,
+        "[method]incoming-request.scheme": _request_scheme,
+        "[method]incoming-request.authority": _request_authority,
+        "[method]incoming-request.headers": _request_headers,
+        "[method]incoming-request.consume": _request_consume,
+        "[method]incoming-body.stream": _body_stream,
+        "[static]incoming-body.finish": _body_finish,
+        "[method]future-trailers.subscribe": _trailers_subscribe,
+        "[method]future-trailers.get": _trailers_get,
+        "[constructor]outgoing-response": _response_new,
+        "[method]outgoing-response.status-code": _response_status,
+        "[method]outgoing-response.set-status-code": _response_set_status,
+        "[method]outgoing-response.headers": _response_headers,
+        "[method]outgoing-response.body": _response_body,
+        "[method]outgoing-body.write": _outgoing_body_write,
+        "[static]outgoing-body.finish": _outgoing_body_finish,
+        "[static]response-outparam.set": _outparam_set,
+        "[method]response-outparam.send-informational": _outparam_informational,
+        "http-error-code": _http_error_code,
+        "[constructor]outgoing-request": _outgoing_request_new,
+        "[method]outgoing-request.body": _outgoing_request_body,
+        **_accessors(
+            "outgoing-request",
+            _OutgoingRequest,
+            {
+                "method": "method",
+                "path-with-query": "path_with_query",
+                "scheme": "scheme",
+                "authority": "authority",
+            },
+        ),
+        "[method]outgoing-request.headers": _outgoing_request_headers,
+        "[constructor]request-options": _options_new,
+        **_accessors(
+            "request-options",
+            _RequestOptions,
+            {
+                "connect-timeout": "connect",
+                "first-byte-timeout": "first_byte",
+                "between-bytes-timeout": "between_bytes",
+            },
+        ),
+    },
+    "wasi:http/outgoing-handler": {"handle": _outgoing_handle},
+    "wasi:io/error": {"[method]error.to-debug-string": _error_debug},
+    "wasi:io/poll": {
+        "[method]pollable.ready": _pollable_ready,
+        "[method]pollable.block": _pollable_block,
+        "poll": _poll,
+    },
+    "wasi:io/streams": {
+        "[method]input-stream.read": _read,
+        "[method]input-stream.blocking-read": _read,
+        "[method]input-stream.skip": _skip,
+        "[method]input-stream.blocking-skip": _skip,
+        "[method]input-stream.subscribe": _subscribe_ready,
+        "[method]output-stream.check-write": _check_write,
+        "[method]output-stream.write": _write,
+        "[method]output-stream.blocking-write-and-flush": _write,
+        "[method]output-stream.flush": _flush,
+        "[method]output-stream.blocking-flush": _flush,
+        "[method]output-stream.subscribe": _subscribe_ready,
+        "[method]output-stream.write-zeroes": _write_zeroes,
+        "[method]output-stream.blocking-write-zeroes-and-flush": _write_zeroes,
+        "[method]output-stream.splice": _splice,
+        "[method]output-stream.blocking-splice": _splice,
+    },
+    "wasi:clocks/monotonic-clock": {
+        "now": _monotonic_now,
+        "resolution": _monotonic_resolution,
+        "subscribe-instant": _subscribe_instant,
+        "subscribe-duration": _subscribe_duration,
+    },
+    "wasi:clocks/wall-clock": {"now": _wall_now, "resolution": _wall_resolution},
+    "wasi:random/random": {"get-random-bytes": _random_bytes, "get-random-u64": _random_u64},
+    "wasi:random/insecure": {
+        "get-insecure-random-bytes": _random_bytes,
+        "get-insecure-random-u64": _random_u64,
+    },
+    "wasi:random/insecure-seed": {"insecure-seed": _insecure_seed},
+    "wasi:cli/environment": {
+        "get-environment": _environment,
+        "get-arguments": _arguments,
+        "initial-cwd": _no_terminal,
+    },
+    "wasi:cli/exit": {"exit": _exit, "exit-with-code": _exit_with_code},
+    "wasi:cli/stdin": {"get-stdin": _stdin},
+    "wasi:cli/stdout": {"get-stdout": _stdout},
+    "wasi:cli/stderr": {"get-stderr": _stdout},
+    "wasi:filesystem/preopens": {"get-directories": _no_directories},
+    "wasi:cli/terminal-stdin": {"get-terminal-stdin": _no_terminal},
+    "wasi:cli/terminal-stdout": {"get-terminal-stdout": _no_terminal},
+    "wasi:cli/terminal-stderr": {"get-terminal-stderr": _no_terminal},
+}
+"""The host functions, by interface (without its version) and function name."""
+
+
+def _unversioned(name: str) -> str:
+    return name.split("@", 1)[0]
+
+
+def provided(interface: str) -> bool:
+    """Whether this host implements ``interface`` (``wasi:http/types@0.2.3``) rather than
+    linking it to traps."""
+    return _unversioned(interface) in _FUNCTIONS
+
+
+def _drop(_store: Any, rep: int) -> None:
+    state: Exchange | None = getattr(_local, "exchange", None)
+    if state is not None:
+        state.objects.pop(rep, None)
+
+
+def _calls(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with the store of the call kept for `_get` (to read a handle's rep)."""
+
+    def call(store: Any, *args: Any) -> Any:
+        _local.store = store
+        return function(store, *args)
+
+    call.__name__ = function.__name__
+    return call
+
+
+def _trap(interface: str, name: str) -> Callable[..., Any]:
+    def refuse(_store: Any, *_args: Any) -> Any:
+        raise GuestError(
+            f"{interface}.{name} is not provided to wasi:http components (no files, no sockets)"
+        )
+
+    return refuse
+
+
+_OTHER_KINDS: dict[str, int] = {}
+_other_lock = threading.Lock()
+
+
+def _other_kind(resource: str) -> int:
+    """A host type for a resource of an interface linked to traps, one per name, so that an
+    interface using another's resource (``wasi:sockets/tcp`` the ``network``) sees the same."""
+    with _other_lock:
+        return _OTHER_KINDS.setdefault(resource, 0x7767_0000 + len(_OTHER_KINDS))
+
+
+def define(linker: Linker, engine: wasmtime.Engine, component: Component) -> None:
+    """Defines every interface ``component`` imports in ``linker``: this module's functions
+    where it has them, a trap for the rest, and one host resource type per resource kind."""
+    imports = component.type.imports(engine)
+    with linker.root() as root:
+        for name, extern in sorted(imports.items()):
+            functions = _FUNCTIONS.get(_unversioned(name), {})
+            interface = extern.ty
+            if not isinstance(interface, ComponentInstanceType):
+                raise wasmtime.WasmtimeError(f"import {name} is not an interface instance")
+            with root.add_instance(name) as instance:
+                for item_name, export in interface.exports(engine).items():
+                    item = export.ty
+                    if isinstance(item, ResourceType):
+                        kind = _kind_of(item_name)
+                        if kind is None:
+                            kind = _other_kind(item_name)
+                        instance.add_resource(item_name, ResourceType.host(kind), _drop)
+                    elif isinstance(item, FuncType):
+                        function = functions.get(item_name) or _trap(name, item_name)
+                        instance.add_func(item_name, _calls(function))
+
+
+def incoming_handles(state: Exchange) -> tuple[ResourceHost, ResourceHost]:
+    """The two handles ``handle`` takes: the request and the response outparam."""
+    request = state.handle(_IncomingRequest(state.request), _KIND["incoming-request"])
+    outparam = state.handle(_ResponseOutparam(), _KIND["response-outparam"])
+    return request, outparam
+
+
+def header_pairs(fields: Iterable[tuple[str, bytes]]) -> tuple[tuple[str, str], ...]:
+    """A guest's fields as the agent's response headers (values as Latin-1 text)."""
+    return tuple((name, value.decode("latin-1")) for name, value in fields)

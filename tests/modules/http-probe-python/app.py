@@ -1,0 +1,180 @@
+"""A wasi:http probe in Python: each path exercises one part of the agent's wasi:http host.
+
+GET /echo...      the request as the guest saw it, as JSON (method, path with query, scheme,
+                  authority, header entries, body length and SHA-256)
+/status?N         answers status N
+/headers          a response with a repeated header and mixed-case names
+/refused          what the fields API refuses (forbidden names, bad syntax, immutable headers)
+/outbound?URL     an outgoing request to URL; answers with the error the host gave, or its status
+/sleep?MS         blocks on a monotonic-clock pollable for MS milliseconds
+/big?BYTES        a response body of BYTES bytes, written in 64 KiB writes
+/alloc?MIB        allocates MIB mebibytes and answers with their count
+/env              the environment the guest was given
+/file             tries to open a file (no filesystem is granted)
+/print            writes a line to stdout and one to stderr, then answers
+/raise            an uncaught Python exception (the instance traps)
+/noresponse       returns without setting a response
+/unfinished       sets a response and drops its body without finishing it
+/error            sets an error code instead of a response
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+from componentize_py_types import Err, Ok
+from wit_world import exports
+from wit_world.imports import monotonic_clock, outgoing_handler, types
+
+CHUNK = 64 * 1024
+
+
+def _method_name(method: types.Method) -> str:
+    if isinstance(method, types.Method_Other):
+        return method.value
+    return type(method).__name__.split("_", 1)[1].upper()
+
+
+def _scheme_name(scheme) -> str:
+    if scheme is None:
+        return ""
+    if isinstance(scheme, types.Scheme_Other):
+        return scheme.value
+    return type(scheme).__name__.split("_", 1)[1].lower()
+
+
+def _read_body(request: types.IncomingRequest) -> bytes:
+    body = request.consume()
+    stream = body.stream()
+    data = bytearray()
+    while True:
+        try:
+            data += stream.blocking_read(CHUNK)
+        except Err:
+            break
+    stream.__exit__(None, None, None)
+    types.IncomingBody.finish(body)
+    return bytes(data)
+
+
+def _respond(out, status: int, body: bytes, headers=None, finish: bool = True) -> None:
+    fields = types.Fields.from_list(headers or [("content-type", b"text/plain")])
+    response = types.OutgoingResponse(fields)
+    response.set_status_code(status)
+    outgoing = response.body()
+    types.ResponseOutparam.set(out, Ok(response))
+    stream = outgoing.write()
+    for start in range(0, len(body), CHUNK):
+        stream.check_write()
+        stream.write(body[start : start + CHUNK])
+    stream.blocking_flush()
+    stream.__exit__(None, None, None)
+    if finish:
+        types.OutgoingBody.finish(outgoing, None)
+
+
+def _json(out, value) -> None:
+    _respond(out, 200, json.dumps(value).encode(), [("content-type", b"application/json")])
+
+
+def _error_name(error) -> str:
+    value = error.value if isinstance(error, Err) else error
+    return type(value).__name__
+
+
+def _refused() -> dict:
+    found = {}
+    for name, value in (("connection", b"close"), ("bad name", b"x"), ("x-ok", b"a\r\nb")):
+        try:
+            types.Fields.from_list([(name, value)])
+            found[name] = "accepted"
+        except Err as error:
+            found[name] = _error_name(error)
+    return found
+
+
+def _outbound(url: str) -> dict:
+    scheme, _, rest = url.partition("://")
+    authority, _, path = rest.partition("/")
+    request = types.OutgoingRequest(types.Fields())
+    request.set_scheme(types.Scheme_Https() if scheme == "https" else types.Scheme_Http())
+    request.set_authority(authority)
+    request.set_path_with_query("/" + path)
+    try:
+        future = outgoing_handler.handle(request, None)
+    except Err as error:
+        return {"error": _error_name(error)}
+    while (result := future.get()) is None:
+        future.subscribe().block()
+    response = result.value.value
+    return {"status": response.status()}
+
+
+class IncomingHandler(exports.IncomingHandler):
+    def handle(self, request: types.IncomingRequest, response_out: types.ResponseOutparam) -> None:
+        target = request.path_with_query() or "/"
+        path, _, query = target.partition("?")
+        if path.startswith("/echo"):
+            headers = request.headers()
+            entries = [[name, value.decode("latin-1")] for name, value in headers.entries()]
+            refused = "accepted"
+            try:
+                headers.append("x-late", b"1")
+            except Err as error:
+                refused = _error_name(error)
+            headers.__exit__(None, None, None)
+            body = _read_body(request)
+            _json(
+                response_out,
+                {
+                    "method": _method_name(request.method()),
+                    "path_with_query": target,
+                    "scheme": _scheme_name(request.scheme()),
+                    "authority": request.authority(),
+                    "headers": entries,
+                    "append_to_request_headers": refused,
+                    "body_length": len(body),
+                    "body_sha256": hashlib.sha256(body).hexdigest(),
+                },
+            )
+        elif path == "/status":
+            _respond(response_out, int(query), b"status " + query.encode() + b"\n")
+        elif path == "/headers":
+            headers = [("Content-Type", b"text/plain"), ("X-Repeated", b"one"),
+                       ("x-repeated", b"two"), ("X-Mixed-Case", b"Value")]  # fmt: skip
+            _respond(response_out, 200, b"headers\n", headers)
+        elif path == "/refused":
+            _json(response_out, _refused())
+        elif path == "/outbound":
+            _json(response_out, _outbound(query))
+        elif path == "/sleep":
+            monotonic_clock.subscribe_duration(int(query) * 1_000_000).block()
+            _respond(response_out, 200, b"slept\n")
+        elif path == "/big":
+            _respond(response_out, 200, b"x" * int(query))
+        elif path == "/alloc":
+            block = bytearray(int(query) << 20)
+            _respond(response_out, 200, b"%d\n" % (len(block) >> 20))
+        elif path == "/env":
+            _json(response_out, dict(os.environ))
+        elif path == "/file":
+            try:
+                with open("/etc/hostname", "rb") as handle:
+                    _respond(response_out, 200, handle.read())
+            except OSError as error:
+                _respond(response_out, 200, f"no file: {type(error).__name__}\n".encode())
+        elif path == "/print":
+            print("to stdout from the probe")
+            print("to stderr from the probe", file=sys.stderr)
+            _respond(response_out, 200, b"printed\n")
+        elif path == "/raise":
+            raise RuntimeError("the probe raised")
+        elif path == "/noresponse":
+            return
+        elif path == "/unfinished":
+            _respond(response_out, 200, b"partial", finish=False)
+        elif path == "/error":
+            types.ResponseOutparam.set(response_out, Err(types.ErrorCode_InternalError("probe")))
+        else:
+            _respond(response_out, 404, b"unknown probe path\n")
