@@ -43,6 +43,8 @@ EXPECTED_ANSWERS = {
     "greeter": "Hello, Wasmfleet!",
     "hello-component": "Hello from a Rust Wasm microservice!",
     "hello-python": "Hello from a Python Wasm microservice!",
+    # what it fetched from hello-rust's Service, the one origin it may reach
+    "relay-python": "relayed: Hello from a Rust Wasm microservice!",
 }
 
 

@@ -231,6 +231,26 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
         _with(http=None, job={"backoffLimit": -1}),
         ("spec.job.backoffLimit",),
     ),
+    *(
+        (
+            f"outbound-{name}",
+            _with(network={"allowedOutboundHosts": [origin]}),
+            ("spec.network.allowedOutboundHosts", "each entry must be an origin"),
+        )
+        for name, origin in (
+            ("with-a-path", "https://api.example.com/v1"),
+            ("wildcard", "https://*.example.com"),
+            ("other-scheme", "ftp://files.example.com"),
+            ("no-scheme", "api.example.com"),
+            ("port-0", "http://api.example.com:0"),
+            ("user-info", "http://user@api.example.com"),
+        )
+    ),
+    (
+        "outbound-duplicate",
+        _with(network={"allowedOutboundHosts": ["https://a.example", "https://a.example"]}),
+        ("spec.network.allowedOutboundHosts", "Duplicate value"),
+    ),
 ]
 
 VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
@@ -267,6 +287,19 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("job-name-with-a-dot", _named("nightly.report", http=None, job={})),
     ("name-of-63-characters", _named("x" * 63)),
     ("registry-port-65535", _with(module={"image": "localhost:65535/x:1"})),
+    (
+        "outbound-origins",
+        _with(
+            network={
+                "allowedOutboundHosts": [
+                    "https://api.example.com",
+                    "http://svc.team.svc.cluster.local:8080",
+                    "http://10.0.0.5:9000",
+                    "http://[fd00::5]:8080",
+                ]
+            }
+        ),
+    ),
 ]
 
 

@@ -44,6 +44,7 @@ from wasmfleet_harness.services import condition_of as _condition
 from wasmfleet_harness.services import service_of as _service
 from wasmfleet_harness.services import wait_ready as _wait_ready
 from wasmfleet_harness.services import wasm_service as _wasm_service
+from wasmfleet_harness.upstream import Upstream
 
 pytestmark = pytest.mark.skipif(
     not netns_available(), reason="agents need network namespaces (root and iproute2)"
@@ -208,6 +209,38 @@ def test_components_run_as_wasm_services_and_their_status_says_what_they_are(
     )
     condition = _condition(_service(plane, namespace, "proxy-job"), "Degraded")
     assert condition["reason"] == "CrashLooping"
+
+
+def test_a_python_service_answers_with_what_it_fetched_from_its_one_allowed_origin(
+    fleet: LocalFleet, namespace: str, registry: Registry, wasm_modules: dict[str, Path]
+) -> None:
+    """The relay example, pointed at an upstream on this machine: it answers with the
+    upstream's data through the operator and the agents, the service's status lists the
+    origin the agents enforce, and an origin it does not list is refused before anything
+    reaches it."""
+    plane = fleet.plane
+    allowed, other = Upstream(), Upstream()
+    try:
+        _push_example(wasm_modules, registry, "relay-python")
+        (manifest,) = yaml.safe_load_all(_example(registry, "relay-python"))
+        manifest["spec"]["env"] = [{"name": "UPSTREAM", "value": f"{allowed.origin}/data"}]
+        manifest["spec"]["network"] = {"allowedOutboundHosts": [allowed.origin]}
+        _apply(plane, namespace, manifest)
+        service = _wait_ready(fleet, namespace, "relay-python", 2)
+        assert service["status"]["allowedOutboundHosts"] == [allowed.origin]
+        targets = endpoints_of(plane, namespace, "relay-python")
+        for target in targets:
+            assert _get(target) == "relayed: upstream says hi"
+        assert len(allowed.seen) == len(targets)
+        assert {seen["path"] for seen in allowed.seen} == {"/data"}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(targets[0], f"/?url={other.origin}/secret")
+        assert refused.value.code == 502
+        assert refused.value.read() == b"refused: ErrorCode_HttpRequestDenied\n"
+        assert other.seen == []
+    finally:
+        allowed.close()
+        other.close()
 
 
 def _example(registry: Registry, name: str) -> str:

@@ -54,6 +54,7 @@ EXAMPLES = (
     "greeter",
     "hello-component",
     "hello-python",
+    "relay-python",
     "wordcount-job",
 )
 STARTUP_LIMIT = 3600.0

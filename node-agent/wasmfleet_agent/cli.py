@@ -86,6 +86,14 @@ def _module_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:GUEST[:ro|:rw]",
         help="preopen a host directory at GUEST (read-only unless :rw; repeatable)",
     )
+    parser.add_argument(
+        "--allow-outbound",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an origin (https://api.example.com, http://10.0.0.5:8080) a wasi:http component "
+        "may send requests to (repeatable; none by default)",
+    )
     parser.add_argument("--memory", type=_quantity, default="64Mi", help="linear memory cap")
     parser.add_argument("--fuel", type=int, help="fuel (instructions, roughly) per run")
     parser.add_argument("--cache-dir", type=Path, default=_default_cache())
@@ -106,6 +114,7 @@ def _options(args: argparse.Namespace) -> ModuleOptions:
         cache_dir=args.cache_dir,
         env=tuple(args.env),
         dirs=tuple(args.dir),
+        outbound=tuple(args.allow_outbound),
         memory_limit=args.memory,
         fuel=args.fuel,
         pull_policy=PullPolicy(args.pull_policy),

@@ -50,6 +50,8 @@ class ModuleOptions:
     cache_dir: Path
     env: tuple[tuple[str, str], ...] = ()
     dirs: tuple[Preopen, ...] = ()
+    outbound: tuple[str, ...] = ()
+    """Origins a wasi:http component may send requests to."""
     memory_limit: int = 64 << 20
     fuel: int | None = None
     pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
@@ -134,6 +136,7 @@ def _spec(options: ModuleOptions, args: tuple[str, ...]) -> SandboxSpec:
         preopens=options.dirs,
         memory_limit=options.memory_limit,
         fuel=options.fuel,
+        outbound=options.outbound,
     )
 
 

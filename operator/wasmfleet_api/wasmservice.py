@@ -208,6 +208,9 @@ class WasmServiceStatus(KubeModel):
     """Ready replicas over desired replicas, e.g. 2/3."""
     url: str | None = None
     """In-cluster address of the service (http only)."""
+    allowed_outbound_hosts: list[str] = Field(default_factory=list)
+    """The origins the service's wasi:http guests may send requests to, as its agents enforce
+    them (``scheme://host:port``); empty: none."""
     selector: str | None = None
     """Label selector of this service's bindings (for the scale subresource)."""
     module: ModuleInfo | None = None

@@ -8,6 +8,8 @@ nothing else from the host reaches it.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
@@ -36,10 +38,13 @@ __all__ = [
     "JobSpec",
     "KeySelector",
     "ModuleSource",
+    "NetworkSpec",
     "PullPolicy",
     "Resources",
     "SecretFiles",
     "WorkloadSpec",
+    "parse_outbound_host",
+    "render_outbound_host",
 ]
 
 # An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], in RE2 syntax.
@@ -135,6 +140,67 @@ class HttpSpec(KubeModel):
     """Largest request body accepted; a larger one is answered 413 without running the module."""
     max_response_size: Quantity = Field(default="16Mi", **bounded_quantity("1Ki", "1Gi"))
     """Largest output (headers and body) a request may write; past it the request fails with 502."""
+
+
+# An allowed outbound origin: http or https, a DNS name, an IPv4 address or a bracketed IPv6
+# address, and an optional port; no path, no user, no wildcard (RE2 syntax, for CEL).
+_OUTBOUND_HOST = (
+    r"^https?://([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}"
+    rf"[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(:{_PORT})?$"
+)
+
+
+def parse_outbound_host(text: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of an allowed outbound origin such as
+    ``https://api.example.com`` (port 443) or ``http://[::1]:8080``; the host in lower case,
+    an IPv6 address without brackets. Raises ValueError for anything else."""
+    match = re.fullmatch(_OUTBOUND_HOST.strip("^$"), text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not an outbound origin such as https://api.example.com or "
+            "http://svc.ns.svc:8080 (scheme http or https, a host, an optional port)"
+        )
+    scheme, rest = text.split("://", 1)
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]")
+        port = port.removeprefix(":")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, _, port = rest.partition(":")
+    return scheme, host.lower(), int(port) if port else (443 if scheme == "https" else 80)
+
+
+def render_outbound_host(scheme: str, host: str, port: int) -> str:
+    """The canonical spelling of an outbound origin, with its port."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+class NetworkSpec(KubeModel):
+    """What the module may reach over the network: nothing unless listed here."""
+
+    allowed_outbound_hosts: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=schema(
+            rule(
+                f"self.all(h, h.matches(r'{_OUTBOUND_HOST}'))",
+                "each entry must be an origin such as https://api.example.com or "
+                "http://svc.ns.svc:8080: scheme http or https, a host name or IP address, an "
+                "optional port (1-65535), no path and no wildcard",
+            ),
+            list_type="set",
+        ),
+    )
+    """Origins (scheme, host, port) a wasi:http component may send requests to, for example
+    ``https://api.example.com`` or ``http://svc.ns.svc:8080``; the port defaults to the
+    scheme's. Every other request fails with HTTP-request-denied. A host name that resolves
+    to a loopback or link-local address is refused unless that address itself is listed.
+    Redirects are not followed. WASI preview 1 modules and wasi:cli components have no
+    sockets and make no request whatever this says."""
 
 
 class JobSpec(KubeModel):
@@ -324,3 +390,5 @@ class WorkloadSpec(KubeModel):
     """Directories the module may open; it sees no other files."""
     resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": {}})
     """Memory and fuel limits per instance."""
+    network: NetworkSpec | None = None
+    """Outbound HTTP the module may make (wasi:http components); unset: none."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from wasmfleet_api.binding import BindingPhase, WasmBinding, WasmBindingStatus
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
+from wasmfleet_api.workload import WorkloadSpec, parse_outbound_host, render_outbound_host
 from wasmfleet_operator.drift import binding_drift
 from wasmfleet_operator.planner import NodeInfo, PlacedReplica, Plan, plan_placements
 from wasmfleet_operator.render import (
@@ -256,6 +257,7 @@ def plan_service(view: ServiceView) -> ServicePlan:
             digest=digest or (previous.digest if previous else None),
             replicas=observed,
             url=render_url(service, view.cluster_domain),
+            allowed_outbound_hosts=_outbound_hosts(service.spec),
             selector=render_selector(name),
             unplaced=placements.unplaced,
             unschedulable_reason=placements.unschedulable_reason,
@@ -299,3 +301,18 @@ def _phase(binding: WasmBinding, facts: Mapping[str, NodeFacts]) -> str:
     if node is None or not node.ready:
         return "NodeNotReady" if phase is not BindingPhase.PENDING else phase
     return phase
+
+
+def _outbound_hosts(spec: WorkloadSpec) -> tuple[str, ...]:
+    """The origins the agents let the service's guests reach, in their canonical spelling
+    (the CRD has checked each)."""
+    if spec.network is None:
+        return ()
+    return tuple(
+        sorted(
+            {
+                render_outbound_host(*parse_outbound_host(h))
+                for h in spec.network.allowed_outbound_hosts
+            }
+        )
+    )

@@ -65,6 +65,7 @@ class Observed:
     digest: str | None
     replicas: Sequence[ObservedReplica]
     url: str | None = None
+    allowed_outbound_hosts: tuple[str, ...] = ()
     selector: str | None = None
     unplaced: int = 0
     unschedulable_reason: str = ""
@@ -182,6 +183,7 @@ def compute_status(
         updated_replicas=len(current),
         ready=f"{ready_all}/{desired}",
         url=observed.url,
+        allowed_outbound_hosts=list(observed.allowed_outbound_hosts),
         selector=observed.selector,
         module=next(
             (r.module for r in observed.replicas if r.revision == observed.revision and r.module),

@@ -60,6 +60,7 @@ def plan_sandbox(workload: WorkloadSpec, config: ResolvedConfig) -> SandboxSpec:
         ),
         memory_limit=parse_quantity(workload.resources.memory),
         fuel=workload.resources.fuel,
+        outbound=tuple(workload.network.allowed_outbound_hosts if workload.network else ()),
     )
 
 

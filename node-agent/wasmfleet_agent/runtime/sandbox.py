@@ -47,6 +47,7 @@ from wasmtime import _ffi as ffi
 
 from wasmfleet_agent.runtime import capi, wasi_http
 from wasmfleet_agent.runtime.errors import SandboxConfigError
+from wasmfleet_agent.runtime.outbound import OutboundPolicy
 
 if TYPE_CHECKING:
     from wasmfleet_agent.runtime.engine import CompiledModule, ComponentCode
@@ -105,6 +106,8 @@ class SandboxSpec:
     preopens: tuple[Preopen, ...] = ()
     memory_limit: int = 64 << 20
     fuel: int | None = None
+    outbound: tuple[str, ...] = ()
+    """Origins (``scheme://host:port``) a wasi:http guest may send requests to."""
 
     def check(self) -> None:
         """Raises `SandboxConfigError` for what cannot be granted (checked before any run)."""
@@ -116,6 +119,14 @@ class SandboxSpec:
         for name, value in self.env:
             if not name or "=" in name or "\0" in name or "\0" in value:
                 raise SandboxConfigError(f"environment variable {name!r} is not valid")
+        try:
+            self.outbound_policy  # noqa: B018 - parsed here so that a bad origin fails early
+        except ValueError as error:
+            raise SandboxConfigError(str(error)) from None
+
+    @cached_property
+    def outbound_policy(self) -> OutboundPolicy:
+        return OutboundPolicy.parse(self.outbound)
 
     @cached_property
     def encoded(self) -> tuple[capi.EncodedStrings, capi.EncodedStrings, capi.EncodedStrings]:

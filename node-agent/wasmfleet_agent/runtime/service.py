@@ -163,6 +163,7 @@ class HttpModule:
             max_output=self.limits.max_output,
             env=self.spec.env,
             args=self.spec.args,
+            outbound=self.spec.outbound_policy,
         )
         result = handle_http(
             compiled, self.spec, state, deadline_seconds=self.limits.deadline_seconds
@@ -174,6 +175,10 @@ class HttpModule:
                     "service": self.name,
                     "stderr": bytes(state.log[:_MAX_STDERR_LOGGED]).decode("utf-8", "replace"),
                 },
+            )
+        for reason in state.denied:
+            _log.warning(
+                "outbound request refused", extra={"service": self.name, "reason": reason}
             )
         return _proxy_outcome(result, state.response)
 

@@ -52,7 +52,7 @@ from wasmtime.component import (
     Variant,
 )
 
-from wasmfleet_agent.runtime import sandbox
+from wasmfleet_agent.runtime import outbound, sandbox
 
 __all__ = [
     "Exchange",
@@ -103,6 +103,12 @@ class Exchange:
     """Set once the guest has called ``response-outparam.set``."""
     log: bytearray = field(default_factory=bytearray)
     """The guest's stdout and stderr, the first `_MAX_LOG` bytes."""
+    outbound: outbound.OutboundPolicy = field(default_factory=lambda: outbound.OutboundPolicy())
+    """The origins the guest may send requests to."""
+    sent: list[str] = field(default_factory=list)
+    """Authorities of the outgoing requests sent (whatever their outcome)."""
+    denied: list[str] = field(default_factory=list)
+    """Why each refused outgoing request was refused."""
     objects: dict[int, object] = field(default_factory=dict)
     _next: int = 1
 
@@ -285,6 +291,9 @@ class _OutgoingBody:
     pending: bytearray = field(default_factory=bytearray)
     stream_taken: bool = False
     finished: bool = False
+    of_request: bool = False
+    """The body of an outgoing request (not of the guest's response)."""
+    on_finish: Callable[[], None] | None = None
 
     def write(self, data: bytes) -> None:
         if self.finished:
@@ -292,6 +301,8 @@ class _OutgoingBody:
         target = self.pending if self.response is None else self.response.body
         state = _current()
         if len(target) + len(data) > state.max_output:
+            if self.of_request:
+                raise GuestError(f"an outgoing request body larger than {state.max_output} bytes")
             sandbox.stop_run("output")
             raise GuestError(f"the response body is larger than {state.max_output} bytes")
         target += data
@@ -310,6 +321,51 @@ class _OutgoingRequest:
     scheme: Variant | None = None
     authority: str | None = None
     body_taken: bool = False
+    body: _OutgoingBody | None = None
+
+
+@dataclass
+class _IncomingResponse:
+    response: outbound.OutboundResponse
+    consumed: bool = False
+
+
+@dataclass
+class _FutureResponse:
+    """An outgoing request's answer: sent once its body is finished (or at once without
+    one), then either a response or an error code; ``get`` hands it over once."""
+
+    request: outbound.OutboundRequest | None = None
+    options: _RequestOptions | None = None
+    response: outbound.OutboundResponse | None = None
+    error: outbound.OutboundError | None = None
+    taken: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.response is not None or self.error is not None
+
+    def send(self) -> None:
+        assert self.request is not None
+        state = _current()
+        options = self.options or _RequestOptions()
+        seconds = [None if ns is None else ns / 1e9 for ns in (options.connect, options.first_byte)]
+        try:
+            self.response = outbound.send(
+                state.outbound,
+                self.request,
+                deadline=sandbox.current_deadline(),
+                max_body=state.max_output,
+                connect_timeout=seconds[0],
+                read_timeout=seconds[1],
+            )
+        except outbound.OutboundError as error:
+            deadline = sandbox.current_deadline()
+            if deadline is not None and time.monotonic() >= deadline:
+                sandbox.stop_run("deadline")
+                raise GuestError(f"deadline exceeded in an outgoing request ({error})") from None
+            self.error = error
+        state.sent.append(self.request.authority)
 
 
 @dataclass
@@ -328,9 +384,19 @@ class _Error:
 class _Pollable:
     ready_at: int | None = None
     """``time.monotonic_ns()`` from which it is ready (None: always ready)."""
+    future: _FutureResponse | None = None
+    """Ready once this future is done instead (nothing else in the run can make it so)."""
 
     def ready(self) -> bool:
+        if self.future is not None:
+            return self.future.done
         return self.ready_at is None or time.monotonic_ns() >= self.ready_at
+
+    def wake_at(self) -> int:
+        """When waiting for it ends: its instant, or never (the run's deadline stops it)."""
+        if self.future is not None or self.ready_at is None:
+            return 2**63 if not self.ready() else 0
+        return self.ready_at
 
 
 def _wait_until(ready_at: int) -> None:
@@ -553,6 +619,8 @@ def _outgoing_body_finish(_store: Any, this: Any, trailers: Any) -> Variant | No
     body.finished = True
     if body.response is not None:
         body.response.finished = True
+    if body.on_finish is not None:
+        body.on_finish()
     return None
 
 
@@ -608,7 +676,8 @@ def _outgoing_request_body(_store: Any, this: Any) -> ResourceHost | None:
     if request.body_taken:
         return None
     request.body_taken = True
-    return _current().handle(_OutgoingBody(), _KIND["outgoing-body"])
+    request.body = _OutgoingBody(of_request=True)
+    return _current().handle(request.body, _KIND["outgoing-body"])
 
 
 def _getter(kind: type[Any], attribute: str) -> Callable[..., Any]:
@@ -650,12 +719,104 @@ def _options_new(_store: Any) -> ResourceHost:
     return _current().handle(_RequestOptions(), _KIND["request-options"])
 
 
-def _outgoing_handle(_store: Any, request: Any, options: Any) -> Variant:
-    # result<future-incoming-response, error-code>: the error Variant
-    _take(request, _OutgoingRequest)
-    if options is not None:
-        _take(options, _RequestOptions)
-    return Variant("HTTP-request-denied")
+_METHOD_NAMES = {name: name.upper() for name in _METHODS}
+_SCHEME_NAMES = {"HTTP": "http", "HTTPS": "https"}
+
+
+def _outbound_request(request: _OutgoingRequest) -> outbound.OutboundRequest:
+    method, scheme = request.method, request.scheme
+    other = method.tag == "other"
+    method_name = str(method.payload) if other else _METHOD_NAMES[method.tag]
+    if scheme is None:
+        scheme_name = "https"
+    elif scheme.tag == "other":
+        scheme_name = str(scheme.payload)
+    else:
+        scheme_name = _SCHEME_NAMES[scheme.tag]
+    return outbound.OutboundRequest(
+        method=method_name,
+        scheme=scheme_name,
+        authority=request.authority or "",
+        path_with_query=request.path_with_query or "/",
+        headers=tuple(request.headers.entries),
+        body=bytes(request.body.pending) if request.body is not None else b"",
+    )
+
+
+def _outgoing_handle(_store: Any, request: Any, options: Any) -> ResourceHost | Variant:
+    # result<future-incoming-response, error-code>: a handle, or the error Variant
+    outgoing: _OutgoingRequest = _take(request, _OutgoingRequest)
+    chosen = _take(options, _RequestOptions) if options is not None else None
+    state = _current()
+    asked = _outbound_request(outgoing)
+    try:
+        outbound.check(state.outbound, asked)
+    except outbound.OutboundError as error:
+        state.denied.append(str(error))
+        return _error_code(error)
+    future = _FutureResponse(asked, chosen)
+    body = outgoing.body
+    if body is None or body.finished:
+        future.send()
+    else:  # sent once the guest finishes the body
+        future.request = None
+
+        def finished() -> None:
+            future.request = _outbound_request(outgoing)
+            future.send()
+
+        body.on_finish = finished
+    return state.handle(future, _KIND["future-incoming-response"])
+
+
+def _error_code(error: outbound.OutboundError) -> Variant:
+    if error.code == "DNS-error":
+        payload: Any = Record()
+        payload.rcode = None
+        setattr(payload, "info-code", None)  # a WIT field name that is no Python identifier
+        return Variant("DNS-error", payload)
+    if error.code in ("HTTP-response-body-size", "internal-error"):
+        return Variant(error.code, error.payload)
+    return Variant(error.code)
+
+
+def _future_subscribe(_store: Any, this: Any) -> ResourceHost:
+    future: _FutureResponse = _get(this, _FutureResponse)
+    return _current().handle(_Pollable(future=future), _KIND["pollable"])
+
+
+def _future_get(_store: Any, this: Any) -> Variant:
+    # option<result<result<incoming-response, error-code>>>: tagged option, then untagged
+    # results (the response handle or the error Variant; None when taken already)
+    future: _FutureResponse = _get(this, _FutureResponse)
+    if not future.done:
+        return Variant("none")
+    if future.taken:
+        return Variant("some", None)
+    future.taken = True
+    if future.error is not None:
+        return Variant("some", _error_code(future.error))
+    assert future.response is not None
+    incoming = _IncomingResponse(future.response)
+    return Variant("some", _current().handle(incoming, _KIND["incoming-response"]))
+
+
+def _incoming_response_status(_store: Any, this: Any) -> int:
+    return int(_get(this, _IncomingResponse).response.status)
+
+
+def _incoming_response_headers(_store: Any, this: Any) -> ResourceHost:
+    response: _IncomingResponse = _get(this, _IncomingResponse)
+    fields = _Fields(list(response.response.headers), mutable=False)
+    return _current().handle(fields, _KIND["fields"])
+
+
+def _incoming_response_consume(_store: Any, this: Any) -> ResourceHost | None:
+    response: _IncomingResponse = _get(this, _IncomingResponse)
+    if response.consumed:
+        return None
+    response.consumed = True
+    return _current().handle(_IncomingBody(response.response.body), _KIND["incoming-body"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,8 +833,8 @@ def _pollable_ready(_store: Any, this: Any) -> bool:
 
 def _pollable_block(_store: Any, this: Any) -> None:
     pollable: _Pollable = _get(this, _Pollable)
-    if pollable.ready_at is not None:
-        _wait_until(pollable.ready_at)
+    if not pollable.ready():
+        _wait_until(pollable.wake_at())
 
 
 def _poll(_store: Any, pollables: list[Any]) -> list[int]:
@@ -683,7 +844,7 @@ def _poll(_store: Any, pollables: list[Any]) -> list[int]:
     ready = [index for index, item in enumerate(items) if item.ready()]
     if ready:
         return ready
-    _wait_until(min(item.ready_at for item in items if item.ready_at is not None))
+    _wait_until(min(item.wake_at() for item in items))
     return [index for index, item in enumerate(items) if item.ready()]
 
 
@@ -883,6 +1044,11 @@ _FUNCTIONS: dict[str, dict[str, Callable[..., Any]]] = {
             },
         ),
         "[method]outgoing-request.headers": _outgoing_request_headers,
+        "[method]future-incoming-response.subscribe": _future_subscribe,
+        "[method]future-incoming-response.get": _future_get,
+        "[method]incoming-response.status": _incoming_response_status,
+        "[method]incoming-response.headers": _incoming_response_headers,
+        "[method]incoming-response.consume": _incoming_response_consume,
         "[constructor]request-options": _options_new,
         **_accessors(
             "request-options",

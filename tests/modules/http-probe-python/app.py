@@ -5,7 +5,9 @@ GET /echo...      the request as the guest saw it, as JSON (method, path with qu
 /status?N         answers status N
 /headers          a response with a repeated header and mixed-case names
 /refused          what the fields API refuses (forbidden names, bad syntax, immutable headers)
-/outbound?URL     an outgoing request to URL; answers with the error the host gave, or its status
+/outbound?URL     a GET of URL; answers with the error code the host gave, or the response
+                  (status, headers, body)
+/outbound-post?URL  the same as a POST of this request's body (written after handle)
 /sleep?MS         blocks on a monotonic-clock pollable for MS milliseconds
 /big?BYTES        a response body of BYTES bytes, written in 64 KiB writes
 /alloc?MIB        allocates MIB mebibytes and answers with their count
@@ -44,8 +46,9 @@ def _scheme_name(scheme) -> str:
     return type(scheme).__name__.split("_", 1)[1].lower()
 
 
-def _read_body(request: types.IncomingRequest) -> bytes:
-    body = request.consume()
+def _read_body(message) -> bytes:
+    """The whole body of an incoming request or response."""
+    body = message.consume()
     stream = body.stream()
     data = bytearray()
     while True:
@@ -94,21 +97,33 @@ def _refused() -> dict:
     return found
 
 
-def _outbound(url: str) -> dict:
+def _outbound(url: str, body: bytes | None = None) -> dict:
+    """One outgoing request (a POST of ``body`` when given, written after ``handle``)."""
     scheme, _, rest = url.partition("://")
     authority, _, path = rest.partition("/")
-    request = types.OutgoingRequest(types.Fields())
+    request = types.OutgoingRequest(types.Fields.from_list([("x-from", b"probe")]))
+    request.set_method(types.Method_Post() if body is not None else types.Method_Get())
     request.set_scheme(types.Scheme_Https() if scheme == "https" else types.Scheme_Http())
     request.set_authority(authority)
     request.set_path_with_query("/" + path)
+    outgoing = request.body() if body is not None else None
     try:
         future = outgoing_handler.handle(request, None)
     except Err as error:
         return {"error": _error_name(error)}
+    if outgoing is not None:
+        stream = outgoing.write()
+        stream.blocking_write_and_flush(body)
+        stream.__exit__(None, None, None)
+        types.OutgoingBody.finish(outgoing, None)
     while (result := future.get()) is None:
         future.subscribe().block()
+    if isinstance(result.value, Err):
+        return {"error": _error_name(result.value)}
     response = result.value.value
-    return {"status": response.status()}
+    headers = [[name, value.decode("latin-1")] for name, value in response.headers().entries()]
+    received = _read_body(response)
+    return {"status": response.status(), "headers": headers, "body": received.decode("latin-1")}
 
 
 class IncomingHandler(exports.IncomingHandler):
@@ -148,6 +163,8 @@ class IncomingHandler(exports.IncomingHandler):
             _json(response_out, _refused())
         elif path == "/outbound":
             _json(response_out, _outbound(query))
+        elif path == "/outbound-post":
+            _json(response_out, _outbound(query, _read_body(request)))
         elif path == "/sleep":
             monotonic_clock.subscribe_duration(int(query) * 1_000_000).block()
             _respond(response_out, 200, b"slept\n")

@@ -1,0 +1,95 @@
+"""The outbound policy of wasi:http guests: which origins, which addresses."""
+
+from __future__ import annotations
+
+import pytest
+
+from wasmfleet_agent.runtime.outbound import (
+    OutboundError,
+    OutboundPolicy,
+    OutboundRequest,
+    check,
+    resolve,
+)
+
+
+def _request(scheme: str, authority: str) -> OutboundRequest:
+    return OutboundRequest("GET", scheme, authority, "/", (), b"")
+
+
+POLICY = OutboundPolicy.parse(
+    [
+        "https://API.example.com",
+        "http://svc.team.svc:8080",
+        "http://[fd00::5]:81",
+        "http://10.0.0.5",
+    ]
+)
+
+
+def test_origins_are_kept_with_their_port_and_in_lower_case() -> None:
+    assert POLICY.allowed == (
+        "http://10.0.0.5:80",
+        "http://[fd00::5]:81",
+        "http://svc.team.svc:8080",
+        "https://api.example.com:443",
+    )
+
+
+@pytest.mark.parametrize(
+    ("scheme", "authority"),
+    [
+        ("https", "api.example.com"),
+        ("https", "Api.Example.com:443"),
+        ("http", "svc.team.svc:8080"),
+        ("http", "[fd00::5]:81"),
+        ("http", "10.0.0.5:80"),
+    ],
+)
+def test_a_listed_origin_passes(scheme: str, authority: str) -> None:
+    check(POLICY, _request(scheme, authority))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "authority", "code"),
+    [
+        ("http", "api.example.com", "HTTP-request-denied"),  # listed for https only
+        ("https", "api.example.com:8443", "HTTP-request-denied"),
+        ("https", "evil.example.com", "HTTP-request-denied"),
+        ("http", "svc.team.svc", "HTTP-request-denied"),  # port 80, not 8080
+        ("ftp", "api.example.com", "HTTP-request-denied"),
+        ("https", "user@api.example.com", "HTTP-request-URI-invalid"),
+        ("https", "api.example.com/path", "HTTP-request-URI-invalid"),
+        ("https", "", "HTTP-request-URI-invalid"),
+    ],
+)
+def test_anything_else_is_refused_with_the_spec_error(
+    scheme: str, authority: str, code: str
+) -> None:
+    with pytest.raises(OutboundError) as refused:
+        check(POLICY, _request(scheme, authority))
+    assert refused.value.code == code
+
+
+def test_nothing_is_allowed_by_default() -> None:
+    with pytest.raises(OutboundError, match="HTTP-request-denied"):
+        check(OutboundPolicy(), _request("https", "api.example.com"))
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "169.254.169.254", "::1", "fe80::1", "0.0.0.0", "224.0.0.1"]
+)
+def test_an_address_listed_literally_is_reached_as_listed(address: str) -> None:
+    assert resolve(address, 80) == address
+
+
+def test_a_name_that_resolves_to_loopback_is_prohibited() -> None:
+    with pytest.raises(OutboundError) as refused:
+        resolve("localhost", 80)
+    assert refused.value.code == "destination-IP-prohibited"
+
+
+def test_a_name_that_does_not_resolve_is_a_dns_error() -> None:
+    with pytest.raises(OutboundError) as failed:
+        resolve("no-such-host.invalid", 80)
+    assert failed.value.code == "DNS-error"
