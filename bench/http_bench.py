@@ -8,8 +8,12 @@ Targets (each a server on loopback, started and stopped here):
 - ``workers/<module>``: the same with ``--processes N`` (N = the number of cores): worker
   processes accepting on one socket;
 - ``spawn/<module>``: the native wasmtime CLI spawned per request (the process model);
-- ``wasmtime-serve``: native ``wasmtime serve`` on an equivalent wasi:http hello component
-  (``bench/modules/hello-http-component``), the ceiling of the same engine without Python.
+- ``wasmtime-serve/<component>``: native ``wasmtime serve`` on a wasi:http component
+  (``hello-http-component``, a Rust hello; ``hello-python``, the Python example, with
+  ``-S cli=y``), the ceiling of the same engine without Python. The agent serves the same
+  components (``agent/<component>``, ``workers/<component>``) with its own wasi:http host, so
+  those rows compare like with like; the WAGI hello modules are compared with the Rust hello
+  component.
 
 Each target is loaded with ``wrk`` at concurrency 1, 8 and 64 for a fixed, short duration;
 the table gives p50/p99 latency, requests per second, and the agent's throughput as a ratio
@@ -41,6 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MODULES = REPO / "build" / "modules"
 OUT = REPO / "build" / "bench"
+HTTP_COMPONENTS = frozenset({"hello-http-component", "hello-python"})
+"""Modules of the list that are wasi:http components (compared with `wasmtime serve`)."""
 
 
 @dataclass(frozen=True)
@@ -107,15 +113,19 @@ def targets(modules: Sequence[str]) -> list[tuple[str, list[str]]]:
         if cores > 1:
             chosen.append((f"workers/{module}", [*serve, "--processes", str(cores)]))
     cli = wasmtime_cli()
-    component = MODULES / "hello-http-component.wasm"
-    if cli is not None and component.is_file():
+    if cli is not None:
         # Native wasi:http: the wasmtime CLI's own server, a fresh instance per request (its
-        # default), on the equivalent hello component (`make component` builds it).
-        chosen.append(
-            ("wasmtime-serve", [cli, "serve", "--addr", "127.0.0.1:{port}", str(component)])
-        )
+        # default); the Rust hello component is the baseline of the WAGI modules too.
+        for component in ["hello-http-component", *HTTP_COMPONENTS]:
+            file = MODULES / f"{component}.wasm"
+            name = f"wasmtime-serve/{component}"
+            if file.is_file() and name not in (n for n, _ in chosen):
+                serve = [cli, "serve", "-S", "cli=y", "--addr", "127.0.0.1:{port}", str(file)]
+                chosen.append((name, serve))
     if cli is not None:
         for module in modules:
+            if module in HTTP_COMPONENTS:
+                continue  # the CLI runs no wasi:http component per request but `serve`
             path = str(MODULES / f"{module}.wasm")
             chosen.append(
                 (
@@ -218,7 +228,16 @@ def render_table(results: Sequence[Result]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--modules", nargs="*", default=["hello-rust", "hello-go", "hello-c", "primes-c"]
+        "--modules",
+        nargs="*",
+        default=[
+            "hello-rust",
+            "hello-go",
+            "hello-c",
+            "primes-c",
+            "hello-http-component",
+            "hello-python",
+        ],
     )
     parser.add_argument("--concurrency", nargs="*", type=int, default=[1, 8, 64])
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")

@@ -74,7 +74,9 @@ def http_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
         served = r["target"].startswith(("agent/", "workers/"))
         bare = by_key.get(("bare", level))
         spawn = by_key.get((f"spawn/{module}", level))
-        native = by_key.get(("wasmtime-serve", level))
+        native = by_key.get((f"wasmtime-serve/{module}", level)) or by_key.get(
+            ("wasmtime-serve/hello-http-component", level)
+        )
         cells = [
             f"{r['rps'] / bare['rps']:.2f}x" if bare and r["target"] != "bare" else "",
             f"{r['rps'] / spawn['rps']:.1f}x" if spawn and served else "",

@@ -177,9 +177,7 @@ class HttpModule:
                 },
             )
         for reason in state.denied:
-            _log.warning(
-                "outbound request refused", extra={"service": self.name, "reason": reason}
-            )
+            _log.warning("outbound request refused", extra={"service": self.name, "reason": reason})
         return _proxy_outcome(result, state.response)
 
 
