@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import wasmtime
 from wasmtime import _ffi as ffi
+from wasmtime import component as wcomponent
 
 from wasmfleet_agent.runtime import capi, wasi_http
 from wasmfleet_agent.runtime.errors import SandboxConfigError
@@ -502,10 +503,7 @@ def handle_http(
     try:
         with _watching(watch), wasi_http.exchange(state):
             try:
-                try:
-                    instance = code.linker.instantiate(store, code.component)
-                except wasmtime.WasmtimeError as error:
-                    raise _InstantiationError(error) from None
+                instance = _instantiate(code, store)
                 instantiated = time.perf_counter()
                 _interface, handle = code.entry
                 func = instance.get_func(store, handle)
@@ -533,10 +531,7 @@ def handle_http(
 def _run_component(code: ComponentCode, store: wasmtime.Store) -> int:
     """Instantiates the component and calls its ``wasi:cli/run``; the exit code."""
     watch: _Watch = _local.watch
-    try:
-        instance = code.linker.instantiate(store, code.component)
-    except wasmtime.WasmtimeError as error:
-        raise _InstantiationError(error) from None
+    instance = _instantiate(code, store)
     watch.instantiated = time.perf_counter()
     _interface, run = code.entry
     func = instance.get_func(store, run)
@@ -544,6 +539,14 @@ def _run_component(code: ComponentCode, store: wasmtime.Store) -> int:
         raise SandboxConfigError("the component's wasi:cli/run has no run function")
     outcome = func(store)
     return 0 if getattr(outcome, "tag", "err") == "ok" else 1
+
+
+def _instantiate(code: ComponentCode, store: wasmtime.Store) -> wcomponent.Instance:
+    """A new instance of the component; `_InstantiationError` when it cannot be made."""
+    try:
+        return code.linker.instantiate(store, code.component)
+    except wasmtime.WasmtimeError as error:
+        raise _InstantiationError(error) from None
 
 
 class _InstantiationError(Exception):

@@ -222,13 +222,16 @@ def _http_request(request: IncomingRequest) -> wasi_http.IncomingHttp:
     )
 
 
+def _failed(failure: Failure, timing: float) -> HttpOutcome:
+    """A run the agent stopped or that trapped, as the client's 5xx."""
+    status, text = _CLIENT_TEXT.get(failure.kind, (500, "module failed"))
+    return HttpOutcome(status, error=f"{text}: {failure.detail}", instantiate_seconds=timing)
+
+
 def _proxy_outcome(result: HandleResult, response: wasi_http.GuestResponse | None) -> HttpOutcome:
     timing = result.instantiate_seconds
     if result.failure is not None:
-        status, text = _CLIENT_TEXT.get(result.failure.kind, (500, "module failed"))
-        return HttpOutcome(
-            status, error=f"{text}: {result.failure.detail}", instantiate_seconds=timing
-        )
+        return _failed(result.failure, timing)
     problem: tuple[int, str] | None = None
     if response is None:
         problem = 500, "module failed: the component returned without setting a response"
@@ -260,10 +263,7 @@ def _proxy_outcome(result: HandleResult, response: wasi_http.GuestResponse | Non
 def _outcome(result: RunResult) -> HttpOutcome:
     timing = result.instantiate_seconds
     if result.failure is not None:
-        status, text = _CLIENT_TEXT.get(result.failure.kind, (500, "module failed"))
-        return HttpOutcome(
-            status, error=f"{text}: {result.failure.detail}", instantiate_seconds=timing
-        )
+        return _failed(result.failure, timing)
     if result.exit_code:
         return HttpOutcome(
             500,

@@ -105,8 +105,6 @@ class Exchange:
     """The guest's stdout and stderr, the first `_MAX_LOG` bytes."""
     outbound: outbound.OutboundPolicy = field(default_factory=lambda: outbound.OutboundPolicy())
     """The origins the guest may send requests to."""
-    sent: list[str] = field(default_factory=list)
-    """Authorities of the outgoing requests sent (whatever their outcome)."""
     denied: list[str] = field(default_factory=list)
     """Why each refused outgoing request was refused."""
     objects: dict[int, object] = field(default_factory=dict)
@@ -365,7 +363,6 @@ class _FutureResponse:
                 sandbox.stop_run("deadline")
                 raise GuestError(f"deadline exceeded in an outgoing request ({error})") from None
             self.error = error
-        state.sent.append(self.request.authority)
 
 
 @dataclass
@@ -1116,12 +1113,6 @@ _FUNCTIONS: dict[str, dict[str, Callable[..., Any]]] = {
 
 def _unversioned(name: str) -> str:
     return name.split("@", 1)[0]
-
-
-def provided(interface: str) -> bool:
-    """Whether this host implements ``interface`` (``wasi:http/types@0.2.3``) rather than
-    linking it to traps."""
-    return _unversioned(interface) in _FUNCTIONS
 
 
 def _drop(_store: Any, rep: int) -> None:
