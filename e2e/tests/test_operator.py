@@ -533,6 +533,13 @@ def test_a_re_resolved_tag_rolls_out_without_a_failed_request(
             timeout=30,
             message="old endpoints still listed",
         )
+        # The client refreshes its endpoint list on its own clock; old instances drain
+        # rather than vanish, so wait for its traffic to reach the new version.
+        wait_until(
+            lambda: any("Rust Wasm" in body for body in list(client.result.bodies)),
+            timeout=30,
+            message=lambda: f"client never reached the new version: {client.result.bodies}",
+        )
         count = client.result.ok
         wait_until(lambda: client.result.ok >= count + 20, timeout=30, message="client stalled")
     finally:
@@ -866,6 +873,13 @@ def test_an_agent_killed_loses_its_replicas_to_the_others_without_failed_request
 
         wait_until(moved, timeout=60, interval=0.2, message=lambda: fleet.logs())
         moved_after = time.monotonic() - killed_at
+        # The client refreshes its endpoint list on its own clock; old instances drain
+        # rather than vanish, so wait for its traffic to reach the new version.
+        wait_until(
+            lambda: any("Rust Wasm" in body for body in list(client.result.bodies)),
+            timeout=30,
+            message=lambda: f"client never reached the new version: {client.result.bodies}",
+        )
         count = client.result.ok
         wait_until(lambda: client.result.ok >= count + 20, timeout=30, message="client stalled")
     finally:
