@@ -42,6 +42,7 @@ EXPECTED_ANSWERS = {
     "hello-rust": "Hello from a Rust Wasm microservice!",
     "greeter": "Hello, Wasmfleet!",
     "hello-component": "Hello from a Rust Wasm microservice!",
+    "hello-http-component": "Hello from a Rust Wasm microservice!",
     "hello-python": "Hello from a Python Wasm microservice!",
     # what it fetched from hello-rust's Service, the one origin it may reach
     "relay-python": "relayed: Hello from a Rust Wasm microservice!",

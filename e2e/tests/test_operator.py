@@ -161,12 +161,14 @@ def test_components_run_as_wasm_services_and_their_status_says_what_they_are(
     service's status say what each runs, and a wasi:http component asked to run as a job is
     refused with that reason in the service's conditions."""
     plane = fleet.plane
-    for name in ("hello-component", "wordcount-component", "wordcount-job", "hello-python"):
+    components = ("hello-component", "wordcount-component", "hello-python", "hello-http-component")
+    for name in (*components, "wordcount-job"):
         _push_example(wasm_modules, registry, name)
     _apply_yaml(plane, namespace, _example(registry, "wordcount-job"))  # its ConfigMap
     _apply_yaml(plane, namespace, _example(registry, "hello-component"))
     _apply_yaml(plane, namespace, _example(registry, "wordcount-component"))
     _apply_yaml(plane, namespace, _example(registry, "hello-python"))
+    _apply_yaml(plane, namespace, _example(registry, "hello-http-component"))
 
     service = _wait_ready(fleet, namespace, "hello-component", 2)
     assert service["status"]["module"]["kind"] == "Component"
@@ -194,6 +196,10 @@ def test_components_run_as_wasm_services_and_their_status_says_what_they_are(
     assert python["status"]["module"]["world"].startswith("wasi:http/proxy@0.2.")
     for target in endpoints_of(plane, namespace, "hello-python"):
         assert _get(target) == EXPECTED["hello-python"]
+    rust = _wait_ready(fleet, namespace, "hello-http-component", 2)
+    assert rust["status"]["module"]["world"] == "wasi:http/proxy@0.2.12"
+    for target in endpoints_of(plane, namespace, "hello-http-component"):
+        assert _get(target) == EXPECTED["hello-rust"]
 
     proxy = f"{registry.host}/wasmfleet/examples/hello-python:1.0"
     _apply(plane, namespace, _wasm_service("proxy-job", proxy, replicas=1, job={}))

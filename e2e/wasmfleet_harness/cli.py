@@ -53,6 +53,7 @@ EXAMPLES = (
     "hello-c",
     "greeter",
     "hello-component",
+    "hello-http-component",
     "hello-python",
     "relay-python",
     "wordcount-job",

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
@@ -170,6 +172,61 @@ def test_the_guest_sees_each_request_as_it_does_under_native_wasmtime_serve(
     assert not any(name == "host" for name, _ in ours["headers"]), "Host is the authority"  # type: ignore[attr-defined]
 
 
+_TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
+_PATH_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@"
+_segments = st.lists(
+    st.one_of(
+        st.text(_PATH_CHARS, min_size=1, max_size=12),
+        st.binary(min_size=1, max_size=3).map(lambda b: "".join(f"%{c:02X}" for c in b)),
+    ),
+    max_size=4,
+)
+_requests = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE"]),
+        "path": st.builds(
+            lambda parts, query: "/echo/" + "/".join(parts) + (f"?{query}" if query else ""),
+            _segments,
+            st.one_of(st.none(), st.text(_PATH_CHARS + "/?", max_size=20)),
+        ),
+        "headers": st.lists(
+            st.tuples(
+                st.text(_TOKEN_CHARS, min_size=1, max_size=10).map(lambda n: "X-" + n),
+                st.text(
+                    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=30
+                ),
+            ),
+            max_size=6,
+        ),
+        "body": st.one_of(
+            st.binary(max_size=2048),
+            st.integers(0, 300_000).map(lambda n: bytes(i % 251 for i in range(n))),
+        ),
+    }
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request_=_requests)
+def test_any_request_is_seen_and_answered_alike_by_the_agent_and_native_wasmtime_serve(
+    probe: ServedModule, native: NativeServe, request_: dict[str, object]
+) -> None:
+    """A property over methods, targets, header sets and body sizes: the guest sees the same
+    request and sets the same response (status, its headers, its body) under both hosts."""
+    answers = []
+    for base in (probe.url, native.url):
+        status, headers, body = _call(base, **request_)  # type: ignore[arg-type]
+        seen = json.loads(body)
+        seen["headers"] = sorted((name.lower(), value) for name, value in seen["headers"])
+        seen.pop("authority")
+        guest_set = sorted(
+            (name.lower(), value) for name, value in headers if name.lower() == "content-type"
+        )
+        answers.append((status, guest_set, seen))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 200
+
+
 def test_response_status_and_repeated_headers_pass_through_as_native_ones_do(
     probe: ServedModule, native: NativeServe
 ) -> None:
@@ -277,13 +334,21 @@ def test_a_guest_sees_only_its_own_environment_and_no_files(probe: ServedModule)
 @pytest.mark.parametrize(
     ("path", "status", "text", "logged"),
     [
+        ("/loop", 504, b"module timed out", "deadline exceeded"),
         ("/raise", 500, b"module failed", "trap"),
         ("/alloc?200", 500, b"module failed", "trap"),
         ("/noresponse", 500, b"module failed", "without setting a response"),
         ("/error", 500, b"module failed", "answered with error internal-error('probe')"),
         ("/unfinished", 502, b"module wrote an invalid response", "its body was not finished"),
     ],
-    ids=["exception", "past-memory-limit", "no-response", "error-code", "unfinished-body"],
+    ids=[
+        "busy-loop",
+        "exception",
+        "past-memory-limit",
+        "no-response",
+        "error-code",
+        "unfinished-body",
+    ],
 )
 def test_a_guest_that_fails_gets_a_5xx_with_an_error_id_and_the_next_request_is_served(
     probe: ServedModule, path: str, status: int, text: bytes, logged: str

@@ -21,7 +21,7 @@ import pytest
 
 from wasmfleet_harness.agent import ServedModule
 from wasmfleet_harness.pki import CertificateAuthority
-from wasmfleet_harness.processes import Workspace
+from wasmfleet_harness.processes import Workspace, wait_until
 from wasmfleet_harness.upstream import Upstream
 
 DEADLINE = 1.0
@@ -177,3 +177,41 @@ def test_https_verifies_the_upstreams_certificate(setup: Setup) -> None:
     status, answer = _probe(setup, f"/outbound?{setup.untrusted.origin}/tls")
     assert (status, answer) == (200, {"error": "ErrorCode_TlsCertificateError"})
     assert len(setup.untrusted.seen) == before, "no request went over the unverified channel"
+
+
+def _metric(setup: Setup, outcome: str) -> float:
+    name = "wasmfleet_agent_outbound_requests_total"
+    for line in setup.agent.metrics().splitlines():
+        if line.startswith(name) and f'outcome="{outcome}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_refusal_is_counted_and_logged_on_the_agent(setup: Setup) -> None:
+    before = _metric(setup, "refused")
+    origin = setup.unlisted.origin
+    assert _probe(setup, f"/outbound?{origin}/x")[1] == {"error": "ErrorCode_HttpRequestDenied"}
+    assert _metric(setup, "refused") == before + 1
+    line = f"{origin} is not an allowed outbound host"
+    wait_until(
+        lambda: any(
+            "outbound request refused" in text and line in text
+            for text in setup.agent.process.log_tail(200).splitlines()
+        ),
+        timeout=10,
+        message=setup.agent.process.log_tail,
+    )
+
+
+def test_a_guest_asking_for_a_thousand_requests_gets_64_and_its_neighbours_are_unaffected(
+    setup: Setup,
+) -> None:
+    before = len(setup.plain.seen)
+    sent = _metric(setup, "sent")
+    status, outcomes = _probe(setup, f"/many-outbound?1000&{setup.plain.origin}/many")
+    assert status == 200, outcomes
+    assert outcomes == {"200": 64, "ErrorCode_ConnectionLimitReached": 936}
+    assert len(setup.plain.seen) - before == 64
+    assert _metric(setup, "sent") == sent + 64
+    status, answer = _probe(setup, f"/outbound?{setup.plain.origin}/after")
+    assert (status, answer["status"]) == (200, 200), "the next request has its own 64"

@@ -86,6 +86,9 @@ class HttpOutcome:
     body: bytes = b""
     error: str | None = None
     instantiate_seconds: float = 0.0
+    outbound: tuple[str, ...] = ()
+    """The outcome of each outgoing request the guest made (``sent``, ``refused``,
+    ``failed``), for the agent's metrics."""
 
 
 _CLIENT_TEXT = {
@@ -176,9 +179,16 @@ class HttpModule:
                     "stderr": bytes(state.log[:_MAX_STDERR_LOGGED]).decode("utf-8", "replace"),
                 },
             )
-        for reason in state.denied:
-            _log.warning("outbound request refused", extra={"service": self.name, "reason": reason})
-        return _proxy_outcome(result, state.response)
+        for outcome, detail in state.outgoing:
+            if outcome != "sent":
+                _log.warning(
+                    f"outbound request {outcome}",
+                    extra={"service": self.name, "reason": detail},
+                )
+        answer = _proxy_outcome(result, state.response)
+        if state.outgoing:
+            answer = replace(answer, outbound=tuple(outcome for outcome, _ in state.outgoing))
+        return answer
 
 
 def check_fits(compiled: CompiledModule, spec: SandboxSpec, *, job: bool) -> None:

@@ -6,9 +6,11 @@ exports ``wasi:http/incoming-handler`` is served by this module instead: every i
 proxy world imports is defined here, in Python, over one request's state (an `Exchange`):
 
 - ``wasi:http/types``: fields (headers and trailers), the incoming request and its body, the
-  outgoing response and its body, the response outparam; the outgoing request types exist so
-  that a guest can build a request, and ``wasi:http/outgoing-handler`` refuses every request
-  with the spec's ``HTTP-request-denied`` (no outbound HTTP yet);
+  outgoing response and its body, the response outparam, and the outgoing request, its
+  options and its future response;
+- ``wasi:http/outgoing-handler``: a request to an origin the service lists is sent through
+  `outbound` (at most `MAX_OUTGOING` per incoming request); any other gets the spec's
+  ``HTTP-request-denied``;
 - ``wasi:io``: errors, pollables (always ready, or ready at an instant of the monotonic clock)
   and streams over the request body, the response body and the guest's stdout and stderr;
 - ``wasi:clocks`` and ``wasi:random``; ``wasi:cli`` environment (the service's variables),
@@ -105,8 +107,9 @@ class Exchange:
     """The guest's stdout and stderr, the first `_MAX_LOG` bytes."""
     outbound: outbound.OutboundPolicy = field(default_factory=lambda: outbound.OutboundPolicy())
     """The origins the guest may send requests to."""
-    denied: list[str] = field(default_factory=list)
-    """Why each refused outgoing request was refused."""
+    outgoing: list[tuple[str, str]] = field(default_factory=list)
+    """Each outgoing request's outcome (``sent``, ``refused``, ``failed``) and what
+    happened, in order."""
     objects: dict[int, object] = field(default_factory=dict)
     _next: int = 1
 
@@ -358,11 +361,14 @@ class _FutureResponse:
                 read_timeout=seconds[1],
             )
         except outbound.OutboundError as error:
+            state.outgoing.append(("failed", f"{self.request.authority}: {error}"))
             deadline = sandbox.current_deadline()
             if deadline is not None and time.monotonic() >= deadline:
                 sandbox.stop_run("deadline")
                 raise GuestError(f"deadline exceeded in an outgoing request ({error})") from None
             self.error = error
+            return
+        state.outgoing.append(("sent", f"{self.request.authority}: {self.response.status}"))
 
 
 @dataclass
@@ -716,6 +722,9 @@ def _options_new(_store: Any) -> ResourceHost:
     return _current().handle(_RequestOptions(), _KIND["request-options"])
 
 
+MAX_OUTGOING = 64
+"""Outgoing requests one incoming request may make (sent or refused); the rest are refused
+with ``connection-limit-reached``, so a guest cannot turn one request into a flood."""
 _METHOD_NAMES = {name: name.upper() for name in _METHODS}
 _SCHEME_NAMES = {"HTTP": "http", "HTTPS": "https"}
 
@@ -747,9 +756,14 @@ def _outgoing_handle(_store: Any, request: Any, options: Any) -> ResourceHost | 
     state = _current()
     asked = _outbound_request(outgoing)
     try:
+        if len(state.outgoing) >= MAX_OUTGOING:
+            raise outbound.OutboundError(
+                "connection-limit-reached",
+                f"a request may make at most {MAX_OUTGOING} outgoing requests",
+            )
         outbound.check(state.outbound, asked)
     except outbound.OutboundError as error:
-        state.denied.append(str(error))
+        state.outgoing.append(("refused", str(error)))
         return _error_code(error)
     future = _FutureResponse(asked, chosen)
     body = outgoing.body

@@ -90,6 +90,10 @@ class ServiceHandler:
         self._over_capacity = metrics.rejected.labels(name, "concurrency")
         self._over_body = metrics.rejected.labels(name, "body")
         self._over_memory = metrics.rejected.labels(name, "memory")
+        self._outbound = {
+            outcome: metrics.outbound.labels(name, outcome)
+            for outcome in ("sent", "refused", "failed")
+        }
         self._by_status: dict[int, Any] = {}
 
     async def runner(self, *, shutdown_timeout: float = 5.0) -> web.ServerRunner:
@@ -183,6 +187,8 @@ class ServiceHandler:
                 assert budget is not None
                 budget.give_back(self.key, need)
         self._instantiate.observe(outcome.instantiate_seconds)
+        for result in outcome.outbound:
+            self._outbound[result].inc()
         if outcome.error is not None:
             error_id = uuid.uuid4().hex[:12]
             log.warning(

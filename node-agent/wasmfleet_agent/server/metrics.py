@@ -84,6 +84,14 @@ class AgentMetrics:
             ["service", "reason"],
             registry=r,
         )
+        self.outbound = Counter(
+            "wasmfleet_agent_outbound_requests",
+            "Outgoing HTTP requests of wasi:http guests, by outcome: sent (an answer came "
+            "back), refused (an origin the service does not list, or past the per-request "
+            "limit), failed (lookup, connection, TLS, timeout or size).",
+            ["service", "outcome"],
+            registry=r,
+        )
         self.compile_seconds = Histogram(
             "wasmfleet_agent_compile_seconds",
             "Time to compile a module, or to load it from the compiled-code cache.",

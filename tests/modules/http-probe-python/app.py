@@ -8,6 +8,8 @@ GET /echo...      the request as the guest saw it, as JSON (method, path with qu
 /outbound?URL     a GET of URL; answers with the error code the host gave, or the response
                   (status, headers, body)
 /outbound-post?URL  the same as a POST of this request's body (written after handle)
+/many-outbound?N&URL  N GETs of URL; answers with how many ended how
+/loop             never returns (a busy loop)
 /sleep?MS         blocks on a monotonic-clock pollable for MS milliseconds
 /big?BYTES        a response body of BYTES bytes, written in 64 KiB writes
 /alloc?MIB        allocates MIB mebibytes and answers with their count
@@ -163,6 +165,17 @@ class IncomingHandler(exports.IncomingHandler):
             _json(response_out, _refused())
         elif path == "/outbound":
             _json(response_out, _outbound(query))
+        elif path == "/many-outbound":
+            count, _, url = query.partition("&")
+            outcomes: dict[str, int] = {}
+            for _ in range(int(count)):
+                result = _outbound(url)
+                key = str(result.get("error", result.get("status")))
+                outcomes[key] = outcomes.get(key, 0) + 1
+            _json(response_out, outcomes)
+        elif path == "/loop":
+            while True:
+                pass
         elif path == "/outbound-post":
             _json(response_out, _outbound(query, _read_body(request)))
         elif path == "/sleep":
