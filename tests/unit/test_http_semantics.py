@@ -56,6 +56,15 @@ def test_targets_that_cannot_be_served_say_how(raw: str, status: int) -> None:
     assert refused.value.status == status
 
 
+@pytest.mark.parametrize("raw", ["/%00", "/%FF/x", "/a%2Fb"])
+def test_a_target_for_a_wasi_http_component_is_not_decoded(raw: str) -> None:
+    """A component gets the target as sent: nothing in it must decode."""
+    target = parse_target(raw + "?q=%00", decode=False)
+    assert target == Target(raw, "q=%00", raw)
+    with pytest.raises(TargetError):
+        parse_target("/a b", decode=False)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [

@@ -191,6 +191,7 @@ class ModuleSlot:
         self.digest = compiled.digest
         self.settings = compiled.settings
         self.shape = compiled.shape
+        self.world = compiled.world
         self.last_used = time.monotonic()
         self._compiled: CompiledModule | None = compiled
         self._lock = threading.Lock()

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from wasmfleet_agent.runtime import cgi, wasi_http
+from wasmfleet_agent.runtime.component import PROXY_WORLD
 from wasmfleet_agent.runtime.engine import CompiledModule, ModuleSlot
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
 from wasmfleet_agent.runtime.sandbox import (
@@ -119,6 +120,13 @@ class HttpModule:
             )
             self.spec = replace(self.spec, env=kept)
         self.spec.check()
+
+    @property
+    def cgi(self) -> bool:
+        """Whether the module reads the request as CGI variables (a WAGI module or command
+        component), which hold the path percent-decoded; a ``wasi:http/proxy`` component
+        gets the target as sent."""
+        return not self.compiled.world.startswith(PROXY_WORLD)
 
     @property
     def instance_bytes(self) -> int:

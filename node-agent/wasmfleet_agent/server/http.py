@@ -79,6 +79,9 @@ class ServiceHandler:
     """This service's key in ``budget``."""
     instance_bytes: int = 0
     """What one request's instance may take, set aside in ``budget`` while it runs."""
+    decode_path: bool = True
+    """The module reads the path percent-decoded (as CGI's ``PATH_INFO``), so a path that
+    does not decode to UTF-8 text without NUL is refused."""
     in_flight: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -124,7 +127,7 @@ class ServiceHandler:
             response.force_close()
             return response
         try:
-            target = semantics.parse_target(request.raw_path)
+            target = semantics.parse_target(request.raw_path, decode=self.decode_path)
             server_name = _server_name(request, target)
         except semantics.TargetError as error:
             return self._refuse(started, error.status, str(error))

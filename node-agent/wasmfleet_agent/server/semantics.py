@@ -82,14 +82,16 @@ class Target:
         return self.raw_path if self.query is None else f"{self.raw_path}?{self.query}"
 
 
-def parse_target(raw: str) -> Target:
+def parse_target(raw: str, *, decode: bool = True) -> Target:
     """The target of a request line; raises `TargetError`.
 
     Origin form (``/path?query``) and absolute form (``http://host/path?query``) are served.
     The authority form of ``CONNECT`` and the asterisk form of ``OPTIONS *`` name no resource
-    a module could answer for (501). A fragment, a byte outside printable ASCII, or a path
-    whose percent-decoding is not UTF-8 text without NUL is a malformed request (400): the
-    path reaches the module as an environment value, which holds UTF-8 and ends at a NUL.
+    a module could answer for (501). A fragment or a byte outside printable ASCII is a
+    malformed request (400). With ``decode`` (a module that reads CGI variables), so is a path
+    whose percent-decoding is not UTF-8 text without NUL: the path reaches the module as an
+    environment value, which holds UTF-8 and ends at a NUL. Without it (a ``wasi:http``
+    component, which gets the target as sent), ``path`` is the path as sent.
     """
     if not raw.isascii() or not raw.isprintable() or " " in raw:
         raise TargetError(400, "the request target has bytes outside printable ASCII")
@@ -104,6 +106,8 @@ def parse_target(raw: str) -> Target:
     if "#" in rest:
         raise TargetError(400, "a request target has no fragment")
     raw_path, question, query = rest.partition("?")
+    if not decode:
+        return Target(raw_path, query if question else None, raw_path, authority)
     decoded = unquote_to_bytes(raw_path)
     if b"\0" in decoded:
         raise TargetError(400, "a NUL byte (%00) in the path cannot reach the module")

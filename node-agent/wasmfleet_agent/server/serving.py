@@ -106,6 +106,7 @@ class InProcessServer:
                 budget=self.budget,
                 key=order.key,
                 instance_bytes=module.instance_bytes,
+                decode_path=module.cgi,
             )
             runner = await handler.runner()
         except BaseException:
@@ -131,6 +132,7 @@ class InProcessServer:
         self._budget_for(order.key, module)
         site.handler.execute = module.execute
         site.handler.instance_bytes = module.instance_bytes
+        site.handler.decode_path = module.cgi
         site.handler.limits = order.http
 
     async def stop(self, key: str) -> None:
