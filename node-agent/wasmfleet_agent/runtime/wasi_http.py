@@ -54,7 +54,7 @@ from wasmtime.component import (
     Variant,
 )
 
-from wasmfleet_agent.runtime import outbound, sandbox
+from wasmfleet_agent.runtime import conversions, outbound, sandbox
 
 __all__ = [
     "Exchange",
@@ -665,7 +665,7 @@ def _http_error_code(_store: Any, error: Any) -> None:
     _get(error, _Error)  # no error of this host carries an HTTP error code
 
 
-# outgoing requests: built by the guest, refused by the outgoing handler
+# outgoing requests: built by the guest, sent or refused by the outgoing handler
 
 
 def _outgoing_request_new(_store: Any, headers: Any) -> ResourceHost:
@@ -1169,6 +1169,7 @@ def _other_kind(resource: str) -> int:
 def define(linker: Linker, engine: wasmtime.Engine, component: Component) -> None:
     """Defines every interface ``component`` imports in ``linker``: this module's functions
     where it has them, a trap for the rest, and one host resource type per resource kind."""
+    conversions.install()
     imports = component.type.imports(engine)
     with linker.root() as root:
         for name, extern in sorted(imports.items()):
