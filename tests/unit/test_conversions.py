@@ -1,16 +1,19 @@
-"""Byte lists cross wasmtime's C API as strided copies, read and written as wasmtime-py's own
-ctypes declarations describe a ``list<u8>`` value. (The conversions as installed run under every
-wasi:http test in tests/component, against native ``wasmtime serve``.)"""
+"""Host functions linked with their types read once, and byte lists crossing wasmtime's C API
+as strided copies, read and written as wasmtime-py's own ctypes declarations describe a
+``list<u8>`` value. (The conversions as installed run under every wasi:http test in
+tests/component, against native ``wasmtime serve``.)"""
 
 from __future__ import annotations
 
 import ctypes
+import gc
 
 import pytest
+import wasmtime
 from hypothesis import given
 from hypothesis import strategies as st
 from wasmtime import _ffi as ffi
-from wasmtime.component import _types
+from wasmtime.component import Component, Linker, _types
 
 from wasmfleet_agent.runtime import conversions
 
@@ -47,3 +50,61 @@ def test_installing_twice_wraps_once() -> None:
     assert conversions.installed()
     assert _types.VariantType._cases is cases
     assert _types.ListType.convert_from_c is conversions._list_from_c
+
+
+_DOUBLER = """
+(component
+  (import "f" (func $f (param "x" u32) (result u32)))
+  (core func $lowered (canon lower (func $f)))
+  (core module $m
+    (import "host" "f" (func $f (param i32) (result i32)))
+    (func (export "g") (param i32) (result i32) local.get 0 call $f))
+  (core instance $i (instantiate $m (with "host" (instance (export "f" (func $lowered))))))
+  (func (export "g") (param "x" u32) (result u32) (canon lift (core func $i "g"))))
+"""
+
+
+def _linked(function: object) -> tuple[wasmtime.Store, Linker, object]:
+    engine = wasmtime.Engine(wasmtime.Config())
+    component = Component(engine, _DOUBLER)
+    (import_extern,) = component.type.imports(engine).values()
+    import_type = import_extern.ty
+    linker = Linker(engine)
+    with linker.root() as root:
+        conversions.add_func(root, "f", function, import_type)  # type: ignore[arg-type]
+    store = wasmtime.Store(engine)
+    instance = linker.instantiate(store, component)
+    return store, linker, instance
+
+
+def test_a_host_function_linked_with_its_types_read_once_is_called_with_its_values() -> None:
+    seen: list[int] = []
+
+    def double(_store: object, x: int) -> int:
+        seen.append(x)
+        return x * 2
+
+    store, _linker, instance = _linked(double)
+    g = instance.get_func(store, "g")  # type: ignore[attr-defined]
+    assert [g(store, n) for n in (0, 21, 2**31)] == [0, 42, 2**32 % 2**32]
+    assert seen == [0, 21, 2**31]
+
+
+def test_a_host_function_that_raises_traps_the_guest_with_the_exception() -> None:
+    def refuse(_store: object, _x: int) -> int:
+        raise ValueError("refused here")
+
+    store, _linker, instance = _linked(refuse)
+    g = instance.get_func(store, "g")  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="refused here"):
+        g(store, 1)
+
+
+def test_a_linker_dropped_forgets_its_host_functions() -> None:
+    gc.collect()
+    before = len(conversions._hosted)
+    store, linker, instance = _linked(lambda _store, x: x)
+    assert len(conversions._hosted) == before + 1
+    del store, linker, instance
+    gc.collect()
+    assert len(conversions._hosted) == before

@@ -1,9 +1,10 @@
-"""Faster conversions of component values between wasmtime's C API and Python.
+"""Faster host calls and value conversions for wasmtime-py's component API.
 
 Every call a ``wasi:http`` guest makes into the agent's host (`wasi_http`) crosses wasmtime-py's
-component API, which converts each argument and result from the function's types, read from
-the C API anew on every call. Two of its costs dominate a request:
+component API. Three of its costs dominated a request:
 
+- It reads the function's parameter and result types through the C API anew on every call,
+  each as fresh type objects.
 - A ``list<u8>`` (every stream read and write) arrives as an array of tagged unions
   (`wasmtime_component_val_t`), one per byte, converted element by element in Python: about a
   microsecond a byte, so a 1 MiB response body took most of a second.
@@ -12,23 +13,29 @@ the C API anew on every call. Two of its costs dominate a request:
   values need a tag and again when one is converted: a refused outgoing request, whose answer
   is a ``result<_, error-code>``, cost about a millisecond.
 
-`install` replaces wasmtime-py's conversion of byte lists with strided copies done in C
-(``bytes`` slicing and ``bytearray`` slice assignment over the array's memory), and has each
-variant, option and result type enumerate its cases once in its life. The array's layout is
-read from wasmtime-py's own ctypes declarations, never assumed: if they do not describe the
-layout this code expects, byte lists keep the element-wise path.
+`add_func` links a host function with its types read once, when the component is linked (the
+types belong to the component and live as long as the linker's entry). `install` replaces
+wasmtime-py's conversion of byte lists with strided copies done in C (``bytes`` slicing and
+``bytearray`` slice assignment over the array's memory), and has each variant, option and
+result type object enumerate its cases once in its life. The array's layout is read from
+wasmtime-py's own ctypes declarations, never assumed: if they do not describe the layout this
+code expects, byte lists keep the element-wise path.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from wasmtime import WasmtimeError
 from wasmtime import _ffi as ffi
-from wasmtime.component import _types
+from wasmtime.component import FuncType, LinkerInstance, _types
+from wasmtime.component._enter import catch_exceptions
 
-__all__ = ["bytes_from_c", "bytes_to_c", "install", "installed"]
+__all__ = ["add_func", "bytes_from_c", "bytes_to_c", "install", "installed"]
 
 _VAL = ffi.wasmtime_component_val_t
 _STRIDE = ctypes.sizeof(_VAL)
@@ -133,3 +140,58 @@ def install() -> None:
         cls._cases = _once(cls._cases, "_wasmfleet_cases")  # type: ignore[assignment,method-assign]
     variant_like: Any = _types.VariantLikeType
     variant_like._tagged = _once(variant_like._tagged, "_wasmfleet_tagged")
+
+
+# ---------------------------------------------------------------------------------------------
+# Host functions with their types read once
+
+_HostFunction = tuple[Callable[..., Any], tuple[Any, ...], Any]
+_hosted: dict[int, _HostFunction] = {}
+"""Each linked host function, its parameter types and its result type, by the number the
+linker hands back on each call."""
+_numbers = itertools.count(1)
+_hosted_lock = threading.Lock()
+
+
+@ffi.wasmtime_component_func_callback_t
+def _call_host(number, context, _type, args, count, results, _results):  # type: ignore[no-untyped-def]
+    function, params, result = _hosted[number]
+
+    def run(store: Any) -> None:
+        if count != len(params):
+            raise WasmtimeError(f"{len(params)} arguments expected, {count} given")
+        value = function(store, *(params[i].convert_from_c(args[i]) for i in range(count)))
+        if result is not None:
+            result.convert_to_c(store, value, results)
+
+    return catch_exceptions(context, run)
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def _forget(number):  # type: ignore[no-untyped-def]
+    with _hosted_lock:
+        _hosted.pop(number or 0, None)
+
+
+def add_func(
+    instance: LinkerInstance, name: str, function: Callable[..., Any], type_: FuncType
+) -> None:
+    """Links ``function`` as ``name`` in ``instance``, as ``LinkerInstance.add_func`` does,
+    with its arguments and result converted by ``type_``'s types, read here once."""
+    params = tuple(param for _, param in type_.params)
+    with _hosted_lock:
+        number = next(_numbers)
+        _hosted[number] = (function, params, type_.result)
+    encoded = name.encode()
+    error = ffi.wasmtime_component_linker_instance_add_func(
+        instance.ptr(),
+        ctypes.create_string_buffer(encoded),
+        len(encoded),
+        _call_host,
+        number,
+        _forget,
+    )
+    if error:
+        with _hosted_lock:
+            _hosted.pop(number, None)
+        raise WasmtimeError._from_ptr(error)

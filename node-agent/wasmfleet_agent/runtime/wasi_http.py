@@ -1187,7 +1187,7 @@ def define(linker: Linker, engine: wasmtime.Engine, component: Component) -> Non
                         instance.add_resource(item_name, ResourceType.host(kind), _drop)
                     elif isinstance(item, FuncType):
                         function = functions.get(item_name) or _trap(name, item_name)
-                        instance.add_func(item_name, _calls(function))
+                        conversions.add_func(instance, item_name, _calls(function), item)
 
 
 def incoming_handles(state: Exchange) -> tuple[ResourceHost, ResourceHost]:
