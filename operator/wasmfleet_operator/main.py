@@ -338,6 +338,8 @@ async def run_operator(options: OperatorOptions) -> int:
         if not await _prime(kube, reconciler, options.namespace, stop):
             await elector.release()
             return 0
+        # a binding deleted between that listing and the watch's start leaves no event
+        reconciler.distrust_bindings()
         log.info(
             "leading; caches filled",
             extra={

@@ -53,6 +53,7 @@ from wasmfleet_api.binding import WasmBinding
 from wasmfleet_api.units import format_micro_time, format_time
 from wasmfleet_api.wasmservice import WasmService, WasmServiceStatus
 from wasmfleet_common.kube import API_ERRORS, NETWORK_ERRORS, ApiError, KubeClient, resource_for
+from wasmfleet_operator.binding_cache import BindingCache
 from wasmfleet_operator.drift import drifted_fields
 from wasmfleet_operator.fleet import Fleet
 from wasmfleet_operator.metrics import OperatorMetrics
@@ -131,6 +132,9 @@ class Reconciler:
         self._overwrite: set[tuple[str, str, str]] = set()
         # The status last written per service key, with the service's uid.
         self._reported: dict[str, tuple[str, WasmServiceStatus]] = {}
+        # Each service's bindings as the watch shows them, read instead of a list when the
+        # watch shows this operator's own writes.
+        self.binding_cache = BindingCache()
         self.passes = 0
         self.metrics = metrics
 
@@ -141,6 +145,7 @@ class Reconciler:
         if deleted:
             self.services.pop(key, None)
             self._reported.pop(key, None)
+            self.binding_cache.forget(key)
             self._tampered.pop(key, None)
             for kind in ("Service", "EndpointSlice"):
                 self._written.pop((kind, key), None)
@@ -151,6 +156,7 @@ class Reconciler:
 
     def on_binding(self, obj: Mapping[str, Any], *, deleted: bool) -> None:
         """A binding changed: parsed here, once, for the fleet's count and its service."""
+        self.binding_cache.observe(obj, deleted=deleted)
         try:
             binding = WasmBinding.model_validate(obj)
         except ValidationError as error:
@@ -207,8 +213,13 @@ class Reconciler:
         for key in self.services:
             self.queue.add(key)
 
+    def distrust_bindings(self) -> None:
+        """Each service's next pass lists its bindings (see `BindingCache.distrust`)."""
+        self.binding_cache.distrust(self.services)
+
     def resync(self) -> None:
         self._resyncs += 1
+        self.distrust_bindings()
         if self._resyncs % self.settings.rewrite_every == 0:
             # write everything again (what someone deleted comes back); keep the names
             self._written = {k: ("", names) for k, (_, names) in self._written.items()}
@@ -272,10 +283,14 @@ class Reconciler:
         previous = reported[1] if reported is not None and reported[0] == uid else service.status
 
         digest, resolved_from, resolve_error = await self._digest(service, previous)
-        listing = await self.kube.list(
-            BINDINGS, namespace=namespace, label_selector=render_selector(name)
-        )
-        bindings, unreadable = _parse_bindings(listing["items"], owner_uid=uid)
+        items = self.binding_cache.bindings(key)
+        if items is None:
+            listing = await self.kube.list(
+                BINDINGS, namespace=namespace, label_selector=render_selector(name)
+            )
+            self.binding_cache.listed(key, listing)
+            items = listing["items"]
+        bindings, unreadable = _parse_bindings(items, owner_uid=uid)
         view = ServiceView(
             service=service,
             previous=previous,
@@ -292,9 +307,10 @@ class Reconciler:
         plan = plan_service(view)
 
         for binding in plan.put_back:
-            await self.kube.apply(binding.to_kube())
+            self.binding_cache.wrote(key, await self.kube.apply(binding.to_kube()))
         for binding_name in plan.remove_drifted:
             await self.kube.delete(BINDINGS, binding_name, namespace)
+            self.binding_cache.deleted(key, binding_name)
             self.fleet.binding_nodes.pop(f"{namespace}/{binding_name}", None)
         # A job has no Service; one that was an http service before loses it.
         selector = render_selector(name)
@@ -320,9 +336,10 @@ class Reconciler:
 
         for binding_name in plan.delete:
             await self.kube.delete(BINDINGS, binding_name, namespace)
+            self.binding_cache.deleted(key, binding_name)
             self.fleet.binding_nodes.pop(f"{namespace}/{binding_name}", None)
         for binding in plan.create:
-            await self.kube.apply(binding.to_kube())
+            self.binding_cache.wrote(key, await self.kube.apply(binding.to_kube()))
             self.fleet.update_binding(binding)
         if self.metrics is not None:
             self.metrics.placements.labels("create").inc(len(plan.create))
