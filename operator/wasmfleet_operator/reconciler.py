@@ -170,7 +170,8 @@ class Reconciler:
             )
             return
         self.fleet.update_binding(binding, deleted=deleted)
-        self.queue.add(f"{binding.metadata['namespace']}/{binding.spec.service_name}")
+        # a replica moved (ready, failed, gone): its service's pass goes ahead of new work
+        self.queue.add(f"{binding.metadata['namespace']}/{binding.spec.service_name}", soon=True)
 
     def on_owned(self, kind: str, obj: Mapping[str, Any], *, deleted: bool) -> None:
         """A Service or EndpointSlice carrying our label changed: if it is one this operator

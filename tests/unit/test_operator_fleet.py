@@ -133,3 +133,37 @@ async def test_the_work_queue_never_hands_one_key_to_two_workers() -> None:
     queue.add_after("z", 0.01)
     assert await asyncio.wait_for(queue.get(), 1) == "z"
     queue.close()
+
+
+async def test_the_work_queue_puts_follow_ups_first_without_starving_new_work() -> None:
+    queue = WorkQueue()
+    for number in range(8):
+        queue.add(f"new-{number}")
+    queue.add("new-5", soon=True)  # a queued key whose replicas moved is promoted
+    queue.add("moved-a", soon=True)
+    queue.add("moved-b", soon=True)
+    queue.add("moved-a")  # an ordinary add does not demote it
+    taken = [await asyncio.wait_for(queue.get(), 1) for _ in range(4)]
+    assert taken == ["new-5", "moved-a", "moved-b", "new-0"]
+    for number in range(10):  # a stream of follow-ups
+        queue.add(f"moved-{number}", soon=True)
+    taken = [await asyncio.wait_for(queue.get(), 1) for _ in range(8)]
+    assert [k for k in taken if k.startswith("new-")] == ["new-1", "new-2"], "one take in four"
+
+    again = WorkQueue()
+    again.add("busy")
+    assert await again.get() == "busy"
+    again.add("other")
+    again.add("busy", soon=True)  # while worked on: at the front once done
+    again.add("busy")
+    again.done("busy")
+    assert await asyncio.wait_for(again.get(), 1) == "busy"
+
+
+async def test_a_waiting_worker_wakes_when_a_key_arrives() -> None:
+    queue = WorkQueue()
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    queue.add("late")
+    assert await asyncio.wait_for(waiting, 1) == "late"
