@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +69,7 @@ async def run_scale(
             ack_delay=args.ack_delay,
             report_pending=args.report_pending,
             operator_args=tuple(args.operator_arg),
+            operator_source=args.baseline_tree if result.operator_from else None,
         ),
     )
     try:
@@ -100,6 +102,21 @@ async def run_scale(
 # ---- the whole run --------------------------------------------------------------------------
 
 
+def _baseline_tree(revision: str) -> Path:
+    """A detached git worktree of ``revision`` (its operator runs as the baseline)."""
+    tree = OUT / f"baseline-{revision}"
+    if tree.exists():
+        subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False
+        )
+    subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(tree), revision],
+        check=True,
+        capture_output=True,
+    )
+    return tree
+
+
 def parse_scales(text: str) -> list[tuple[int, int]]:
     scales = []
     for part in text.split(","):
@@ -114,9 +131,14 @@ async def run(args: argparse.Namespace, workspace: Workspace) -> list[measuremen
     started = time.monotonic()
     binaries = ensure_binaries()
     registry = Registry(workspace.subdir("registry"))
+    # with a baseline, each scale runs twice in a row: the baseline's operator, then this one
+    operators = [f"baseline {args.baseline}", ""] if args.baseline else [""]
     results = [
-        measurement.ScaleResult(services=s, agents=a, replicas=sum(1 + i % 2 for i in range(s)))
+        measurement.ScaleResult(
+            services=s, agents=a, replicas=sum(1 + i % 2 for i in range(s)), operator_from=operator
+        )
         for s, a in args.scales
+        for operator in operators
     ]
     try:
         registry.start()
@@ -194,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="sample the operator with py-spy during each window (collapsed stacks in DIR)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REVISION",
+        help="also run each scale with the operator of this git revision, just before this "
+        "tree's (checked out as a git worktree under build/bench)",
+    )
     parser.add_argument("--out", type=Path, default=OUT / "control.json")
     args = parser.parse_args(argv)
     if not MODULE.is_file():
@@ -201,12 +229,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     install_termination_handler()
     started = time.monotonic()
+    args.baseline_tree = _baseline_tree(args.baseline) if args.baseline else None
     try:
         with Workspace(root=Path(tempfile.gettempdir()), prefix="wasmfleet-control-") as ws:
             results = asyncio.run(run(args, ws))
     except KeyboardInterrupt:
         print("interrupted; everything it started is stopped", file=sys.stderr)
         return 130
+    finally:
+        if args.baseline_tree is not None:
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(REPO_ROOT),
+                    "worktree",
+                    "remove",
+                    "--force",
+                    str(args.baseline_tree),
+                ],
+                check=False,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         report.render_json(
@@ -220,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "agents_per_process": args.agents_per_process,
                 "operator_args": args.operator_arg,
                 "audit_log": args.audit,
+                "baseline": args.baseline,
             },
         )
     )

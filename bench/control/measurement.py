@@ -214,6 +214,8 @@ class ScaleResult:
     services: int
     agents: int
     replicas: int
+    operator_from: str = ""
+    """Which operator ran: "" for this tree's, else "baseline <revision>"."""
     outcome: str = "not run"
     deadline_s: float = 0.0
     load_before: float = 0.0

@@ -21,6 +21,10 @@ def _fmt(value: float | None, pattern: str = "{:.1f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def _scale(r: ScaleResult) -> str:
+    return f"{r.services} / {r.agents}" + (f" ({r.operator_from})" if r.operator_from else "")
+
+
 def render(results: Sequence[ScaleResult]) -> str:
     """The Markdown tables of a run, one column group per scale (the first is the baseline)."""
     measured = [r for r in results if r.window_s > 0]
@@ -34,7 +38,7 @@ def render(results: Sequence[ScaleResult]) -> str:
     ]
     for r in results:
         if r.window_s <= 0:
-            lines.append(f"| {r.services} / {r.agents} | {r.replicas} | {r.outcome} |" + " |" * 11)
+            lines.append(f"| {_scale(r)} | {r.replicas} | {r.outcome} |" + " |" * 11)
             continue
         ready = (
             f"{r.all_ready_s:.1f} s"
@@ -55,7 +59,7 @@ def render(results: Sequence[ScaleResult]) -> str:
         )
         per_service = f"{operator_requests / r.services:.1f}" if r.requests_by_client else "-"
         lines.append(
-            f"| {r.services} / {r.agents} | {r.replicas} | {ready} "
+            f"| {_scale(r)} | {r.replicas} | {ready} "
             f"| {_fmt(r.placements_per_s, '{:.0f}')} | {_fmt(r.ready_replicas_per_s, '{:.0f}')} "
             f"| {_fmt(tps, '{:.1f} ms')} "
             f"| {_fmt(tps / base_tps if tps and base_tps else None, '{:.2f}')} "
@@ -78,7 +82,7 @@ def render(results: Sequence[ScaleResult]) -> str:
         count_ = r.operator.get("reconcile_seconds_count", 0.0)
         mean_pass = r.operator.get("reconcile_seconds_sum", 0.0) / count_ if count_ else None
         lines.append(
-            f"| {r.services} / {r.agents} | {r.window_s:.1f} s "
+            f"| {_scale(r)} | {r.window_s:.1f} s "
             f"| {apiserver:.1f} s ({apiserver / r.services * 1000:.0f} ms) "
             f"| {r.cpu_s.get('etcd', 0):.1f} s "
             f"| {r.cpu_s.get('agents', 0):.1f} s, {r.agents_peak_rss_mib:.0f} MiB, "
@@ -93,7 +97,7 @@ def render(results: Sequence[ScaleResult]) -> str:
         lines += [
             "",
             "| API requests per service (mean server time) | "
-            + " | ".join(f"{r.services} / {r.agents}" for r in measured)
+            + " | ".join(f"{_scale(r)}" for r in measured)
             + " |",
             "|---|" + "---:|" * len(measured),
         ]
@@ -109,7 +113,7 @@ def render(results: Sequence[ScaleResult]) -> str:
         lines += [
             "",
             "| requests per second, by client | "
-            + " | ".join(f"{r.services} / {r.agents}" for r in measured)
+            + " | ".join(f"{_scale(r)}" for r in measured)
             + " |",
             "|---|" + "---:|" * len(measured),
         ]
@@ -124,7 +128,7 @@ def render(results: Sequence[ScaleResult]) -> str:
             lines.append(f"| {client} | " + " | ".join(cells) + " |")
     for r in results:
         if r.error:
-            lines += ["", f"{r.services} / {r.agents} failed: {r.error.splitlines()[0]}"]
+            lines += ["", f"{_scale(r)} failed: {r.error.splitlines()[0]}"]
     return "\n".join(lines)
 
 

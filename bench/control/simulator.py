@@ -316,6 +316,9 @@ class ClusterSettings:
     ack_delay: float = 0.0
     report_pending: bool = False
     operator_args: tuple[str, ...] = ()
+    operator_source: Path | None = None
+    """A checkout whose ``operator/`` packages run as the operator (a baseline), instead of
+    this tree's."""
 
 
 class Cluster:
@@ -458,8 +461,13 @@ class Cluster:
             "127.0.0.1",
             *self.settings.operator_args,
         ]
+        env = None
+        if self.settings.operator_source is not None:
+            # ahead of the installed packages: the baseline's operator, API models and client
+            source = str(self.settings.operator_source / "operator")
+            env = {**os.environ, "PYTHONPATH": source}
         self.operator = ManagedProcess(
-            "operator", argv, log_path=self.workdir / "logs" / "operator.log"
+            "operator", argv, log_path=self.workdir / "logs" / "operator.log", env=env
         )
         self.operator.start()
 
