@@ -151,8 +151,28 @@ class Reconciler:
                 self._written.pop((kind, key), None)
                 self._applied.pop((kind, key), None)
         else:
+            before = self.services.get(key)
             self.services[key] = dict(obj)
+            if before is not None and self._own_status_echo(key, before, obj):
+                return  # the pass that wrote this status has nothing more to do
         self.queue.add(key)
+
+    def _own_status_echo(
+        self, key: str, before: Mapping[str, Any], after: Mapping[str, Any]
+    ) -> bool:
+        """Whether ``after`` differs from ``before`` only by the status this operator wrote
+        last (the same spec generation, labels and annotations)."""
+        reported = self._reported.get(key)
+        old, new = before.get("metadata") or {}, after.get("metadata") or {}
+        return (
+            reported is not None
+            and reported[0] == str(new.get("uid"))
+            and old.get("generation") == new.get("generation")
+            and old.get("labels") == new.get("labels")
+            and old.get("annotations") == new.get("annotations")
+            and old.get("deletionTimestamp") == new.get("deletionTimestamp")
+            and after.get("status") == reported[1].to_kube()
+        )
 
     def on_binding(self, obj: Mapping[str, Any], *, deleted: bool) -> None:
         """A binding changed: parsed here, once, for the fleet's count and its service."""
