@@ -52,8 +52,6 @@ class BindingCache:
         """Services whose next pass lists (`distrust`, or a write whose answer is unknown)."""
         self.usable = True
         """False once a resourceVersion was not an integer: every pass lists."""
-        self.hits = 0
-        self.misses = 0
 
     # ---- what the watch shows -------------------------------------------------------
 
@@ -113,14 +111,8 @@ class BindingCache:
 
     def bindings(self, key: str) -> list[Mapping[str, Any]] | None:
         """``key``'s bindings when the cache shows every write made for it; else None."""
-        if not self.usable or key in self._unlisted:
-            self.misses += 1
+        if not self.usable or key in self._unlisted or self._expected.get(key):
             return None
-        expected = self._expected.get(key)
-        if expected:
-            self.misses += 1
-            return None
-        self.hits += 1
         return list(self._objects.get(key, {}).values())
 
     def listed(self, key: str, listing: Mapping[str, Any]) -> None:
