@@ -166,6 +166,14 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="processes answering requests (more than 1: worker processes, one per core)",
     )
+    serve_parser.add_argument(
+        "--inline-budget",
+        type=_duration,
+        default="2ms",
+        help="CPU time a short run may spend on the event loop's thread before it is stopped "
+        "and run again on a Wasm thread (0s: every run on a thread); only modules without "
+        "writable directories or outbound hosts",
+    )
     _module_arguments(serve_parser)
     run_parser = commands.add_parser(
         "run",
@@ -227,6 +235,14 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         default=1,
         help="processes answering requests (more than 1: worker processes, one per core)",
+    )
+    parser.add_argument(
+        "--inline-budget",
+        type=_duration,
+        default="2ms",
+        help="CPU time a short run may spend on the event loop's thread before it is stopped "
+        "and run again on a Wasm thread (0s: every run on a thread); only modules without "
+        "writable directories or outbound hosts",
     )
     parser.add_argument(
         "--drain", type=_duration, default="2s", help="keep serving a removed binding this long"
@@ -295,6 +311,7 @@ def _node(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         workers=args.workers,
         processes=args.processes,
+        inline_budget=args.inline_budget,
         unload_idle_seconds=args.unload_idle,
         drain_seconds=args.drain,
         config_refresh_seconds=args.config_refresh,
@@ -337,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_response=args.max_response,
             idle_timeout=args.idle_timeout,
             processes=args.processes,
+            inline_budget=args.inline_budget,
         )
         return asyncio.run(serve(_options(args), serve_options))
     if args.command != "run" and module_args:

@@ -25,11 +25,12 @@ from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
 from wasmfleet_agent.runtime.service import check_fits, run_job
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.http import HttpLimits
+from wasmfleet_agent.server.inline import INLINE_BUDGET
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
 from wasmfleet_agent.server.serving import InProcessServer, ServeError, Server
 from wasmfleet_agent.server.workers import WorkerPool
-from wasmfleet_agent.sockets import bind_in_namespace
+from wasmfleet_agent.sockets import bind_group
 from wasmfleet_agent.store import LocatedModule, ModuleStore, PullPolicy, locate
 from wasmfleet_oci import auth, errors
 from wasmfleet_oci.client import ClientSettings, RegistryClient
@@ -152,6 +153,8 @@ class ServeOptions:
     idle_timeout: float = 75.0
     processes: int = 1
     """Processes answering requests: 1 is this one; more starts that many worker processes."""
+    inline_budget: float = INLINE_BUDGET
+    """CPU seconds a short run may take on the event loop's thread (0: none run there)."""
 
 
 async def serve(
@@ -172,6 +175,7 @@ async def serve(
             cache_dir=options.cache_dir / "compiled",
             threads=serve_options.max_concurrency,
             unload_idle_seconds=options.unload_idle_seconds,
+            inline_budget=serve_options.inline_budget,
         )
     admin_runner: web.AppRunner | None = None
     if serve_options.admin_port is not None:
@@ -219,7 +223,12 @@ async def serve(
         pool = ThreadPoolExecutor(
             max_workers=serve_options.max_concurrency, thread_name_prefix="wasm-request"
         )
-        server = InProcessServer(runtime=loaded.runtime, pool=pool, metrics=metrics)
+        server = InProcessServer(
+            runtime=loaded.runtime,
+            pool=pool,
+            metrics=metrics,
+            inline_budget=serve_options.inline_budget,
+        )
     else:
         server = workers
     try:
@@ -227,7 +236,10 @@ async def serve(
         check_fits(loaded.compiled, order.spec, job=False)
         if workers is not None:
             await workers.start()
-        await server.serve(order, bind_in_namespace(None, serve_options.host, serve_options.port))
+        listener, *siblings = bind_group(
+            None, serve_options.host, serve_options.port, server.listeners
+        )
+        await server.serve(order, listener, siblings)
         ready.set()
         _log.info(
             "serving",

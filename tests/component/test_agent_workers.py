@@ -1,7 +1,8 @@
 """Worker processes: requests on every core, a dead worker replaced while the others answer.
 
-``wasmfleet-agent serve --processes N`` runs N request workers that accept on the same
-listening socket; the agent process keeps the socket, the orders and the metrics together.
+``wasmfleet-agent serve --processes N`` runs N request workers, each accepting on a socket of
+its own in one ``SO_REUSEPORT`` group; the agent process keeps the sockets, the orders and the
+metrics together.
 The probe's whole HTTP contract is also run against two workers in ``test_agent_serve``.
 """
 
@@ -89,7 +90,8 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_answering(
 ) -> None:
     first, second = sorted(_workers(two_workers))
     os.kill(first, signal.SIGKILL)
-    # The listening socket lives on in the agent and the other worker: nothing is refused.
+    # Every listening socket lives on in the agent: connections the kernel gives the dead
+    # worker's wait in its backlog for the replacement; nothing is refused.
     for _ in range(40):
         assert _get(two_workers.url + "/") == (200, HELLO + "\n")
     wait_until(
@@ -105,6 +107,38 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_answering(
         assert _get(two_workers.url + "/") == (200, HELLO + "\n")
     wait_until(lambda: len(_workers(two_workers)) == 2, timeout=20)
     two_workers.process.check_alive()
+
+
+def _listening_sockets(pid: int) -> set[str]:
+    """The ``socket:[inode]`` names among the descriptors of process ``pid``."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:"):
+                found.add(target)
+    return found
+
+
+def test_each_worker_accepts_on_a_socket_of_its_own(two_workers: ServedModule) -> None:
+    first, second = sorted(_workers(two_workers))
+    port = two_workers.port
+    listening = _listening_inodes(port)
+    assert len(listening) == 2, "one listening socket per worker, on the same port"
+    mine = [_listening_sockets(pid) & listening for pid in (first, second)]
+    assert all(len(sockets) == 1 for sockets in mine)
+    assert mine[0] != mine[1]
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """``socket:[inode]`` of every TCP socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            found.add(f"socket:[{inode}]")
+    return found
 
 
 def test_metrics_sum_what_every_worker_served(two_workers: ServedModule) -> None:

@@ -42,6 +42,7 @@ from wasmfleet_agent.cluster.runner import NodeRunner, RunnerSettings
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.admin import build_admin_app
 from wasmfleet_agent.server.budget import MemoryBudget
+from wasmfleet_agent.server.inline import INLINE_BUDGET
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.serving import InProcessServer, Server
 from wasmfleet_agent.server.workers import WorkerPool
@@ -69,6 +70,8 @@ class NodeOptions:
     admin_port: int | None = None
     workers: int = 64
     processes: int = 1
+    inline_budget: float = INLINE_BUDGET
+    """CPU seconds a short run may take on the event loop's thread (0: none run there)."""
     unload_idle_seconds: float = 600.0
     drain_seconds: float = 2.0
     config_refresh_seconds: float = 10.0
@@ -192,11 +195,18 @@ async def run_node(options: NodeOptions, stop: asyncio.Event | None = None) -> i
             max_services=2 * identity.capacity + 16,
             unload_idle_seconds=options.unload_idle_seconds,
             memory_budget=options.memory_budget,
+            inline_budget=options.inline_budget,
         )
         await workers.start()
     else:
         budget = MemoryBudget(options.memory_budget) if options.memory_budget else None
-        server = InProcessServer(runtime=runtime, pool=pool, metrics=metrics, budget=budget)
+        server = InProcessServer(
+            runtime=runtime,
+            pool=pool,
+            metrics=metrics,
+            budget=budget,
+            inline_budget=options.inline_budget,
+        )
     kube = KubeClient(options.kube, field_manager=FIELD_MANAGER)
     status = StatusWriter(kube)
     contact = ApiContact(kube, timeout=identity.lease_duration_seconds / 2)

@@ -67,7 +67,7 @@ from wasmfleet_agent.runtime.service import JobAttempt, check_fits
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
 from wasmfleet_agent.server.serving import ServeError, Server
-from wasmfleet_agent.sockets import bind_in_namespace
+from wasmfleet_agent.sockets import bind_group
 from wasmfleet_agent.store import ModuleStore
 from wasmfleet_api.binding import BindingPhase, ModuleInfo, WasmBinding
 from wasmfleet_common.backoff import Backoff
@@ -358,9 +358,11 @@ class NodeRunner:
         """Serves ``order`` on a port of the replica's own, or in place of what it serves
         there (a retry after a crash keeps its port, so its endpoint stays the same)."""
         if replica.port is None:
-            listener = bind_in_namespace(self.settings.netns, self.settings.address, 0)
+            listener, *siblings = bind_group(
+                self.settings.netns, self.settings.address, 0, self.server.listeners
+            )
             port = int(listener.getsockname()[1])
-            await self.server.serve(order, listener)
+            await self.server.serve(order, listener, siblings)
             replica.port = port
         else:
             await self.server.update(order)

@@ -5,7 +5,8 @@ interruption cannot reach, so a guest sleeping past its deadline would hold its 
 request) until it woke. An absolute time on the monotonic clock is the guest's own monotonic
 time, which starts at zero with the run (`sandbox.guest_monotonic_origin`). This version waits
 on the run's own clock: never past the run's deadline (`sandbox.current_deadline`); once the
-deadline has passed it returns at once, and the guest traps at its next epoch check. Descriptor
+deadline has passed it returns at once, and the guest traps at its next epoch check; a try that
+may not block (`sandbox.may_block`) is stopped instead of sleeping. Descriptor
 subscriptions report ready immediately: a guest's stdin and files are in memory or on local
 disk and never block.
 
@@ -80,6 +81,9 @@ def _poll_oneoff(
         if deadline is not None:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
         if wait > 0:
+            if not sandbox.may_block():
+                sandbox.stop_run("budget")
+                raise wasmtime.WasmtimeError("a try may not sleep")
             time.sleep(wait)
         ready.append(struct.pack("<QHBxxxxxQH6x", userdata, _ERRNO_SUCCESS, _TAG_CLOCK, 0, 0))
     events = b"".join(ready)

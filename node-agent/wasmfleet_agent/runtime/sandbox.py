@@ -65,13 +65,14 @@ __all__ = [
     "guest_monotonic_origin",
     "handle_http",
     "instance_bytes",
+    "may_block",
     "run",
     "stop_run",
     "table_elements_limit",
 ]
 
 FailureKind = Literal[
-    "deadline", "output", "memory", "fuel", "stack", "trap", "exit", "instantiate"
+    "deadline", "output", "memory", "fuel", "stack", "trap", "exit", "instantiate", "budget"
 ]
 _WASM_PAGE = 65536
 
@@ -153,6 +154,10 @@ class RunLimits:
     max_output: int = 16 << 20
     """Largest stdout (and, separately, stderr) a run may write; when streaming, the most
     both together may write (the sink gets exactly that much, then the run stops)."""
+    cpu_budget: float | None = None
+    """For a try that must not hold its thread long (an inline run, `server.inline`): the run
+    stops with a ``budget`` failure once its thread has spent this many seconds of CPU (seen
+    at the next epoch tick) or the moment the guest would sleep or wait in a host call."""
 
 
 OutputSink = Callable[[str, bytes], None]
@@ -174,6 +179,10 @@ class RunResult:
     failure: Failure | None
     seconds: float
     instantiate_seconds: float
+    cpu_seconds: float = 0.0
+    """CPU time of the run's thread while it ran (waiting for the GIL and sleeping are not)."""
+    waited: bool = False
+    """The guest slept or waited in a host call (``poll_oneoff``, a pollable)."""
 
     @property
     def ok(self) -> bool:
@@ -193,6 +202,10 @@ class _Watch:
     reason: FailureKind | None = None
     instantiated: float = 0.0
     """When a component's instance was made (`perf_counter`), 0 before."""
+    cpu_until: float | None = None
+    """The thread's CPU time (`time.thread_time`) at which a try is stopped (None: no try)."""
+    waited: bool = False
+    """The guest slept or waited in a host call."""
 
     streamed: int = 0
     """Bytes handed to the sink so far, both streams together."""
@@ -230,6 +243,20 @@ def current_deadline() -> float | None:
     """The monotonic deadline of the run on this thread (for host functions)."""
     watch: _Watch | None = getattr(_local, "watch", None)
     return None if watch is None else watch.deadline
+
+
+def may_block() -> bool:
+    """Called by a host function about to sleep or wait: whether the run on this thread may.
+    A try with a CPU budget may not (it runs on the event loop's thread); the host function
+    then calls ``stop_run("budget")`` and raises. Any other run is marked as one that waited
+    (`RunResult.waited`)."""
+    watch: _Watch | None = getattr(_local, "watch", None)
+    if watch is None:
+        return True
+    if watch.cpu_until is not None:
+        return False
+    watch.waited = True
+    return True
 
 
 def stop_run(reason: FailureKind) -> None:
@@ -275,6 +302,8 @@ def _on_epoch(_context: Any, _data: Any, delta: Any, kind: Any) -> int:
         if watch is not None:
             if watch.deadline is not None and time.monotonic() >= watch.deadline:
                 return _stop("deadline", b"deadline exceeded")
+            if watch.cpu_until is not None and time.thread_time() >= watch.cpu_until:
+                return _stop("budget", b"inline budget spent")
             if watch.sink is not None:
                 if not watch.drain():
                     return _stop("output", b"output limit exceeded")
@@ -387,7 +416,7 @@ def run(
     """
     if compiled.component is not None and compiled.component.world_kind == "proxy":
         raise SandboxConfigError(f"a {compiled.world} component has no entry point to run")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     pipes = _pipes()
     store = wasmtime.Store(compiled.engine)
     try:
@@ -403,6 +432,8 @@ def run(
         deadline = time.monotonic() + limits.deadline_seconds
     fds = () if inherit_stdio else (pipes.stdout, pipes.stderr)
     watch = _Watch(deadline, fds, limits.max_output, sink, monotonic_origin=monotonic_origin)
+    if limits.cpu_budget is not None:
+        watch.cpu_until = time.thread_time() + limits.cpu_budget
     exit_code: int | None = None
     failure: Failure | None = None
     instantiated = started
@@ -452,6 +483,8 @@ def run(
         failure=failure,
         seconds=time.perf_counter() - started,
         instantiate_seconds=instantiated - started,
+        cpu_seconds=time.thread_time() - cpu_started,
+        waited=watch.waited,
     )
 
 
@@ -477,6 +510,8 @@ class HandleResult:
     failure: Failure | None
     seconds: float
     instantiate_seconds: float
+    cpu_seconds: float = 0.0
+    waited: bool = False
 
 
 def handle_http(
@@ -485,6 +520,7 @@ def handle_http(
     state: wasi_http.Exchange,
     *,
     deadline_seconds: float | None,
+    cpu_budget: float | None = None,
 ) -> HandleResult:
     """Serves one request with a fresh instance of a ``wasi:http/proxy`` component: its
     ``incoming-handler.handle`` is called with the request of ``state``, whose response the
@@ -492,11 +528,13 @@ def handle_http(
     code = compiled.component
     assert code is not None
     assert code.world_kind == "proxy"
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     store = wasmtime.Store(compiled.engine)
     _bound(store, compiled, spec)
     deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
     watch = _Watch(deadline, (), state.max_output)
+    if cpu_budget is not None:
+        watch.cpu_until = time.thread_time() + cpu_budget
     failure: Failure | None = None
     instantiated = started
     compiled.clock.enter()
@@ -525,7 +563,13 @@ def handle_http(
     finally:
         compiled.clock.leave()
         del store
-    return HandleResult(failure, time.perf_counter() - started, instantiated - started)
+    return HandleResult(
+        failure,
+        time.perf_counter() - started,
+        instantiated - started,
+        cpu_seconds=time.thread_time() - cpu_started,
+        waited=watch.waited,
+    )
 
 
 def _run_component(code: ComponentCode, store: wasmtime.Store) -> int:
@@ -562,6 +606,8 @@ def _stopped_by_watch(watch: _Watch) -> Failure | None:
         return Failure("deadline", "deadline exceeded")
     if watch.reason == "output":
         return Failure("output", f"wrote more than {watch.max_output} bytes of output")
+    if watch.reason == "budget":
+        return Failure("budget", "stopped at the inline budget, to run again on a thread")
     return None
 
 

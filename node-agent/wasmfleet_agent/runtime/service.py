@@ -90,6 +90,10 @@ class HttpOutcome:
     outbound: tuple[str, ...] = ()
     """The outcome of each outgoing request the guest made (``sent``, ``refused``,
     ``failed``), for the agent's metrics."""
+    cpu_seconds: float = 0.0
+    """CPU time the run took on its thread, instance included (0 when nothing ran)."""
+    waited: bool = False
+    """The guest slept or waited in a host call."""
 
 
 _CLIENT_TEXT = {
@@ -129,11 +133,43 @@ class HttpModule:
         return not self.compiled.world.startswith(PROXY_WORLD)
 
     @property
+    def repeatable(self) -> bool:
+        """A run leaves nothing behind but its answer: no writable directory, no outbound
+        requests. Such a run, stopped early, can start again with nobody the wiser."""
+        return not self.spec.outbound and not any(p.writable for p in self.spec.preopens)
+
+    @property
+    def ready(self) -> bool:
+        """The machine code is in memory: a run starts without reading the disk."""
+        return self.compiled.loaded if isinstance(self.compiled, ModuleSlot) else True
+
+    @property
     def instance_bytes(self) -> int:
         """The most one request's instance may take (linear memories and tables)."""
         return instance_bytes(self.spec.memory_limit, self.compiled.shape)
 
-    def execute(self, request: IncomingRequest) -> HttpOutcome:
+    def execute(self, request: IncomingRequest, spent: float = 0.0) -> HttpOutcome:
+        """Runs one request to completion (blocking) and says what to answer; ``spent``:
+        seconds of its deadline an earlier `attempt` took."""
+        outcome = self._execute(request, None, spent)
+        assert outcome is not None  # only a budget stops a run without an outcome
+        return outcome
+
+    def attempt(self, request: IncomingRequest, budget: float) -> HttpOutcome | None:
+        """A try of `execute` that must not hold its thread: a run that spends ``budget``
+        seconds of CPU, or would sleep or wait in a host call, is stopped and None returned,
+        and nothing of it is logged; the caller then runs the request again. Only for a
+        `repeatable` module."""
+        return self._execute(request, budget, 0.0)
+
+    def _execute(
+        self, request: IncomingRequest, budget: float | None, spent: float
+    ) -> HttpOutcome | None:
+        limits = self.limits
+        if spent and limits.deadline_seconds is not None:
+            limits = replace(limits, deadline_seconds=max(0.0, limits.deadline_seconds - spent))
+        if budget is not None:
+            limits = replace(limits, cpu_budget=budget)
         variables = cgi.request_variables(
             method=request.method,
             path=request.path,
@@ -153,10 +189,10 @@ class HttpModule:
         except ModuleLoadError as error:  # unloaded while idle, and its file is gone
             return HttpOutcome(500, error=f"module failed: {error}")
         if compiled.component is not None and compiled.component.world_kind == "proxy":
-            return self._handle(compiled, request)
-        result = run(
-            compiled, self.spec, stdin=request.body, extra_env=variables, limits=self.limits
-        )
+            return self._handle(compiled, request, limits)
+        result = run(compiled, self.spec, stdin=request.body, extra_env=variables, limits=limits)
+        if result.failure is not None and result.failure.kind == "budget":
+            return None
         if result.stderr:
             _log.info(
                 "module stderr",
@@ -165,20 +201,28 @@ class HttpModule:
                     "stderr": result.stderr[:_MAX_STDERR_LOGGED].decode("utf-8", "replace"),
                 },
             )
-        return _outcome(result)
+        return replace(_outcome(result), cpu_seconds=result.cpu_seconds, waited=result.waited)
 
-    def _handle(self, compiled: CompiledModule, request: IncomingRequest) -> HttpOutcome:
+    def _handle(
+        self, compiled: CompiledModule, request: IncomingRequest, limits: RunLimits
+    ) -> HttpOutcome | None:
         """One request to a ``wasi:http/proxy`` component."""
         state = wasi_http.Exchange(
             _http_request(request),
-            max_output=self.limits.max_output,
+            max_output=limits.max_output,
             env=self.spec.env,
             args=self.spec.args,
             outbound=self.spec.outbound_policy,
         )
         result = handle_http(
-            compiled, self.spec, state, deadline_seconds=self.limits.deadline_seconds
+            compiled,
+            self.spec,
+            state,
+            deadline_seconds=limits.deadline_seconds,
+            cpu_budget=limits.cpu_budget,
         )
+        if result.failure is not None and result.failure.kind == "budget":
+            return None
         if state.log:
             _log.info(
                 "module stderr",
@@ -194,9 +238,12 @@ class HttpModule:
                     extra={"service": self.name, "reason": detail},
                 )
         answer = _proxy_outcome(result, state.response)
-        if state.outgoing:
-            answer = replace(answer, outbound=tuple(outcome for outcome, _ in state.outgoing))
-        return answer
+        return replace(
+            answer,
+            outbound=tuple(outcome for outcome, _ in state.outgoing),
+            cpu_seconds=result.cpu_seconds,
+            waited=result.waited,
+        )
 
 
 def check_fits(compiled: CompiledModule, spec: SandboxSpec, *, job: bool) -> None:

@@ -416,6 +416,9 @@ def _wait_until(ready_at: int) -> None:
                 sandbox.stop_run("deadline")
                 raise GuestError("deadline exceeded while blocked in a host call")
             pause = min(pause, left)
+        if not sandbox.may_block():
+            sandbox.stop_run("budget")
+            raise GuestError("a try may not wait in a host call")
         time.sleep(pause)
 
 

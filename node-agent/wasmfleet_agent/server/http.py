@@ -13,7 +13,9 @@ sent, ``Content-Encoding`` and all: decoding is the module's business, as in CGI
 compressed bomb never inflates inside the agent. A request counts as in flight only once its
 body is in, so clients that stop sending half-way hold their own connections, never the
 service's capacity. Accepted requests run on a thread pool (wasmtime releases the GIL while
-guest code runs; the event loop never waits on Wasm), each on a fresh instance. Failures inside
+guest code runs; the event loop waits on Wasm only for a service whose runs are short, tried
+on the loop's own thread within a small budget, see `inline`), each on a fresh instance.
+Failures inside
 the sandbox (trap, timeout, memory, output limit) become that request's 5xx with an error id
 that is also in the log, so one bad request never affects another.
 """
@@ -35,6 +37,7 @@ from wasmfleet_agent.runtime.service import HttpOutcome, IncomingRequest
 from wasmfleet_agent.server import semantics
 from wasmfleet_agent.server.budget import MemoryBudget
 from wasmfleet_agent.server.inflight import ServiceCells
+from wasmfleet_agent.server.inline import InlinePolicy
 from wasmfleet_agent.server.metrics import AgentMetrics
 
 __all__ = ["HttpLimits", "ServiceHandler"]
@@ -67,7 +70,8 @@ class ServiceHandler:
     """The aiohttp handler of one module; ``execute`` runs one request to completion."""
 
     name: str
-    execute: Callable[[IncomingRequest], HttpOutcome]
+    execute: Callable[[IncomingRequest, float], HttpOutcome]
+    """``execute(request, spent)``: `HttpModule.execute`."""
     limits: HttpLimits
     pool: Executor
     metrics: AgentMetrics
@@ -82,6 +86,13 @@ class ServiceHandler:
     decode_path: bool = True
     """The module reads the path percent-decoded (as CGI's ``PATH_INFO``), so a path that
     does not decode to UTF-8 text without NUL is refused."""
+    inline: InlinePolicy | None = None
+    """Set for a module whose runs can be repeated (`HttpModule.repeatable`): its short
+    runs are tried on the loop's thread, with ``attempt``."""
+    attempt: Callable[[IncomingRequest, float], HttpOutcome | None] | None = None
+    """``attempt(request, budget)``: `HttpModule.attempt`."""
+    ready: Callable[[], bool] = lambda: True
+    """Whether the module's machine code is in memory (an inline run never reads the disk)."""
     in_flight: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +109,8 @@ class ServiceHandler:
             for outcome in ("sent", "refused", "failed")
         }
         self._by_status: dict[int, Any] = {}
+        self._inline_finished = metrics.inline_runs.labels(name, "finished")
+        self._inline_stopped = metrics.inline_runs.labels(name, "stopped")
 
     async def runner(self, *, shutdown_timeout: float = 5.0) -> web.ServerRunner:
         """A set-up runner that sends every request to this handler, for sockets to start.
@@ -178,9 +191,7 @@ class ServiceHandler:
                     headers={"Retry-After": "1"},
                 )
                 return self._done(started, response)
-            incoming = _incoming(request, body, target, server_name)
-            loop = asyncio.get_running_loop()
-            outcome = await loop.run_in_executor(self.pool, self.execute, incoming)
+            outcome = await self._run(_incoming(request, body, target, server_name))
         finally:
             self.in_flight -= 1
             if shared is not None:
@@ -217,6 +228,30 @@ class ServiceHandler:
             else:
                 response.headers.add(key, value)
         return self._done(started, response)
+
+    async def _run(self, incoming: IncomingRequest) -> HttpOutcome:
+        """Runs the request inline when its service's runs are short (`inline`), else, or
+        when the inline try is stopped at its budget, on a thread of the pool."""
+        policy, attempt, spent = self.inline, self.attempt, 0.0
+        if policy is not None and attempt is not None and policy.inline and self.ready():
+            tried = time.perf_counter()
+            outcome = attempt(incoming, policy.budget)
+            if outcome is not None:
+                self._inline_finished.inc()
+                policy.ran(outcome.cpu_seconds, waited=outcome.waited)
+                return outcome
+            spent = time.perf_counter() - tried
+            self._inline_stopped.inc()
+            policy.overran()
+            log.info(
+                "an inline run overran its budget; running it on a thread",
+                extra={"service": self.name, "seconds": round(spent, 4)},
+            )
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self.pool, self.execute, incoming, spent)
+        if policy is not None:
+            policy.ran(outcome.cpu_seconds, waited=outcome.waited)
+        return outcome
 
     def _busy(self) -> int:
         """Requests of this service in flight, across worker processes when shared."""

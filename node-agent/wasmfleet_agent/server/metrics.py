@@ -92,6 +92,13 @@ class AgentMetrics:
             ["service", "outcome"],
             registry=r,
         )
+        self.inline_runs = Counter(
+            "wasmfleet_agent_inline_runs",
+            "Requests of a service with short runs tried on the event loop's thread, by "
+            "outcome: finished, or stopped at the inline budget and run again on a thread.",
+            ["service", "outcome"],
+            registry=r,
+        )
         self.compile_seconds = Histogram(
             "wasmfleet_agent_compile_seconds",
             "Time to compile a module, or to load it from the compiled-code cache.",

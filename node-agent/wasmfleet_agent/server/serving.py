@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +25,7 @@ from wasmfleet_agent.runtime.service import HttpModule
 from wasmfleet_agent.server.budget import MemoryBudget
 from wasmfleet_agent.server.http import ServiceHandler
 from wasmfleet_agent.server.inflight import ServiceCells
+from wasmfleet_agent.server.inline import INLINE_BUDGET, InlinePolicy
 from wasmfleet_agent.server.metrics import AgentMetrics
 from wasmfleet_agent.server.orders import ServeOrder
 
@@ -37,8 +39,15 @@ class ServeError(RuntimeError):
 class Server(Protocol):
     """Serves modules on listening sockets, each under its order's key."""
 
-    async def serve(self, order: ServeOrder, listener: socket.socket) -> None:
-        """Serves ``order`` on ``listener``, a listening socket the server owns from now on
+    listeners: int
+    """How many sockets of one ``SO_REUSEPORT`` group it accepts on (`sockets.bind_group`):
+    one per process that accepts."""
+
+    async def serve(
+        self, order: ServeOrder, listener: socket.socket, siblings: Sequence[socket.socket] = ()
+    ) -> None:
+        """Serves ``order`` on ``listener`` and ``siblings`` (listening sockets of its
+        ``SO_REUSEPORT`` group, up to `listeners` in all), which the server owns from now on
         (closed by it if serving fails); raises `ServeError` when it refuses."""
         ...
 
@@ -75,22 +84,35 @@ class InProcessServer:
         pool: Executor,
         metrics: AgentMetrics,
         budget: MemoryBudget | None = None,
+        inline_budget: float = INLINE_BUDGET,
     ) -> None:
         self.runtime = runtime
         self.pool = pool
         self.metrics = metrics
         self.budget = budget
         """Memory every served module's instances share (None: unbounded)."""
+        self.inline_budget = inline_budget
+        """Seconds a short run may take on the loop's thread (0: every run on the pool)."""
         self._sites: dict[str, _Site] = {}
 
     def serves(self, key: str) -> bool:
         return key in self._sites
 
+    listeners = 1
+
     async def serve(
-        self, order: ServeOrder, listener: socket.socket, *, shared: ServiceCells | None = None
+        self,
+        order: ServeOrder,
+        listener: socket.socket,
+        siblings: Sequence[socket.socket] = (),
+        *,
+        shared: ServiceCells | None = None,
     ) -> None:
-        """As `Server.serve`; ``shared`` counts the service's requests in flight across
-        processes (None: this process only)."""
+        """As `Server.serve` (one process: ``siblings`` are closed, ``listener`` is enough);
+        ``shared`` counts the service's requests in flight across processes (None: this
+        process only)."""
+        for sibling in siblings:
+            sibling.close()
         try:
             if order.key in self._sites:
                 raise ServeError(f"{order.key} is served already")
@@ -107,6 +129,9 @@ class InProcessServer:
                 key=order.key,
                 instance_bytes=module.instance_bytes,
                 decode_path=module.cgi,
+                inline=self._inline_policy(module),
+                attempt=module.attempt,
+                ready=lambda: module.ready,
             )
             runner = await handler.runner()
         except BaseException:
@@ -131,6 +156,9 @@ class InProcessServer:
         module = await self._module(order)
         self._budget_for(order.key, module)
         site.handler.execute = module.execute
+        site.handler.inline = self._inline_policy(module)
+        site.handler.attempt = module.attempt
+        site.handler.ready = lambda: module.ready
         site.handler.instance_bytes = module.instance_bytes
         site.handler.decode_path = module.cgi
         site.handler.limits = order.http
@@ -141,6 +169,11 @@ class InProcessServer:
             await site.runner.cleanup()
         if self.budget is not None:
             self.budget.remove_service(key)
+
+    def _inline_policy(self, module: HttpModule) -> InlinePolicy | None:
+        if self.inline_budget <= 0 or not module.repeatable:
+            return None
+        return InlinePolicy(budget=self.inline_budget)
 
     def _budget_for(self, key: str, module: HttpModule) -> None:
         """Keeps room for one instance of ``module`` in the budget; `ServeError` if one

@@ -30,6 +30,7 @@ from typing import Any
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.server.budget import MemoryBudget
 from wasmfleet_agent.server.inflight import InFlightCells
+from wasmfleet_agent.server.inline import INLINE_BUDGET
 from wasmfleet_agent.server.metrics import AgentMetrics, snapshot
 from wasmfleet_agent.server.orders import ServeOrder, read_message, receive_fd, write_message
 from wasmfleet_agent.server.serving import InProcessServer
@@ -51,6 +52,7 @@ class Worker:
         index: int,
         unload_idle_seconds: float = 0.0,
         memory_budget: int | None = None,
+        inline_budget: float = INLINE_BUDGET,
     ) -> None:
         self.control = control
         self.reply = reply
@@ -65,6 +67,7 @@ class Worker:
             pool=self.pool,
             metrics=self.metrics,
             budget=MemoryBudget(memory_budget) if memory_budget is not None else None,
+            inline_budget=inline_budget,
         )
 
     async def run(self) -> int:
@@ -146,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--unload-idle", type=float, default=0.0, help="seconds")
     parser.add_argument("--memory-budget", type=int, help="bytes this process's instances share")
+    parser.add_argument("--inline-budget", type=float, default=INLINE_BUDGET, help="seconds")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
     args = parser.parse_args(argv)
@@ -164,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.index,
         args.unload_idle,
         args.memory_budget,
+        args.inline_budget,
     )
     return asyncio.run(worker.run())
 

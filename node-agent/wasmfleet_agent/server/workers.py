@@ -1,12 +1,13 @@
 """Request-worker processes: the agent's requests on every core, not behind one GIL.
 
 `WorkerPool` starts ``count`` worker processes (`worker`) and keeps them running; it is a
-`serving.Server`. Serving a module is an order sent to every worker with the listening socket
-the agent opened; every
-worker accepts on that same socket, so the kernel hands each connection to whichever worker
-is waiting (the least busy). The agent itself keeps the decisions, the cluster connection
-and a copy of every socket: a worker that dies is started again and handed every order
-that stands, while the others go on answering on the same sockets.
+`serving.Server`. Serving a module is an order sent to every worker with a listening socket
+the agent opened: one of its own when the agent bound a ``SO_REUSEPORT`` group of `listeners`
+sockets (`sockets.bind_group`), so that the kernel spreads connections evenly over the
+workers; else the same socket for all. The agent itself keeps the decisions, the cluster
+connection and a copy of every socket: a worker that dies is started again and handed every
+order that stands, on the same socket as before (connections the kernel gave that socket
+meanwhile wait in its backlog), while the others go on answering on theirs.
 
 A service's ``maxConcurrency`` holds across the workers: they count requests in flight in
 shared memory (`inflight`).
@@ -21,11 +22,13 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wasmfleet_agent.server.inflight import InFlightCells
+from wasmfleet_agent.server.inline import INLINE_BUDGET
 from wasmfleet_agent.server.metrics import Snapshot
 from wasmfleet_agent.server.orders import (
     MAX_MESSAGE,
@@ -62,8 +65,16 @@ class _Process:
 @dataclass
 class _Standing:
     order: ServeOrder
-    listener: socket.socket
+    sockets: list[socket.socket]
+    """The service's listening sockets: worker ``i`` accepts on ``sockets[i % len]``."""
     slot: int
+
+    def socket_of(self, index: int) -> socket.socket:
+        return self.sockets[index % len(self.sockets)]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
 
 
 class WorkerPool:
@@ -80,9 +91,11 @@ class WorkerPool:
         max_services: int = 1024,
         unload_idle_seconds: float = 0.0,
         memory_budget: int | None = None,
+        inline_budget: float = INLINE_BUDGET,
     ) -> None:
         if count < 1:
             raise ValueError("a worker pool needs at least one process")
+        self.listeners = count
         self.cells = InFlightCells.create(slots=max_services, workers=count)
         self._free_slots = list(range(max_services - 1, -1, -1))
         self.count = count
@@ -90,6 +103,7 @@ class WorkerPool:
         self.threads = threads
         self.unload_idle_seconds = unload_idle_seconds
         self.memory_budget = memory_budget
+        self.inline_budget = inline_budget
         """The agent's memory budget (None: unbounded); each process gets its share."""
         # by default the workers log at the level this process logs at
         root_level = logging.getLogger().getEffectiveLevel()
@@ -127,7 +141,7 @@ class WorkerPool:
                 await worker.process.wait()
             worker.writer.close()
         for standing in self._orders.values():
-            standing.listener.close()
+            standing.close()
         self._orders.clear()
         self.cells.close()
 
@@ -152,6 +166,7 @@ class WorkerPool:
                 f"--inflight-fd={self.cells.fd}",
                 f"--slots={self.cells.slots}",
                 f"--workers={self.count}",
+                f"--inline-budget={self.inline_budget!r}",
                 f"--index={index}",
                 f"--unload-idle={self.unload_idle_seconds}",
                 *(
@@ -214,7 +229,7 @@ class WorkerPool:
             self._workers[index] = fresh
             for key, standing in list(self._orders.items()):
                 try:
-                    await self._ask(fresh, _serve_message(standing), standing.listener)
+                    await self._ask(fresh, _serve_message(standing), standing.socket_of(index))
                 except WorkerError as error:
                     log.error(
                         "request worker could not take up a service again",
@@ -249,28 +264,37 @@ class WorkerPool:
         return answer
 
     async def _ask_all(
-        self, message: dict[str, Any], listener: socket.socket | None = None
+        self, message: dict[str, Any], standing: _Standing | None = None
     ) -> list[dict[str, Any] | BaseException]:
+        """Asks every running worker; with ``standing``, each is handed its socket of it."""
         workers = [w for w in self._workers if w is not None and w.alive]
         return await asyncio.gather(
-            *(self._ask(w, message, listener) for w in workers), return_exceptions=True
+            *(
+                self._ask(w, message, None if standing is None else standing.socket_of(w.index))
+                for w in workers
+            ),
+            return_exceptions=True,
         )
 
-    async def serve(self, order: ServeOrder, listener: socket.socket) -> None:
-        """Every worker serves ``order`` on ``listener`` (a socket the pool now owns)."""
-        if order.key in self._orders:
-            listener.close()
-            raise WorkerError(f"{order.key} is served already")
-        if not self._free_slots:
-            listener.close()
+    async def serve(
+        self, order: ServeOrder, listener: socket.socket, siblings: Sequence[socket.socket] = ()
+    ) -> None:
+        """Every worker serves ``order``, each on its socket of ``listener`` and ``siblings``
+        (sockets the pool now owns)."""
+        sockets = [listener, *siblings]
+        if order.key in self._orders or not self._free_slots:
+            for sock in sockets:
+                sock.close()
+            if order.key in self._orders:
+                raise WorkerError(f"{order.key} is served already")
             raise WorkerError(f"this agent serves {self.cells.slots} services at most")
-        standing = _Standing(order, listener, self._free_slots.pop())
+        standing = _Standing(order, sockets, self._free_slots.pop())
         self.cells.reset_slot(standing.slot)
-        answers = await self._ask_all(_serve_message(standing), listener)
+        answers = await self._ask_all(_serve_message(standing), standing)
         failures = [a for a in answers if isinstance(a, BaseException)]
         if failures or not answers:
             await self._ask_all({"op": "stop", "key": order.key})
-            listener.close()
+            standing.close()
             self._free_slots.append(standing.slot)
             raise WorkerError(str(failures[0]) if failures else "no request worker is running")
         self._orders[order.key] = standing
@@ -290,7 +314,7 @@ class WorkerPool:
         standing = self._orders.pop(key, None)
         await self._ask_all({"op": "stop", "key": key})
         if standing is not None:
-            standing.listener.close()
+            standing.close()
             self._free_slots.append(standing.slot)
 
     async def metrics(self) -> list[Snapshot]:
