@@ -80,6 +80,7 @@ component: $(INSTALLED)
 bench: setup component
 	$(BIN)/pip install --quiet -c .ci/constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/http_bench.py
+	$(BIN)/python bench/neighbour_bench.py
 	$(BIN)/python bench/wasi_http_bench.py
 	$(BIN)/python bench/coldpath_bench.py
 	$(BIN)/python bench/module_bench.py

@@ -5,8 +5,10 @@ Targets (each a server on loopback, started and stopped here):
 - ``bare``: a bare aiohttp handler, the ceiling of a Python front end on this machine;
 - ``agent/<module>``: ``wasmfleet-agent serve`` with a hello module (Rust, Go, C), a fresh
   Wasm instance per request, answered by the agent process itself;
+- ``threads/<module>``: the agent with ``--inline-budget 0s``: every run handed to a Wasm
+  thread, as before short runs went inline (`server.inline`), the baseline of that change;
 - ``workers/<module>``: the same with ``--processes N`` (N = the number of cores): worker
-  processes accepting on one socket;
+  processes, each accepting on its socket of one ``SO_REUSEPORT`` group;
 - ``spawn/<module>``: the native wasmtime CLI spawned per request (the process model);
 - ``wasmtime-serve/<component>``: native ``wasmtime serve`` on a wasi:http component
   (``hello-http-component``, a Rust hello; ``hello-python``, the Python example, with
@@ -110,6 +112,7 @@ def targets(modules: Sequence[str]) -> list[tuple[str, list[str]]]:
             "256",
         ]
         chosen.append((f"agent/{module}", serve))
+        chosen.append((f"threads/{module}", [*serve, "--inline-budget", "0s"]))
         if cores > 1:
             chosen.append((f"workers/{module}", [*serve, "--processes", str(cores)]))
     cli = wasmtime_cli()
@@ -216,7 +219,7 @@ def render_table(results: Sequence[Result]) -> str:
         module = r.target.split("/", 1)[-1]
         spawn = by_key.get((f"spawn/{module}", r.concurrency))
         ratio_bare = f"{r.rps / bare.rps:.2f}x" if bare and r.target != "bare" else ""
-        served = r.target.startswith(("agent/", "workers/"))
+        served = r.target.startswith(("agent/", "threads/", "workers/"))
         ratio_spawn = f"{r.rps / spawn.rps:.1f}x" if spawn and served else ""
         lines.append(
             f"| {r.target} | {r.concurrency} | {r.p50_us:.0f} µs | {r.p99_us:.0f} µs "

@@ -71,7 +71,7 @@ def http_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     for r in results:
         level = int(r["concurrency"])
         module = r["target"].split("/", 1)[-1]
-        served = r["target"].startswith(("agent/", "workers/"))
+        served = r["target"].startswith(("agent/", "threads/", "workers/"))
         bare = by_key.get(("bare", level))
         spawn = by_key.get((f"spawn/{module}", level))
         native = by_key.get((f"wasmtime-serve/{module}", level)) or by_key.get(
@@ -188,12 +188,19 @@ def control_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     return table.splitlines(), ["![growth with scale](performance/control.png)"]
 
 
+def neighbour_section(data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    bench = importlib.import_module("neighbour_bench")
+    results = [bench.Result(**r) for r in data["results"]]
+    return bench.render(results).splitlines(), []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     del argv
     sys.path.insert(0, str(Path(__file__).parent))  # the benches render their own tables
     body = [f"Last run: `make bench` on {describe_machine()}.", ""]
     sections = (
         ("http", "Requests through the agent", http_section),
+        ("neighbour", "A short service beside sleeping neighbours", neighbour_section),
         ("coldpath", "From apply to the first answer; agent restart", coldpath_section),
         ("module", "Large modules: compile, cached load, memory", module_section),
         ("control", "Control loop at scale", control_section),
