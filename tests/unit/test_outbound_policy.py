@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from wasmfleet_agent.runtime.outbound import (
@@ -93,3 +96,27 @@ def test_a_name_that_does_not_resolve_is_a_dns_error() -> None:
     with pytest.raises(OutboundError) as failed:
         resolve("no-such-host.invalid", 80)
     assert failed.value.code == "DNS-error"
+
+
+def test_a_lookup_slower_than_its_time_is_a_dns_timeout_within_that_time() -> None:
+    release = threading.Event()
+
+    def stuck(host: str, port: int) -> list[str]:
+        release.wait(10)  # a resolver that does not answer
+        return []
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(OutboundError) as failed:
+            resolve("slow.example.com", 80, timeout=0.2, lookup=stuck)
+    finally:
+        release.set()
+    assert failed.value.code == "DNS-timeout"
+    assert 0.2 <= time.monotonic() - started < 1.0
+
+
+def test_a_lookup_within_its_time_answers() -> None:
+    def answers(host: str, port: int) -> list[str]:
+        return ["127.0.0.1", "192.0.2.7"]  # loopback skipped: not listed by address
+
+    assert resolve("api.example.com", 443, timeout=1.0, lookup=answers) == "192.0.2.7"

@@ -13,8 +13,10 @@ own thread, within the run's deadline:
   metadata endpoint;
 - redirects are not followed (the guest gets the 3xx and may ask for the next origin, which
   is checked again);
-- connecting and every read end by the run's deadline (and by the guest's own
-  ``request-options`` timeouts when shorter); a response body larger than the cap fails with
+- the name lookup, connecting and every read end by the run's deadline (and by the guest's
+  own ``request-options`` timeouts when shorter; a lookup still running then fails with
+  ``DNS-timeout``, its thread left to the resolver's own timeouts, at most
+  `LOOKUP_THREADS` of them at once); a response body larger than the cap fails with
   ``HTTP-response-body-size``;
 - HTTPS verifies the server's certificate for the listed name against the system's CA store
   (``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` are honoured).
@@ -24,13 +26,14 @@ The response is read whole (within the cap) before the guest sees it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import http.client
 import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -137,17 +140,33 @@ def _prohibited(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
-def resolve(host: str, port: int) -> str:
+LOOKUP_THREADS = 4
+"""Name lookups under way at once in one process; more wait their turn (within their time)."""
+_lookups = concurrent.futures.ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="lookup")
+
+Lookup = Callable[[str, int], list[str]]
+"""The addresses a name resolves to (``socket.gaierror`` when it does not)."""
+
+
+def _getaddrinfo(host: str, port: int) -> list[str]:
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+def resolve(
+    host: str, port: int, *, timeout: float | None = None, lookup: Lookup = _getaddrinfo
+) -> str:
     """The address to connect to for ``host``: the literal itself, or the first address its
-    name resolves to that is not prohibited (`OutboundError` when there is none). A lookup is
-    bounded by the system resolver's own timeouts, not by the run's deadline."""
+    name resolves to that is not prohibited (`OutboundError` when there is none). A lookup
+    that takes longer than ``timeout`` seconds fails with ``DNS-timeout`` (None: the system
+    resolver's own timeouts alone)."""
     if _literal(host) is not None:
         return host
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = _lookups.submit(lookup, host, port).result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise OutboundError("DNS-timeout", f"{host}: no answer within {timeout:.3g}s") from None
     except socket.gaierror as error:
         raise OutboundError("DNS-error", f"{host}: {error.strerror}") from None
-    addresses = [str(info[4][0]) for info in infos]
     for text in addresses:
         address = _literal(text)
         if address is not None and not _prohibited(address):
@@ -179,8 +198,7 @@ def send(
             raise OutboundError("HTTP-response-timeout", "the request's deadline passed")
         return remaining if limit is None else min(remaining, limit)
 
-    left(connect_timeout)
-    address = resolve(host, port)
+    address = resolve(host, port, timeout=left(connect_timeout))
     try:
         raw = socket.create_connection((address, port), timeout=left(connect_timeout))
     except ConnectionRefusedError:
