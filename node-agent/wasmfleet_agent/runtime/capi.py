@@ -21,6 +21,7 @@ __all__ = [
     "memory_size",
     "set_argv",
     "set_env",
+    "set_env_with",
     "set_stdio_file",
 ]
 
@@ -32,16 +33,11 @@ _MEMORY = ffi.WASMTIME_EXTERN_MEMORY.value
 class EncodedStrings:
     """A C array of NUL-terminated strings, kept alive as long as this object."""
 
-    def __init__(self, strings: Sequence[str], base: EncodedStrings | None = None) -> None:
-        own = [s.encode() for s in strings]
-        self._strings: list[bytes] = own if base is None else [*base._strings, *own]
-        self.count = len(self._strings)
-        self._array = (ctypes.c_char_p * max(1, self.count))(*self._strings)
+    def __init__(self, strings: Sequence[str]) -> None:
+        self.strings: list[bytes] = [s.encode() for s in strings]
+        self.count = len(self.strings)
+        self._array = (ctypes.c_char_p * max(1, self.count))(*self.strings)
         self.array = ctypes.cast(self._array, ctypes.POINTER(_CharPointer))
-
-    def extended(self, strings: Sequence[str]) -> EncodedStrings:
-        """These strings followed by ``strings``."""
-        return EncodedStrings(strings, base=self)
 
 
 def set_stdio_file(config: wasmtime.WasiConfig, which: str, path: bytes) -> None:
@@ -60,6 +56,35 @@ def set_argv(config: wasmtime.WasiConfig, argv: EncodedStrings) -> None:
 
 def set_env(config: wasmtime.WasiConfig, names: EncodedStrings, values: EncodedStrings) -> None:
     if not ffi.wasi_config_set_env(config.ptr(), names.count, names.array, values.array):
+        raise wasmtime.WasmtimeError("the environment is not valid")
+
+
+# The same C function with arrays of ``c_char_p`` as its parameters, so that a request's
+# arrays are passed as they are made, without a cast (the wrapper's argument types are left
+# alone: wasmtime-py uses them).
+_set_env_arrays = ffi.dll["wasi_config_set_env"]
+_set_env_arrays.restype = ctypes.c_bool
+_set_env_arrays.argtypes = [
+    ctypes.POINTER(ffi.wasi_config_t),
+    ctypes.c_size_t,
+    ctypes.POINTER(ctypes.c_char_p),
+    ctypes.POINTER(ctypes.c_char_p),
+]
+
+
+def set_env_with(
+    config: wasmtime.WasiConfig,
+    names: EncodedStrings,
+    values: EncodedStrings,
+    extra: Sequence[tuple[str, str]],
+) -> None:
+    """The environment ``names``/``values`` (encoded once) followed by ``extra`` (one
+    request's variables, encoded here); wasmtime copies the strings."""
+    count = names.count + len(extra)
+    array = ctypes.c_char_p * max(1, count)
+    encoded_names = array(*names.strings, *[name.encode() for name, _ in extra])
+    encoded_values = array(*values.strings, *[value.encode() for _, value in extra])
+    if not _set_env_arrays(config.ptr(), count, encoded_names, encoded_values):
         raise wasmtime.WasmtimeError("the environment is not valid")
 
 

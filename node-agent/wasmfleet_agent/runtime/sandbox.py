@@ -370,9 +370,8 @@ def _wasi_config(
     argv, names, values = spec.encoded
     capi.set_argv(config, argv)
     if extra_env:
-        names = names.extended([name for name, _ in extra_env])
-        values = values.extended([value for _, value in extra_env])
-    if names.count:
+        capi.set_env_with(config, names, values, extra_env)
+    elif names.count:
         capi.set_env(config, names, values)
     for preopen in spec.preopens:
         config.preopen_dir(str(preopen.host), preopen.guest, preopen.writable)
