@@ -239,7 +239,10 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
         )
         for name, origin in (
             ("with-a-path", "https://api.example.com/v1"),
-            ("wildcard", "https://*.example.com"),
+            ("wildcard-alone", "https://*"),
+            ("wildcard-over-a-top-level-domain", "https://*.com"),
+            ("wildcard-inside", "https://api.*.example.com"),
+            ("wildcard-without-dot", "https://*example.com"),
             ("other-scheme", "ftp://files.example.com"),
             ("no-scheme", "api.example.com"),
             ("port-0", "http://api.example.com:0"),
@@ -296,6 +299,8 @@ VALID: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
                     "http://svc.team.svc.cluster.local:8080",
                     "http://10.0.0.5:9000",
                     "http://[fd00::5]:8080",
+                    "https://*.example.com",
+                    "http://*.team.svc.cluster.local:8080",
                 ]
             }
         ),

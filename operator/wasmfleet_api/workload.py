@@ -142,23 +142,29 @@ class HttpSpec(KubeModel):
     """Largest output (headers and body) a request may write; past it the request fails with 502."""
 
 
-# An allowed outbound origin: http or https, a DNS name, an IPv4 address or a bracketed IPv6
-# address, and an optional port; no path, no user, no wildcard (RE2 syntax, for CEL).
+# An allowed outbound origin: http or https, a DNS name (optionally "*." and a name of at
+# least two labels: any name under it), an IPv4 address or a bracketed IPv6 address, and an
+# optional port; no path, no user, no other wildcard (RE2 syntax, for CEL).
+_LABEL = r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
 _OUTBOUND_HOST = (
-    r"^https?://([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}"
-    rf"[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(:{_PORT})?$"
+    rf"^https?://({_LABEL}(\.{_LABEL})*|\*(\.{_LABEL}){{2,}}|\[[0-9a-fA-F:.]+\])"
+    rf"(:{_PORT})?$"
 )
+WILDCARD = "*."
+"""How an allowed host that stands for every name under it begins."""
 
 
 def parse_outbound_host(text: str) -> tuple[str, str, int]:
     """``(scheme, host, port)`` of an allowed outbound origin such as
-    ``https://api.example.com`` (port 443) or ``http://[::1]:8080``; the host in lower case,
+    ``https://api.example.com`` (port 443), ``https://*.example.com`` (every name under
+    example.com, not example.com itself) or ``http://[::1]:8080``; the host in lower case,
     an IPv6 address without brackets. Raises ValueError for anything else."""
     match = re.fullmatch(_OUTBOUND_HOST.strip("^$"), text)
     if match is None:
         raise ValueError(
-            f"{text!r} is not an outbound origin such as https://api.example.com or "
-            "http://svc.ns.svc:8080 (scheme http or https, a host, an optional port)"
+            f"{text!r} is not an outbound origin such as https://api.example.com, "
+            "https://*.example.com or http://svc.ns.svc:8080 (scheme http or https, a host, "
+            "an optional port)"
         )
     scheme, rest = text.split("://", 1)
     if rest.startswith("["):
@@ -188,16 +194,19 @@ class NetworkSpec(KubeModel):
         json_schema_extra=schema(
             rule(
                 f"self.all(h, h.matches(r'{_OUTBOUND_HOST}'))",
-                "each entry must be an origin such as https://api.example.com or "
-                "http://svc.ns.svc:8080: scheme http or https, a host name or IP address, an "
-                "optional port (1-65535), no path and no wildcard",
+                "each entry must be an origin such as https://api.example.com, "
+                "https://*.example.com or http://svc.ns.svc:8080: scheme http or https, a host "
+                "name (or *. and a name of two labels or more) or IP address, an optional port "
+                "(1-65535), no path",
             ),
             list_type="set",
         ),
     )
     """Origins (scheme, host, port) a wasi:http component may send requests to, for example
     ``https://api.example.com`` or ``http://svc.ns.svc:8080``; the port defaults to the
-    scheme's. Every other request fails with HTTP-request-denied. A host name that resolves
+    scheme's. ``https://*.example.com`` stands for every name under example.com (not
+    example.com itself), on that scheme and port. Every other request fails with
+    HTTP-request-denied. A host name that resolves
     to a loopback or link-local address is refused unless that address itself is listed.
     Redirects are not followed. WASI preview 1 modules and wasi:cli components have no
     sockets and make no request whatever this says."""

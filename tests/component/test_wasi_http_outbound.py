@@ -65,6 +65,8 @@ def setup(workspace: Workspace, wasm_modules: dict[str, Path]) -> Iterator[Setup
         f"http://127.0.0.1:{closed_port}",
         # a name that resolves to loopback: listed, and still refused
         f"http://localhost:{plain.port}",
+        # every name under wild.invalid (a reserved name: none of them resolves)
+        f"http://*.wild.invalid:{plain.port}",
     ]
     agent = ServedModule(
         directory,
@@ -142,6 +144,18 @@ def test_a_refused_request_never_reaches_the_upstream(
     status, answer = _probe(setup, f"/outbound?{url}")
     assert (status, answer) == (200, {"error": error})
     assert len(upstream.seen) == before
+
+
+def test_a_name_under_a_listed_wildcard_is_let_through_and_the_wildcards_own_name_is_not(
+    setup: Setup,
+) -> None:
+    port = setup.plain.port
+    # let through the policy: the lookup is what fails (the name does not exist)
+    status, answer = _probe(setup, f"/outbound?http://api.wild.invalid:{port}/x")
+    assert status == 200
+    assert str(answer.get("error", "")).startswith("ErrorCode_Dns"), answer
+    for url in (f"http://wild.invalid:{port}/x", f"http://api.wild.invalid:{port + 1}/x"):
+        assert _probe(setup, f"/outbound?{url}") == (200, {"error": "ErrorCode_HttpRequestDenied"})
 
 
 def test_redirects_are_handed_to_the_guest_not_followed(setup: Setup) -> None:

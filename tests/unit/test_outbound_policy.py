@@ -120,3 +120,46 @@ def test_a_lookup_within_its_time_answers() -> None:
         return ["127.0.0.1", "192.0.2.7"]  # loopback skipped: not listed by address
 
     assert resolve("api.example.com", 443, timeout=1.0, lookup=answers) == "192.0.2.7"
+
+
+WILD = OutboundPolicy.parse(["https://*.Example.com", "http://*.team.svc:8080"])
+
+
+@pytest.mark.parametrize(
+    ("scheme", "authority"),
+    [
+        ("https", "api.example.com"),
+        ("https", "a.b.c.EXAMPLE.com:443"),
+        ("http", "web.team.svc:8080"),
+    ],
+)
+def test_a_wildcard_lets_every_name_under_it_pass(scheme: str, authority: str) -> None:
+    assert WILD.allowed == ("http://*.team.svc:8080", "https://*.example.com:443")
+    check(WILD, _request(scheme, authority))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "authority", "code"),
+    [
+        ("https", "example.com", "HTTP-request-denied"),  # the name itself is not under it
+        ("https", "badexample.com", "HTTP-request-denied"),
+        ("https", "example.com.evil.net", "HTTP-request-denied"),
+        ("http", "api.example.com", "HTTP-request-denied"),  # another scheme
+        ("https", "api.example.com:8443", "HTTP-request-denied"),  # another port
+        ("http", "web.team.svc", "HTTP-request-denied"),
+        ("https", "*.example.com", "HTTP-request-URI-invalid"),  # a wildcard is no host
+        ("https", "93.184.216.34", "HTTP-request-denied"),  # an address is under no name
+    ],
+)
+def test_a_wildcard_lets_nothing_else_pass(scheme: str, authority: str, code: str) -> None:
+    with pytest.raises(OutboundError) as refused:
+        check(WILD, _request(scheme, authority))
+    assert refused.value.code == code
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://*", "https://*.com", "https://a.*.com", "http://*x.io"]
+)
+def test_other_wildcards_are_refused(origin: str) -> None:
+    with pytest.raises(ValueError, match="not an outbound origin"):
+        OutboundPolicy.parse([origin])

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
-from wasmfleet_api.workload import parse_outbound_host, render_outbound_host
+from wasmfleet_api.workload import WILDCARD, parse_outbound_host, render_outbound_host
 
 __all__ = [
     "OutboundError",
@@ -87,7 +87,18 @@ class OutboundPolicy:
         return frozenset(parse_outbound_host(origin) for origin in self.allowed)
 
     def allows(self, scheme: str, host: str, port: int) -> bool:
-        return (scheme, host.lower(), port) in self._triples
+        """Whether a request to ``host`` may go: listed as it is, or a name under a listed
+        ``*.`` name (never an address, never the listed name itself)."""
+        host = host.lower()
+        if (scheme, host, port) in self._triples:
+            return True
+        if _literal(host) is not None:
+            return False
+        labels = host.split(".")
+        return any(
+            (scheme, WILDCARD + ".".join(labels[start:]), port) in self._triples
+            for start in range(1, len(labels) - 1)
+        )
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,8 @@ def check(policy: OutboundPolicy, request: OutboundRequest) -> tuple[str, int]:
         raise OutboundError("HTTP-request-denied", f"scheme {request.scheme!r} is not served")
     try:  # the authority as an origin: host (name, IPv4, [IPv6]) and optional port, no user
         _, host, port = parse_outbound_host(f"{request.scheme}://{request.authority}")
+        if host.startswith(WILDCARD):
+            raise ValueError("a wildcard is no host to send to")
     except ValueError:
         raise OutboundError(
             "HTTP-request-URI-invalid", f"bad authority {request.authority[:100]!r}"
