@@ -125,6 +125,31 @@ def _options(args: argparse.Namespace) -> ModuleOptions:
     )
 
 
+def _serving_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``serve`` and ``node`` share about the processes that answer requests."""
+    parser.add_argument(
+        "--unload-idle",
+        type=_duration,
+        default="10m",
+        help="drop a module's machine code after this long without a request (0s: never); "
+        "the next request loads it again from the cache",
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="processes answering requests (more than 1: worker processes, one per core)",
+    )
+    parser.add_argument(
+        "--inline-budget",
+        type=_duration,
+        default="2ms",
+        help="CPU time a short run may spend on the event loop's thread before it is stopped "
+        "and run again on a Wasm thread (0s: every run on a thread); only modules without "
+        "writable directories or outbound hosts",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmfleet-agent",
@@ -153,27 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         help="close a connection after this long without a complete request (idle between "
         "requests, or stuck in its headers)",
     )
-    serve_parser.add_argument(
-        "--unload-idle",
-        type=_duration,
-        default="10m",
-        help="drop a module's machine code after this long without a request (0s: never); "
-        "the next request loads it again from the cache",
-    )
-    serve_parser.add_argument(
-        "--processes",
-        type=_positive,
-        default=1,
-        help="processes answering requests (more than 1: worker processes, one per core)",
-    )
-    serve_parser.add_argument(
-        "--inline-budget",
-        type=_duration,
-        default="2ms",
-        help="CPU time a short run may spend on the event loop's thread before it is stopped "
-        "and run again on a Wasm thread (0s: every run on a thread); only modules without "
-        "writable directories or outbound hosts",
-    )
+    _serving_arguments(serve_parser)
     _module_arguments(serve_parser)
     run_parser = commands.add_parser(
         "run",
@@ -223,27 +228,7 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=int, help="port of /healthz /readyz /metrics")
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--workers", type=int, default=64, help="threads running Wasm")
-    parser.add_argument(
-        "--unload-idle",
-        type=_duration,
-        default="10m",
-        help="drop a module's machine code after this long without a request (0s: never); "
-        "the next request loads it again from the cache",
-    )
-    parser.add_argument(
-        "--processes",
-        type=_positive,
-        default=1,
-        help="processes answering requests (more than 1: worker processes, one per core)",
-    )
-    parser.add_argument(
-        "--inline-budget",
-        type=_duration,
-        default="2ms",
-        help="CPU time a short run may spend on the event loop's thread before it is stopped "
-        "and run again on a Wasm thread (0s: every run on a thread); only modules without "
-        "writable directories or outbound hosts",
-    )
+    _serving_arguments(parser)
     parser.add_argument(
         "--drain", type=_duration, default="2s", help="keep serving a removed binding this long"
     )

@@ -124,28 +124,16 @@ async def test_a_module_that_always_sleeps_never_runs_inline(
     assert _inline(probe) == {"finished": 0, "stopped": 0}
 
 
-async def test_inline_runs_can_be_turned_off(
-    workspace: Workspace, wasm_modules: dict[str, Path], http: aiohttp.ClientSession
+@pytest.mark.parametrize("case", ["turned-off", "writable-directory"])
+async def test_no_run_goes_inline_when_turned_off_or_when_a_run_leaves_files_behind(
+    case: str, workspace: Workspace, wasm_modules: dict[str, Path], http: aiohttp.ClientSession
 ) -> None:
+    extra = {
+        "turned-off": ["--inline-budget", "0s"],
+        "writable-directory": ["--dir", f"{workspace.subdir('inline-scratch-dir')}:/scratch:rw"],
+    }[case]
     with ServedModule(
-        workspace.subdir("inline-off"),
-        wasm_modules["probe"],
-        extra=["--inline-budget", "0s"],
-        name="inline-off",
-    ) as agent:
-        await _echoes(http, agent, 30)
-        assert _inline(agent) == {"finished": 0, "stopped": 0}
-
-
-async def test_a_service_with_a_writable_directory_never_runs_inline(
-    workspace: Workspace, wasm_modules: dict[str, Path], http: aiohttp.ClientSession
-) -> None:
-    scratch = workspace.subdir("inline-scratch-dir")
-    with ServedModule(
-        workspace.subdir("inline-writable"),
-        wasm_modules["probe"],
-        extra=["--dir", f"{scratch}:/scratch:rw"],
-        name="inline-writable",
+        workspace.subdir(f"inline-{case}"), wasm_modules["probe"], extra=extra, name=case
     ) as agent:
         await _echoes(http, agent, 30)
         assert _inline(agent) == {"finished": 0, "stopped": 0}
