@@ -13,8 +13,13 @@ tenants' modules would be), so only the agent is measured. It reports:
 - beside it, the baseline of a process per service: the RSS of one ``wasmfleet-agent serve``
   process serving one module, times the number of services.
 
+With ``--baseline REV`` the same measurement runs first with the agent of revision ``REV``
+(a git worktree under ``build/bench``), so that this tree's figures have their baseline from
+the same run.
+
 Bounded: every wait has a deadline; all traffic stays in the bench's network namespace.
-Results: a table on stdout and JSON in ``build/bench/density.json``.
+Results: a table on stdout and JSON in ``build/bench/density.json`` (the baseline's in
+``density-baseline.json``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -140,7 +146,7 @@ async def push_variants(registry: Registry, module: bytes, count: int) -> list[t
     return pushed
 
 
-async def measure(args: argparse.Namespace, workdir: Path) -> Result:
+async def measure(args: argparse.Namespace, workdir: Path, source: Path | None = None) -> Result:
     modules = build_all()
     plane = ControlPlane(ensure_binaries(), workdir / "plane")
     registry = Registry(workdir / "registry")
@@ -157,6 +163,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Result:
             NODE,
             labels={"kubernetes.io/arch": "amd64"},
             extra_args=["--unload-idle", f"{args.unload_idle}s"],
+            source=source,
         )
         pid = agent.process.pid
         assert pid is not None
@@ -257,11 +264,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="until all Ready")
     parser.add_argument("--unload-idle", type=float, default=5.0, help="agent's --unload-idle")
+    parser.add_argument(
+        "--baseline", metavar="REVISION", help="measure this revision's agent first, the same way"
+    )
     args = parser.parse_args(argv)
     if not netns_available():
         print("the agent needs a network namespace: run as root with iproute2", file=sys.stderr)
         return 2
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.baseline:
+        from control_bench import _baseline_tree
+
+        tree = _baseline_tree(args.baseline)
+        try:
+            with tempfile.TemporaryDirectory(prefix="wasmfleet-density-") as tmp:
+                baseline = asyncio.run(measure(args, Path(tmp), source=tree))
+        finally:
+            subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)],
+                check=False,
+            )
+        (OUT / "density-baseline.json").write_text(json.dumps(asdict(baseline), indent=2))
+        print(f"baseline {args.baseline}:")
+        print(render(baseline))
+        print("this tree:")
     with tempfile.TemporaryDirectory(prefix="wasmfleet-density-") as tmp:
         result = asyncio.run(measure(args, Path(tmp)))
     (OUT / "density.json").write_text(json.dumps(asdict(result), indent=2))

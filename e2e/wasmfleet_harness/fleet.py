@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import threading
 import urllib.error
@@ -92,12 +93,14 @@ class LocalFleet:
         processes: int = 1,
         extra_args: Sequence[str] = (),
         kubeconfig: Path | None = None,
+        source: Path | None = None,
     ) -> AgentProcess:
         """Registers ``node`` with ``labels`` and starts its agent at an address of its own.
 
         ``processes`` above 1 has the agent answer requests in that many worker processes;
         ``kubeconfig`` replaces the fleet's agent identity (e.g. to reach the API server
-        through a `wasmfleet_harness.partition.Relay`).
+        through a `wasmfleet_harness.partition.Relay`); ``source`` runs the agent of another
+        checkout (its ``node-agent`` and ``operator`` packages ahead of the installed ones).
         """
         host = self.hosts.add()
         self.plane.kubectl_apply(
@@ -151,6 +154,9 @@ class LocalFleet:
             ],
             log_path=self.workdir / "logs" / f"agent-{node}.log",
             tie_to_parent=self.tie_to_parent,
+            env=None
+            if source is None
+            else {**os.environ, "PYTHONPATH": f"{source / 'node-agent'}:{source / 'operator'}"},
         )
         agent = AgentProcess(node, host, process, admin_port)
         self.agents[node] = agent
