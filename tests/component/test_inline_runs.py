@@ -78,19 +78,26 @@ async def test_short_runs_go_inline_and_answer_alike(
     assert counts["finished"] >= 60 - 2 * 8
 
 
+async def _after_going_inline(
+    http: aiohttp.ClientSession, agent: ServedModule, path: str
+) -> tuple[int, float, dict[str, float], dict[str, float]]:
+    """``path`` asked once /echo runs inline: its status, seconds, and the inline counts
+    before and after it."""
+    await _echoes(http, agent, 60)
+    before = _inline(agent)
+    started = time.monotonic()
+    async with http.get(agent.url + path) as response:
+        await response.read()
+    return response.status, time.monotonic() - started, before, _inline(agent)
+
+
 async def test_a_try_that_spins_is_stopped_and_its_deadline_still_holds(
     probe: ServedModule, http: aiohttp.ClientSession
 ) -> None:
-    await _echoes(http, probe, 60)
-    before = _inline(probe)
-    started = time.monotonic()
-    async with http.get(probe.url + "/loop") as response:
-        await response.read()
-    elapsed = time.monotonic() - started
-    assert response.status == 504
+    status, elapsed, before, after = await _after_going_inline(http, probe, "/loop")
+    assert status == 504
     # the run on a thread gets what the try left of the deadline: not a second deadline
     assert DEADLINE <= elapsed < DEADLINE + 0.5
-    after = _inline(probe)
     assert after["stopped"] == before["stopped"] + 1
     assert "an inline run overran its budget" in probe.process.log_path.read_text()
     # /echo is still answered, on threads until sixteen short runs in a row (eight in a
@@ -104,14 +111,10 @@ async def test_a_try_that_spins_is_stopped_and_its_deadline_still_holds(
 async def test_a_try_that_would_sleep_is_stopped_at_once_and_the_sleep_is_whole(
     probe: ServedModule, http: aiohttp.ClientSession
 ) -> None:
-    await _echoes(http, probe, 60)
-    before = _inline(probe)
-    started = time.monotonic()
-    async with http.get(probe.url + "/sleep?200") as response:
-        await response.read()
-    assert response.status == 200
-    assert time.monotonic() - started >= 0.2
-    assert _inline(probe)["stopped"] == before["stopped"] + 1
+    status, elapsed, before, after = await _after_going_inline(http, probe, "/sleep?200")
+    assert status == 200
+    assert elapsed >= 0.2
+    assert after["stopped"] == before["stopped"] + 1
 
 
 async def test_a_module_that_always_sleeps_never_runs_inline(
