@@ -21,7 +21,6 @@ __all__ = [
     "memory_size",
     "set_argv",
     "set_env",
-    "set_env_with",
     "set_stdio_file",
 ]
 
@@ -54,12 +53,7 @@ def set_argv(config: wasmtime.WasiConfig, argv: EncodedStrings) -> None:
         raise wasmtime.WasmtimeError("the arguments are not valid")
 
 
-def set_env(config: wasmtime.WasiConfig, names: EncodedStrings, values: EncodedStrings) -> None:
-    if not ffi.wasi_config_set_env(config.ptr(), names.count, names.array, values.array):
-        raise wasmtime.WasmtimeError("the environment is not valid")
-
-
-# The same C function with arrays of ``c_char_p`` as its parameters, so that a request's
+# wasi_config_set_env with arrays of ``c_char_p`` as its parameters, so that a request's
 # arrays are passed as they are made, without a cast (the wrapper's argument types are left
 # alone: wasmtime-py uses them).
 _set_env_arrays = ffi.dll["wasi_config_set_env"]
@@ -72,11 +66,11 @@ _set_env_arrays.argtypes = [
 ]
 
 
-def set_env_with(
+def set_env(
     config: wasmtime.WasiConfig,
     names: EncodedStrings,
     values: EncodedStrings,
-    extra: Sequence[tuple[str, str]],
+    extra: Sequence[tuple[str, str]] = (),
 ) -> None:
     """The environment ``names``/``values`` (encoded once) followed by ``extra`` (one
     request's variables, encoded here); wasmtime copies the strings."""

@@ -369,10 +369,8 @@ def _wasi_config(
     config = wasmtime.WasiConfig()
     argv, names, values = spec.encoded
     capi.set_argv(config, argv)
-    if extra_env:
-        capi.set_env_with(config, names, values, extra_env)
-    elif names.count:
-        capi.set_env(config, names, values)
+    if names.count or extra_env:
+        capi.set_env(config, names, values, extra_env)
     for preopen in spec.preopens:
         config.preopen_dir(str(preopen.host), preopen.guest, preopen.writable)
     if inherit_stdio:
@@ -432,7 +430,7 @@ def run(
     fds = () if inherit_stdio else (pipes.stdout, pipes.stderr)
     watch = _Watch(deadline, fds, limits.max_output, sink, monotonic_origin=monotonic_origin)
     if limits.cpu_budget is not None:
-        watch.cpu_until = time.thread_time() + limits.cpu_budget
+        watch.cpu_until = cpu_started + limits.cpu_budget
     exit_code: int | None = None
     failure: Failure | None = None
     instantiated = started
@@ -533,7 +531,7 @@ def handle_http(
     deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
     watch = _Watch(deadline, (), state.max_output)
     if cpu_budget is not None:
-        watch.cpu_until = time.thread_time() + cpu_budget
+        watch.cpu_until = cpu_started + cpu_budget
     failure: Failure | None = None
     instantiated = started
     compiled.clock.enter()
