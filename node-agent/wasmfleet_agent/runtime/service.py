@@ -34,6 +34,7 @@ from wasmfleet_agent.runtime import cgi, wasi_http
 from wasmfleet_agent.runtime.component import PROXY_WORLD
 from wasmfleet_agent.runtime.engine import CompiledModule, ModuleSlot
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
+from wasmfleet_agent.runtime.link import BodyLink
 from wasmfleet_agent.runtime.sandbox import (
     Failure,
     HandleResult,
@@ -77,6 +78,11 @@ class IncomingRequest:
     request_uri: str | None = None
     """The origin-form target as sent (None: ``path?query``)."""
     protocol: str = "HTTP/1.1"
+    link: BodyLink | None = None
+    """The client's connection, through which a ``wasi:http`` run's bodies stream (None: a
+    CGI run, or one whose bodies are held whole)."""
+    more_body: bool = False
+    """``body`` is the start of the body: the rest comes through ``link``."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,7 @@ class HttpModule:
             env=self.spec.env,
             args=self.spec.args,
             outbound=self.spec.outbound_policy,
+            link=request.link,
         )
         result = handle_http(
             compiled,
@@ -291,6 +298,7 @@ def _http_request(request: IncomingRequest) -> wasi_http.IncomingHttp:
             if name.lower() != "host"
         ),
         body=request.body,
+        rest=request.link if request.more_body else None,
     )
 
 
@@ -312,13 +320,13 @@ def _proxy_outcome(result: HandleResult, response: wasi_http.GuestResponse | Non
     elif not response.finished:
         problem = 502, "module wrote an invalid response: its body was not finished"
     else:
-        declared = [v for k, v in response.headers if k.lower() == "content-length"]
-        if declared and declared[0].strip() != str(len(response.body)).encode():
+        declared = wasi_http.declared_length(response.headers)
+        if declared is not None and declared != response.length:
             problem = (
                 502,
                 (
                     "module wrote an invalid response: content-length "
-                    f"{declared[0].decode('latin-1')!r} but {len(response.body)} bytes of body"
+                    f"{_content_length(response.headers)!r} but {response.length} bytes of body"
                 ),
             )
     if problem is not None:
@@ -330,6 +338,10 @@ def _proxy_outcome(result: HandleResult, response: wasi_http.GuestResponse | Non
         bytes(response.body),
         instantiate_seconds=timing,
     )
+
+
+def _content_length(fields: list[tuple[str, bytes]]) -> str:
+    return next(v for k, v in fields if k.lower() == "content-length").decode("latin-1")
 
 
 def _outcome(result: RunResult) -> HttpOutcome:

@@ -21,10 +21,20 @@ A proxy component gets no files and no sockets: ``wasi:filesystem/preopens`` lis
 directory, and every other function of ``wasi:filesystem`` and ``wasi:sockets`` (which language
 runtimes import) is linked to a function that traps, saying what was called.
 
-Limits: a guest blocked in a host call (a pollable's ``block``, ``poll``) wakes by the run's
-deadline and traps there, like a guest running code; a response body past ``max_output``
-stops the run. Bodies are held in memory, each within a bound: the request body within the
-agent's request body limit, the response body within ``max_output``.
+Bodies stream through the client's connection (`link`): the request body past what the run
+was given is read from it as the guest reads (``read`` then waits for the next part, as
+``blocking-read`` does), and the response goes out once it holds `link.STREAM_AFTER` bytes,
+or once the guest waits (a pollable, the request body, an outgoing request) after flushing;
+otherwise it is held until the run ends, so that a failed run still gets a clean 5xx.
+Bytes the guest flushes are sent before it next waits, not at the flush: a response written
+and finished without a wait stays one response with a length. A run on the event loop's
+thread (a try, see `sandbox.may_block`) never streams: it stops instead, and runs again on a
+thread. The bodies of outgoing requests and of their responses are held in memory, within
+``max_output``.
+
+Limits: a guest blocked in a host call (a pollable's ``block``, ``poll``, a read of the
+request body, a write the client is slow to take) wakes by the run's deadline and traps there,
+like a guest running code; a response body past ``max_output`` stops the run.
 
 Value shapes follow wasmtime-py's conversions: a ``result`` or ``option`` whose cases take
 values of distinct Python classes is passed untagged (the value, or None for a case without
@@ -33,6 +43,7 @@ one), otherwise as a `Variant` (``Variant("ok")``); each function below says whi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -55,6 +66,7 @@ from wasmtime.component import (
 )
 
 from wasmfleet_agent.runtime import conversions, outbound, sandbox
+from wasmfleet_agent.runtime.link import STREAM_AFTER, BodyLink, LinkError
 
 __all__ = [
     "Exchange",
@@ -78,6 +90,8 @@ class IncomingHttp:
     authority: str
     headers: tuple[tuple[str, bytes], ...]
     body: bytes
+    rest: BodyLink | None = None
+    """Where the rest of the body comes from, when ``body`` is not all of it."""
 
 
 @dataclass
@@ -87,10 +101,22 @@ class GuestResponse:
     status: int = 200
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
+    """What the guest wrote and the client has not been sent."""
     finished: bool = False
     """``outgoing-body.finish`` was called (a body dropped unfinished is a broken response)."""
     error: str | None = None
     """The error code the guest set instead of a response."""
+    started: bool = False
+    """The status and headers went to the client: the response streams."""
+    sent: int = 0
+    """Bytes of the body the client has been sent."""
+    flushed: bool = False
+    """The guest flushed bytes it wrote: they go out before it next waits."""
+
+    @property
+    def length(self) -> int:
+        """The body's length so far, sent or held."""
+        return self.sent + len(self.body)
 
 
 @dataclass
@@ -110,6 +136,8 @@ class Exchange:
     outgoing: list[tuple[str, str]] = field(default_factory=list)
     """Each outgoing request's outcome (``sent``, ``refused``, ``failed``) and what
     happened, in order."""
+    link: BodyLink | None = None
+    """The client's connection, for a response that streams (None: held whole)."""
     objects: dict[int, object] = field(default_factory=dict)
     _next: int = 1
 
@@ -252,12 +280,15 @@ def _field_error(name: str, value: bytes | None = None) -> Variant | None:
 class _InputStream:
     data: memoryview
     position: int = 0
+    rest: BodyLink | None = None
+    """Where more comes from once ``data`` is read (None: the stream ends there)."""
 
 
 @dataclass
 class _OutputStream:
     write: Callable[[bytes], None]
     closed: Callable[[], bool] = lambda: False
+    flush: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -269,6 +300,7 @@ class _IncomingRequest:
 @dataclass
 class _IncomingBody:
     data: bytes
+    rest: BodyLink | None = None
     streamed: bool = False
 
 
@@ -295,18 +327,31 @@ class _OutgoingBody:
     of_request: bool = False
     """The body of an outgoing request (not of the guest's response)."""
     on_finish: Callable[[], None] | None = None
+    flushed: bool = False
+    """Flushed before the response was set (then the response's ``flushed``)."""
 
     def write(self, data: bytes) -> None:
         if self.finished:
             raise GuestError("a write to a finished outgoing-body")
-        target = self.pending if self.response is None else self.response.body
-        state = _current()
-        if len(target) + len(data) > state.max_output:
+        state, response = _current(), self.response
+        length = len(self.pending) if response is None else response.length
+        if length + len(data) > state.max_output:
             if self.of_request:
                 raise GuestError(f"an outgoing request body larger than {state.max_output} bytes")
             sandbox.stop_run("output")
             raise GuestError(f"the response body is larger than {state.max_output} bytes")
-        target += data
+        if response is None:
+            self.pending += data
+            return
+        response.body += data
+        if len(response.body) >= STREAM_AFTER:
+            _push(state, response)
+
+    def flush(self) -> None:
+        if self.response is None:
+            self.flushed = True
+        else:
+            self.response.flushed = True
 
 
 @dataclass
@@ -348,6 +393,7 @@ class _FutureResponse:
 
     def send(self) -> None:
         assert self.request is not None
+        _before_wait()
         state = _current()
         options = self.options or _RequestOptions()
         seconds = [None if ns is None else ns / 1e9 for ns in (options.connect, options.first_byte)]
@@ -404,6 +450,9 @@ class _Pollable:
 
 def _wait_until(ready_at: int) -> None:
     """Sleeps until ``ready_at`` (monotonic ns), or traps at the run's deadline first."""
+    if time.monotonic_ns() >= ready_at:
+        return
+    _before_wait()
     deadline = sandbox.current_deadline()
     while True:
         now = time.monotonic_ns()
@@ -420,6 +469,93 @@ def _wait_until(ready_at: int) -> None:
             sandbox.stop_run("budget")
             raise GuestError("a try may not wait in a host call")
         time.sleep(pause)
+
+
+# Streaming: the client's connection, used from the run's thread
+
+
+def _time_left(doing: str) -> float | None:
+    """Seconds left before the run's deadline (None: no deadline); past it, traps."""
+    deadline = sandbox.current_deadline()
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        sandbox.stop_run("deadline")
+        raise GuestError(f"deadline exceeded while {doing}")
+    return left
+
+
+def _over_link(doing: str) -> None:
+    """Checks that the run may wait on the client's connection: a try may not."""
+    if not sandbox.may_block():
+        sandbox.stop_run("budget")
+        raise GuestError(f"a try may not wait while {doing}")
+
+
+def _link_failed(error: LinkError, doing: str) -> None:
+    """A link call that ran out of the run's time traps; other failures are the guest's to
+    see, as a stream error."""
+    deadline = sandbox.current_deadline()
+    if error.timed_out and deadline is not None and time.monotonic() >= deadline:
+        sandbox.stop_run("deadline")
+        raise GuestError(f"deadline exceeded while {doing}") from None
+
+
+def _push(state: Exchange, response: GuestResponse) -> None:
+    """Sends what ``response`` holds to the client, starting the response first; a try stops
+    instead (it never streams). `LinkError` when the client cannot take it."""
+    link = state.link
+    if link is None:
+        return
+    doing = "sending the response"
+    _over_link(doing)
+    declared = declared_length(response.headers)
+    if declared is not None and response.length > declared:
+        raise GuestError(f"the response body is longer than its content-length {declared}")
+    try:
+        if not response.started:
+            link.start(response.status, list(header_pairs(response.headers)), _time_left(doing))
+            response.started = True
+        if response.body:
+            data = bytes(response.body)
+            response.body.clear()
+            link.send(data, _time_left(doing))
+            response.sent += len(data)
+    except LinkError as error:
+        _link_failed(error, doing)
+        raise
+
+
+def _before_wait() -> None:
+    """Called before the guest waits: what it flushed goes out first (the response starts,
+    even with no body yet, as a stream of events wants)."""
+    state = _current()
+    response = state.response
+    if state.link is None or response is None or not response.flushed:
+        return
+    if response.error is not None or (response.started and not response.body):
+        return
+    response.flushed = False
+    with contextlib.suppress(LinkError):  # the guest learns it at its next write
+        _push(state, response)
+
+
+def _receive(link: BodyLink) -> bytes:
+    """The next part of the request body from the client (``b""`` at its end)."""
+    doing = "reading the request body"
+    _before_wait()
+    _over_link(doing)
+    try:
+        return link.receive(_time_left(doing))
+    except LinkError as error:
+        _link_failed(error, doing)
+        raise
+
+
+def _stream_error(message: str) -> ResourceHost:
+    """A stream's ``last-operation-failed`` payload: an ``error`` saying ``message``."""
+    return _current().handle(_Error(message), _KIND["error"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,7 +684,8 @@ def _request_consume(_store: Any, this: Any) -> ResourceHost | None:
     if request.consumed:
         return None
     request.consumed = True
-    return _current().handle(_IncomingBody(request.request.body), _KIND["incoming-body"])
+    body = _IncomingBody(request.request.body, request.request.rest)
+    return _current().handle(body, _KIND["incoming-body"])
 
 
 def _body_stream(_store: Any, this: Any) -> ResourceHost | None:
@@ -556,7 +693,8 @@ def _body_stream(_store: Any, this: Any) -> ResourceHost | None:
     if body.streamed:
         return None
     body.streamed = True
-    return _current().handle(_InputStream(memoryview(body.data)), _KIND["input-stream"])
+    stream = _InputStream(memoryview(body.data), rest=body.rest)
+    return _current().handle(stream, _KIND["input-stream"])
 
 
 def _body_finish(_store: Any, this: Any) -> ResourceHost:
@@ -613,7 +751,7 @@ def _outgoing_body_write(_store: Any, this: Any) -> ResourceHost | None:
     if body.stream_taken:
         return None
     body.stream_taken = True
-    stream = _OutputStream(body.write, lambda: body.finished)
+    stream = _OutputStream(body.write, lambda: body.finished, body.flush)
     return _current().handle(stream, _KIND["output-stream"])
 
 
@@ -623,8 +761,14 @@ def _outgoing_body_finish(_store: Any, this: Any, trailers: Any) -> Variant | No
     if trailers is not None:
         _take(trailers, _Fields)  # trailers are accepted and not sent (HTTP/1.1 responses)
     body.finished = True
-    if body.response is not None:
-        body.response.finished = True
+    response = body.response
+    if response is not None:
+        response.finished = True
+        if response.started and response.body:
+            try:
+                _push(_current(), response)
+            except LinkError:
+                return Variant("internal-error", "the client went away")
     if body.on_finish is not None:
         body.on_finish()
     return None
@@ -647,9 +791,13 @@ def _outparam_set(_store: Any, param: Any, response: Any) -> None:
     else:
         guest.body += body.pending
         guest.finished = body.finished
+        guest.flushed = body.flushed
         body.response = guest
         body.pending = bytearray()
     state.response = guest
+    if len(guest.body) >= STREAM_AFTER and not guest.finished:
+        with contextlib.suppress(LinkError):  # the guest learns it at its next write
+            _push(state, guest)
 
 
 def _outparam_informational(_store: Any, this: Any, status: int, headers: Any) -> Variant | None:
@@ -866,9 +1014,28 @@ def _subscribe_ready(_store: Any, this: Any) -> ResourceHost:
     return _current().handle(_Pollable(), _KIND["pollable"])
 
 
-def _read(_store: Any, this: Any, length: int) -> bytes | None:
-    # result<list<u8>, stream-error>: the bytes, or None for closed
+def _fill(stream: _InputStream) -> ResourceHost | None:
+    """Makes sure ``stream`` has bytes to hand out, reading the next part of a streamed body
+    when it has none; None if it has (or is at its end), else the failure for the guest."""
+    while stream.position >= len(stream.data) and stream.rest is not None:
+        try:
+            chunk = _receive(stream.rest)
+        except LinkError as error:
+            stream.rest = None
+            return _stream_error(str(error))
+        if not chunk:
+            stream.rest = None
+        stream.data, stream.position = memoryview(chunk), 0
+    return None
+
+
+def _read(_store: Any, this: Any, length: int) -> bytes | ResourceHost | None:
+    # result<list<u8>, stream-error>: the bytes, or the error's handle (last-operation-failed)
+    # or None (closed)
     stream: _InputStream = _get(this, _InputStream)
+    failed = _fill(stream)
+    if failed is not None:
+        return failed
     if stream.position >= len(stream.data):
         return None
     end = min(len(stream.data), stream.position + min(length, 1 << 20))
@@ -877,8 +1044,11 @@ def _read(_store: Any, this: Any, length: int) -> bytes | None:
     return chunk
 
 
-def _skip(_store: Any, this: Any, length: int) -> int | None:
+def _skip(_store: Any, this: Any, length: int) -> int | ResourceHost | None:
     stream: _InputStream = _get(this, _InputStream)
+    failed = _fill(stream)
+    if failed is not None:
+        return failed
     if stream.position >= len(stream.data):
         return None
     end = min(len(stream.data), stream.position + length)
@@ -898,28 +1068,48 @@ def _check_write(_store: Any, this: Any) -> int | None:
 
 def _write(_store: Any, this: Any, contents: bytes) -> Variant:
     # result<_, stream-error>: tagged (both cases may be None)
-    stream: _OutputStream = _get(this, _OutputStream)
+    return _write_to(_get(this, _OutputStream), contents)
+
+
+def _write_to(stream: _OutputStream, contents: bytes) -> Variant:
     if stream.closed():
         return Variant("err", None)
-    stream.write(contents)
+    try:
+        stream.write(contents)
+    except LinkError as error:
+        return Variant("err", _stream_error(str(error)))
     return Variant("ok")
 
 
 def _flush(_store: Any, this: Any) -> Variant:
     stream: _OutputStream = _get(this, _OutputStream)
-    return Variant("err", None) if stream.closed() else Variant("ok")
+    if stream.closed():
+        return Variant("err", None)
+    stream.flush()
+    return Variant("ok")
+
+
+def _write_and_flush(_store: Any, this: Any, contents: bytes) -> Variant:
+    stream: _OutputStream = _get(this, _OutputStream)
+    written = _write_to(stream, contents)
+    if written.tag == "ok":
+        stream.flush()
+    return written
 
 
 def _write_zeroes(_store: Any, this: Any, length: int) -> Variant:
     return _write(_store, this, bytes(min(length, _WRITE_ROOM)))
 
 
-def _splice(_store: Any, this: Any, source: Any, length: int) -> int | None:
+def _splice(_store: Any, this: Any, source: Any, length: int) -> int | ResourceHost | None:
+    # result<u64, stream-error>: the count, or the error's handle, or None (closed)
     data = _read(_store, source, length)
-    if data is None:
-        return None
-    if _write(_store, this, data).tag == "err":
-        return None
+    if not isinstance(data, bytes):
+        return data
+    written = _write(_store, this, data)
+    if written.tag == "err":
+        payload: ResourceHost | None = written.payload
+        return payload
     return len(data)
 
 
@@ -1089,7 +1279,7 @@ _FUNCTIONS: dict[str, dict[str, Callable[..., Any]]] = {
         "[method]input-stream.subscribe": _subscribe_ready,
         "[method]output-stream.check-write": _check_write,
         "[method]output-stream.write": _write,
-        "[method]output-stream.blocking-write-and-flush": _write,
+        "[method]output-stream.blocking-write-and-flush": _write_and_flush,
         "[method]output-stream.flush": _flush,
         "[method]output-stream.blocking-flush": _flush,
         "[method]output-stream.subscribe": _subscribe_ready,
@@ -1198,6 +1388,16 @@ def incoming_handles(state: Exchange) -> tuple[ResourceHost, ResourceHost]:
     request = state.handle(_IncomingRequest(state.request), _KIND["incoming-request"])
     outparam = state.handle(_ResponseOutparam(), _KIND["response-outparam"])
     return request, outparam
+
+
+def declared_length(fields: Iterable[tuple[str, bytes]]) -> int | None:
+    """The body length a response's ``content-length`` field declares (None: none; -1: a
+    value that is no length)."""
+    for name, value in fields:
+        if name.lower() == "content-length":
+            text = value.strip()
+            return int(text) if text.isdigit() else -1
+    return None
 
 
 def header_pairs(fields: Iterable[tuple[str, bytes]]) -> tuple[tuple[str, str], ...]:

@@ -12,33 +12,40 @@ there; one that finds no room within the budget's wait gets 503 with ``Retry-Aft
 sent, ``Content-Encoding`` and all: decoding is the module's business, as in CGI, and a
 compressed bomb never inflates inside the agent. A request counts as in flight only once its
 body is in, so clients that stop sending half-way hold their own connections, never the
-service's capacity. Accepted requests run on a thread pool (wasmtime releases the GIL while
-guest code runs; the event loop waits on Wasm only for a service whose runs are short, tried
-on the loop's own thread within a small budget, see `inline`), each on a fresh instance.
-Failures inside
-the sandbox (trap, timeout, memory, output limit) become that request's 5xx with an error id
-that is also in the log, so one bad request never affects another.
+service's capacity; for a ``wasi:http`` component (``streams``), once the first
+`STREAM_AFTER` bytes are in: the rest streams to the run (`streams.ClientLink`), and a body
+that breaks a limit while the guest reads it gets the status above all the same (a response
+that started streaming by then is cut short instead).
+
+Accepted requests run on a thread pool (wasmtime releases the GIL while guest code runs; the
+event loop waits on Wasm only for a service whose runs are short, tried on the loop's own
+thread within a small budget, see `inline`), each on a fresh instance. Failures inside the
+sandbox (trap, timeout, memory, output limit) become that request's 5xx with an error id that
+is also in the log, so one bad request never affects another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 
+from wasmfleet_agent.runtime.link import STREAM_AFTER
 from wasmfleet_agent.runtime.service import HttpOutcome, IncomingRequest
 from wasmfleet_agent.server import semantics
 from wasmfleet_agent.server.budget import MemoryBudget
 from wasmfleet_agent.server.inflight import ServiceCells
 from wasmfleet_agent.server.inline import InlinePolicy
 from wasmfleet_agent.server.metrics import AgentMetrics
+from wasmfleet_agent.server.streams import ClientLink, copy_headers
 
 __all__ = ["HttpLimits", "ServiceHandler"]
 
@@ -93,6 +100,9 @@ class ServiceHandler:
     """``attempt(request, budget)``: `HttpModule.attempt`."""
     ready: Callable[[], bool] = lambda: True
     """Whether the module's machine code is in memory (an inline run never reads the disk)."""
+    streams: bool = False
+    """The module's bodies stream (a ``wasi:http`` component, `link`): its requests run once
+    the first `STREAM_AFTER` bytes of the body are in, and its runs get the connection."""
     in_flight: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -160,8 +170,9 @@ class ServiceHandler:
         if expect is not None and request.version == HttpVersion11 and request.can_read_body:
             # The request is accepted so far: let the client send its body (RFC 9110 §10.1.1).
             await request.writer.write(_CONTINUE)
+        body_started = time.monotonic()
         try:
-            body = await self._read_body(request)
+            body, more = await self._read_body(request)
         except _BodyTooLargeError:
             self._over_body.inc()
             return self._done(started, web.Response(status=413, text="request body too large\n"))
@@ -182,6 +193,7 @@ class ServiceHandler:
             shared.add(1)
         self._gauge.inc()
         budget, need, taken = self.budget, self.instance_bytes, False
+        link: ClientLink | None = None
         try:
             if budget is not None and not (taken := await budget.take(self.key, need)):
                 self._over_memory.inc()
@@ -191,7 +203,18 @@ class ServiceHandler:
                     headers={"Retry-After": "1"},
                 )
                 return self._done(started, response)
-            outcome = await self._run(_incoming(request, body, target, server_name))
+            if self.streams:
+                link = ClientLink(
+                    request,
+                    asyncio.get_running_loop(),
+                    received=len(body),
+                    max_body=self.limits.max_request_body,
+                    body_deadline=None
+                    if self.limits.body_timeout is None
+                    else body_started + self.limits.body_timeout,
+                )
+            incoming = _incoming(request, body, target, server_name, link, more)
+            outcome = await self._run(incoming)
         finally:
             self.in_flight -= 1
             if shared is not None:
@@ -203,18 +226,16 @@ class ServiceHandler:
         self._instantiate.observe(outcome.instantiate_seconds)
         for result in outcome.outbound:
             self._outbound[result].inc()
+        if link is not None and link.response is not None:
+            return await self._end_stream(started, request, link, outcome)
+        if link is not None and link.refusal is not None:
+            # the body broke a limit while the guest read it: that is the answer
+            status, text = link.refusal
+            if status == 413:
+                self._over_body.inc()
+            return self._done(started, web.Response(status=status, text=text + "\n"))
         if outcome.error is not None:
-            error_id = uuid.uuid4().hex[:12]
-            log.warning(
-                "request failed",
-                extra={
-                    "service": self.name,
-                    "error_id": error_id,
-                    "status": outcome.status,
-                    "error": outcome.error,
-                    "path": request.path,
-                },
-            )
+            error_id = self._log_failure(request, outcome)
             response = web.Response(
                 status=outcome.status,
                 text=f"{outcome.error.split(':', 1)[0]} (error id {error_id})\n",
@@ -222,18 +243,55 @@ class ServiceHandler:
             )
             return self._done(started, response)
         response = web.Response(status=outcome.status, body=outcome.body)
-        for key, value in semantics.forwardable_headers(outcome.headers):
-            if key.lower() == "content-type":
-                response.headers["Content-Type"] = value
-            else:
-                response.headers.add(key, value)
+        copy_headers(response, outcome.headers)
         return self._done(started, response)
+
+    async def _end_stream(
+        self, started: float, request: web.BaseRequest, link: ClientLink, outcome: HttpOutcome
+    ) -> web.StreamResponse:
+        """Ends a response that streamed: its last chunk, or, for a run that failed after it
+        started, a cut connection (its status went out already) and the failure in the log."""
+        response = link.response
+        assert response is not None
+        if link.refusal is not None:  # the body broke a limit: the guest's answer is not whole
+            status, text = link.refusal
+            outcome = HttpOutcome(status, error=text)
+        if outcome.error is None:
+            with contextlib.suppress(ConnectionError):  # the client left at the very end
+                await response.write_eof()
+            return self._done(started, response)
+        self._log_failure(request, outcome, streamed=True)
+        link.abort()
+        return self._done(started, response, status=outcome.status)
+
+    def _log_failure(
+        self, request: web.BaseRequest, outcome: HttpOutcome, *, streamed: bool = False
+    ) -> str:
+        """Logs a failed run under a new error id, which it returns."""
+        error_id = uuid.uuid4().hex[:12]
+        log.warning(
+            "request failed after its response started" if streamed else "request failed",
+            extra={
+                "service": self.name,
+                "error_id": error_id,
+                "status": outcome.status,
+                "error": outcome.error,
+                "path": request.path,
+            },
+        )
+        return error_id
 
     async def _run(self, incoming: IncomingRequest) -> HttpOutcome:
         """Runs the request inline when its service's runs are short (`inline`), else, or
         when the inline try is stopped at its budget, on a thread of the pool."""
         policy, attempt, spent = self.inline, self.attempt, 0.0
-        if policy is not None and attempt is not None and policy.inline and self.ready():
+        if (
+            policy is not None
+            and attempt is not None
+            and policy.inline
+            and not incoming.more_body  # a try never waits for the client
+            and self.ready()
+        ):
             tried = time.perf_counter()
             outcome = attempt(incoming, policy.budget)
             if outcome is not None:
@@ -264,28 +322,38 @@ class ServiceHandler:
         self._over_capacity.inc()
         return self._done(started, web.Response(status=503, text="over capacity\n"))
 
-    async def _read_body(self, request: web.BaseRequest) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> tuple[bytes, bool]:
+        """The body, or for a module whose bodies stream (``streams``) its first
+        `STREAM_AFTER` bytes; and whether more is to come."""
         if not request.can_read_body:
-            return b""
-        chunks = []
+            return b"", False
+        chunks: list[bytes] = []
         size = 0
+        content = request.content
         async with asyncio.timeout(self.limits.body_timeout):
-            async for chunk in request.content.iter_chunked(64 * 1024):
+            while not (self.streams and size >= STREAM_AFTER):
+                chunk = await content.readany()
+                if not chunk:
+                    return b"".join(chunks), False
                 size += len(chunk)
                 if size > self.limits.max_request_body:
                     raise _BodyTooLargeError
                 chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), not content.at_eof()
 
-    def _done(self, started: float, response: web.Response) -> web.Response:
-        counter = self._by_status.get(response.status)
+    def _done(self, started: float, response: _R, *, status: int | None = None) -> _R:
+        """Counts ``response`` (under ``status`` if given: a streamed response's status went
+        out before its run failed) and returns it."""
+        code = response.status if status is None else status
+        counter = self._by_status.get(code)
         if counter is None:
-            counter = self._by_status[response.status] = self.metrics.requests.labels(
-                self.name, str(response.status)
-            )
+            counter = self._by_status[code] = self.metrics.requests.labels(self.name, str(code))
         counter.inc()
         self._latency.observe(time.perf_counter() - started)
         return response
+
+
+_R = TypeVar("_R", bound=web.StreamResponse)
 
 
 class _BodyTooLargeError(Exception):
@@ -293,7 +361,12 @@ class _BodyTooLargeError(Exception):
 
 
 def _incoming(
-    request: web.BaseRequest, body: bytes, target: semantics.Target, server_name: str
+    request: web.BaseRequest,
+    body: bytes,
+    target: semantics.Target,
+    server_name: str,
+    link: ClientLink | None = None,
+    more_body: bool = False,
 ) -> IncomingRequest:
     return IncomingRequest(
         method=request.method,
@@ -307,6 +380,8 @@ def _incoming(
         scheme=request.scheme,
         request_uri=target.request_uri,
         protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+        link=link,
+        more_body=more_body,
     )
 
 

@@ -129,6 +129,7 @@ class InProcessServer:
                 key=order.key,
                 instance_bytes=module.instance_bytes,
                 decode_path=module.cgi,
+                streams=not module.cgi,
                 inline=self._inline_policy(module),
                 attempt=module.attempt,
                 ready=lambda: module.ready,
@@ -161,6 +162,7 @@ class InProcessServer:
         site.handler.ready = lambda: module.ready
         site.handler.instance_bytes = module.instance_bytes
         site.handler.decode_path = module.cgi
+        site.handler.streams = not module.cgi
         site.handler.limits = order.http
 
     async def stop(self, key: str) -> None:

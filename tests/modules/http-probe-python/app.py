@@ -12,6 +12,9 @@ GET /echo...      the request as the guest saw it, as JSON (method, path with qu
 /loop             never returns (a busy loop)
 /sleep?MS         blocks on a monotonic-clock pollable for MS milliseconds
 /big?BYTES        a response body of BYTES bytes, written in 64 KiB writes
+/big-then-raise?BYTES  writes BYTES bytes of body, then raises (the instance traps)
+/stream-echo      answers with the request body, each part written and flushed as it is read
+/ticks?N&MS       N lines, each written and flushed, MS milliseconds apart
 /alloc?MIB        allocates MIB mebibytes and answers with their count
 /env              the environment the guest was given
 /file             tries to open a file (no filesystem is granted)
@@ -77,6 +80,41 @@ def _respond(out, status: int, body: bytes, headers=None, finish: bool = True) -
     stream.__exit__(None, None, None)
     if finish:
         types.OutgoingBody.finish(outgoing, None)
+
+
+def _stream_echo(request, out) -> None:
+    """Writes back each part of the request body as soon as it is read."""
+    fields = types.Fields.from_list([("content-type", b"application/octet-stream")])
+    response = types.OutgoingResponse(fields)
+    outgoing = response.body()
+    types.ResponseOutparam.set(out, Ok(response))
+    sink = outgoing.write()
+    body = request.consume()
+    source = body.stream()
+    while True:
+        try:
+            data = source.blocking_read(CHUNK)
+        except Err:
+            break
+        for start in range(0, len(data), 4096):  # blocking-write-and-flush takes 4 KiB at most
+            sink.blocking_write_and_flush(data[start : start + 4096])
+    source.__exit__(None, None, None)
+    types.IncomingBody.finish(body)
+    sink.__exit__(None, None, None)
+    types.OutgoingBody.finish(outgoing, None)
+
+
+def _ticks(out, count: int, pause_ms: int) -> None:
+    response = types.OutgoingResponse(types.Fields.from_list([("content-type", b"text/plain")]))
+    outgoing = response.body()
+    types.ResponseOutparam.set(out, Ok(response))
+    sink = outgoing.write()
+    for index in range(count):
+        if index:
+            monotonic_clock.subscribe_duration(pause_ms * 1_000_000).block()
+        sink.blocking_write_and_flush(b"tick %d\n" % index)
+    sink.__exit__(None, None, None)
+    types.OutgoingBody.finish(outgoing, None)
 
 
 def _json(out, value) -> None:
@@ -183,6 +221,14 @@ class IncomingHandler(exports.IncomingHandler):
             _respond(response_out, 200, b"slept\n")
         elif path == "/big":
             _respond(response_out, 200, b"x" * int(query))
+        elif path == "/big-then-raise":
+            _respond(response_out, 200, b"x" * int(query), finish=False)
+            raise RuntimeError("the probe raised after writing its body")
+        elif path == "/stream-echo":
+            _stream_echo(request, response_out)
+        elif path == "/ticks":
+            count, _, pause = query.partition("&")
+            _ticks(response_out, int(count), int(pause))
         elif path == "/alloc":
             block = bytearray(int(query) << 20)
             _respond(response_out, 200, b"%d\n" % (len(block) >> 20))
