@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from typing import Any
 
 import pytest
 import wasmtime
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from wasmtime import _ffi as ffi
-from wasmtime.component import Component, Linker, _types
+from wasmtime.component import Component, FuncType, Linker, _types
 
 from wasmfleet_agent.runtime import conversions
 
@@ -108,3 +109,77 @@ def test_a_linker_dropped_forgets_its_host_functions() -> None:
     del store, linker, instance
     gc.collect()
     assert len(conversions._hosted) == before
+
+
+# ---- converters made once per type, against wasmtime-py's own conversions ---------------------
+
+_SHAPES = """
+(component
+  (type $v (variant (case "a") (case "b" u32) (case "c" string)))
+  (import "v" (type $v2 (eq $v)))
+  (import "f" (func
+     (param "fields" (list (tuple string (list u8))))
+     (param "maybe-bytes" (option (list u8)))
+     (param "text-or-code" (result string (error u32)))
+     (param "bare" (result))
+     (param "cases" $v2)
+     (param "nested" (option (option u32)))
+     (param "names" (list string))
+     (result (result (list u8) (error $v2)))))
+)
+"""
+
+
+def _shapes() -> dict[str, object]:
+    engine = wasmtime.Engine(wasmtime.Config())
+    function = Component(engine, _SHAPES).type.imports(engine)["f"].ty
+    assert isinstance(function, FuncType)
+    shapes: dict[str, object] = dict(function.params)
+    shapes["result"] = function.result
+    return shapes
+
+
+_text = st.text(st.characters(codec="utf-8"), max_size=12)
+_u32 = st.integers(0, 2**32 - 1)
+_case = st.one_of(
+    st.just(None),  # "a": the variant's cases take distinct classes, so values are untagged
+    _u32,
+    _text,
+)
+_VALUES = {
+    "fields": st.lists(st.tuples(_text, st.binary(max_size=40)), max_size=5),
+    "maybe-bytes": st.none() | st.binary(max_size=40),
+    "text-or-code": _text | _u32,
+    "bare": st.sampled_from([_types.Variant("ok"), _types.Variant("err")]),
+    "cases": _case,
+    "nested": st.just(_types.Variant("none"))
+    | (st.none() | _u32).map(lambda inner: _types.Variant("some", inner)),
+    "names": st.lists(_text, max_size=5),
+    "result": st.binary(max_size=40) | _case,
+}
+
+
+@pytest.fixture(scope="module")
+def shapes() -> dict[str, object]:
+    conversions.install()
+    return _shapes()
+
+
+@pytest.mark.parametrize("shape", sorted(_VALUES))
+def test_values_lowered_and_lifted_by_the_made_converters_read_as_wasmtime_py_reads_them(
+    shapes: dict[str, object], shape: str
+) -> None:
+    ty: Any = shapes[shape]
+    lift, lower = conversions.lifter(ty), conversions.lowerer(ty)
+
+    @settings(max_examples=60, deadline=None)
+    @given(_VALUES[shape])
+    def round_trip(value: object) -> None:
+        ours = _value()
+        lower(None, value, ctypes.pointer(ours))
+        assert ty.convert_from_c(ours) == value  # wasmtime-py reads what ours wrote
+        theirs = _value()
+        ty.convert_to_c(None, value, ctypes.pointer(theirs))
+        assert lift(None, theirs) == value  # ours reads what wasmtime-py wrote
+
+    round_trip()

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import wasmtime
 from wasmtime import component as wcomponent
@@ -147,6 +147,8 @@ class ComponentCode:
     memories: int
     tables: int
     world_kind: Literal["command", "proxy"] = "command"
+    lowers: list[tuple[Any, ...]] = field(default_factory=list, compare=False, repr=False)
+    """How to lower the entry function's parameters (`conversions.lowerer`), once known."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime import component as wcomponent
 
-from wasmfleet_agent.runtime import capi, wasi_http
+from wasmfleet_agent.runtime import capi, conversions, wasi_http
 from wasmfleet_agent.runtime.errors import SandboxConfigError
 from wasmfleet_agent.runtime.outbound import OutboundPolicy
 
@@ -544,8 +544,11 @@ def handle_http(
                 func = instance.get_func(store, handle)
                 if func is None:
                     raise SandboxConfigError("the component's incoming-handler has no handle")
+                if not code.lowers:  # the entry's types, read once per component
+                    params = func.type(store).params
+                    code.lowers.append(tuple(conversions.lowerer(ty) for _, ty in params))
                 request, outparam = wasi_http.incoming_handles(state)
-                func(store, request, outparam)
+                conversions.call_export(func, store, code.lowers[0], request, outparam)
             except _InstantiationError as error:
                 failure = _classify_component(error, watch, spec)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as error:

@@ -177,6 +177,12 @@ class HttpModule:
             limits = replace(limits, deadline_seconds=max(0.0, limits.deadline_seconds - spent))
         if budget is not None:
             limits = _with_budget(limits, budget)
+        try:
+            compiled = self.compiled.get()
+        except ModuleLoadError as error:  # unloaded while idle, and its file is gone
+            return HttpOutcome(500, error=f"module failed: {error}")
+        if compiled.component is not None and compiled.component.world_kind == "proxy":
+            return self._handle(compiled, request, limits)
         variables = cgi.request_variables(
             method=request.method,
             path=request.path,
@@ -191,12 +197,6 @@ class HttpModule:
             protocol=request.protocol,
             request_uri=request.request_uri,
         )
-        try:
-            compiled = self.compiled.get()
-        except ModuleLoadError as error:  # unloaded while idle, and its file is gone
-            return HttpOutcome(500, error=f"module failed: {error}")
-        if compiled.component is not None and compiled.component.world_kind == "proxy":
-            return self._handle(compiled, request, limits)
         result = run(compiled, self.spec, stdin=request.body, extra_env=variables, limits=limits)
         if result.failure is not None and result.failure.kind == "budget":
             return None

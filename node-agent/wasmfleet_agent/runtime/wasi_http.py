@@ -149,7 +149,7 @@ class Exchange:
 
     def handle(self, obj: object, kind: int) -> ResourceHost:
         """A new owned handle on ``obj``, for the guest."""
-        return ResourceHost.own(self.add(obj), kind)
+        return conversions.Handle(self.add(obj), kind)
 
 
 _MAX_LOG = 64 << 10
@@ -213,19 +213,26 @@ def _kind_of(resource: str) -> int | None:
     return _KIND.get(_ALIASES.get(resource, resource))
 
 
-def _get(handle: ResourceAny | ResourceHost, kind: type[Any]) -> Any:
+def _rep(handle: int | ResourceAny | ResourceHost) -> int:
+    """The rep of a handle the guest passed: as `conversions` hands a parameter over (an
+    int), or inside a list (a handle object)."""
+    if type(handle) is int:
+        return handle
+    host = handle if isinstance(handle, ResourceHost) else handle.to_host(_store())  # type: ignore[union-attr]
+    return int(host.rep)
+
+
+def _get(handle: int | ResourceAny | ResourceHost, kind: type[Any]) -> Any:
     """The object behind a handle the guest passed (own or borrow)."""
-    host = handle if isinstance(handle, ResourceHost) else handle.to_host(_store())
-    obj = _current().objects.get(host.rep)
+    obj = _current().objects.get(_rep(handle))
     if not isinstance(obj, kind):
         raise GuestError(f"a handle of the wrong kind (wanted {kind.__name__})")
     return obj
 
 
-def _take(handle: ResourceAny | ResourceHost, kind: type[Any]) -> Any:
+def _take(handle: int | ResourceAny | ResourceHost, kind: type[Any]) -> Any:
     """The object behind an owned handle the guest gave up."""
-    host = handle if isinstance(handle, ResourceHost) else handle.to_host(_store())
-    obj = _current().objects.pop(host.rep, None)
+    obj = _current().objects.pop(_rep(handle), None)
     if not isinstance(obj, kind):
         raise GuestError(f"a handle of the wrong kind (wanted {kind.__name__})")
     return obj
