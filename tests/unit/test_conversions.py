@@ -183,3 +183,20 @@ def test_values_lowered_and_lifted_by_the_made_converters_read_as_wasmtime_py_re
         assert lift(None, theirs) == value  # ours reads what wasmtime-py wrote
 
     round_trip()
+
+
+@pytest.mark.timeout(20)
+def test_a_linker_collected_while_functions_are_being_linked_forgets_them_without_a_deadlock() -> (
+    None
+):
+    """A garbage collection may run at any allocation, including while `add_func` holds the
+    table of host functions, and drop a linker whose entries then forget themselves on the
+    same thread (seen as an agent stuck linking its second component)."""
+    gc.collect()
+    before = len(conversions._hosted)
+    with conversions._hosted_lock:
+        store, linker, instance = _linked(lambda _store, x: x)
+        assert len(conversions._hosted) == before + 1
+        del store, linker, instance
+        gc.collect()
+        assert len(conversions._hosted) == before

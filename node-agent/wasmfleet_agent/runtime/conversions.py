@@ -463,7 +463,9 @@ _hosted: dict[int, _HostFunction] = {}
 """Each linked host function, how to lift its parameters and lower its result, by the number
 the linker hands back on each call."""
 _numbers = itertools.count(1)
-_hosted_lock = threading.Lock()
+_hosted_lock = threading.RLock()
+"""Reentrant: a garbage collection while it is held may drop a linker, whose entries then
+call `_forget` on the same thread."""
 
 
 @ffi.wasmtime_component_func_callback_t
@@ -493,9 +495,10 @@ def add_func(
     with its arguments and result converted by ``type_``'s types, read here once."""
     lifts = tuple(lifter(param) for _, param in type_.params)
     result = type_.result
+    hosted = (function, lifts, None if result is None else lowerer(result))
     with _hosted_lock:
         number = next(_numbers)
-        _hosted[number] = (function, lifts, None if result is None else lowerer(result))
+        _hosted[number] = hosted
     encoded = name.encode()
     error = ffi.wasmtime_component_linker_instance_add_func(
         instance.ptr(),
