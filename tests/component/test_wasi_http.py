@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 
 from wasmfleet_agent.runtime.engine import Runtime
 from wasmfleet_agent.runtime.errors import ModuleLoadError, SandboxConfigError
-from wasmfleet_agent.runtime.sandbox import Preopen, SandboxSpec
-from wasmfleet_agent.runtime.service import check_fits
+from wasmfleet_agent.runtime.link import STREAM_AFTER
+from wasmfleet_agent.runtime.sandbox import Preopen, RunLimits, SandboxSpec
+from wasmfleet_agent.runtime.service import HttpModule, IncomingRequest, check_fits
 from wasmfleet_harness.agent import ServedModule, wasmtime_cli
 from wasmfleet_harness.processes import ManagedProcess, Workspace, free_port, wait_until
 
@@ -566,3 +567,52 @@ def test_a_proxy_component_the_agent_cannot_serve_is_refused_at_load(
     path.write_bytes(data)
     with pytest.raises(ModuleLoadError, match=reason):
         runtime.load(path)
+
+
+class _RecordingLink:
+    """A client connection that keeps what a run sends it (the server's `ClientLink` is shown
+    over real sockets above; this one lets a test see which run streamed)."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.sent = bytearray()
+
+    def receive(self, timeout: float | None) -> bytes:
+        return b""
+
+    def start(self, status: int, headers: list[tuple[str, str]], timeout: float | None) -> None:
+        self.started.append(status)
+
+    def send(self, data: bytes, timeout: float | None) -> None:
+        self.sent += data
+
+
+def test_an_inline_try_that_would_stream_stops_and_the_run_on_a_thread_streams(
+    runtime: Runtime, wasm_modules: dict[str, Path]
+) -> None:
+    """A try (on the event loop's thread) must not wait on the client: one whose response
+    grows past what is held is stopped untouched, and the run again on a thread streams."""
+    compiled = runtime.load(wasm_modules["http-probe-python"])
+    module = HttpModule("probe", compiled, SandboxSpec(), RunLimits(deadline_seconds=10))
+    link = _RecordingLink()
+    size = 3 * STREAM_AFTER
+    request = IncomingRequest(
+        method="GET",
+        path="/big",
+        query=str(size),
+        headers=(("Host", "probe"),),
+        body=b"",
+        remote_addr="127.0.0.1",
+        server_name="probe",
+        server_port=80,
+        request_uri=f"/big?{size}",
+        link=link,
+    )
+    assert module.repeatable
+    assert module.attempt(request, 10.0) is None, "the try must stop, not stream"
+    assert (link.started, bytes(link.sent)) == ([], b"")
+    outcome = module.execute(request)
+    assert outcome.error is None, outcome.error
+    assert link.started == [200]
+    assert bytes(link.sent) + outcome.body == b"x" * size
+    assert len(link.sent) >= STREAM_AFTER
