@@ -269,6 +269,53 @@ def _lift_boxed(lift: Lift | None, context: Any, boxed: Any) -> Any:
     return value
 
 
+def _option_case(value: Any) -> tuple[str, Any]:
+    return ("some" if value.of.option else "none"), value.of.option
+
+
+def _result_case(value: Any) -> tuple[str, Any]:
+    return ("ok" if value.of.result.is_ok else "err"), value.of.result.val
+
+
+def _variant_case(value: Any) -> tuple[str, Any]:
+    name = ffi.to_str(value.of.variant.discriminant)
+    _bytes_delete(ctypes.byref(value.of.variant.discriminant))
+    return name, value.of.variant.val
+
+
+_CASE_OF: dict[type, Callable[[Any], tuple[str, Any]]] = {
+    _types.OptionType: _option_case,
+    _types.ResultType: _result_case,
+    _types.VariantType: _variant_case,
+}
+"""The case a C value of a variant-like type holds, and its boxed payload, by type."""
+
+
+def _store_option(contents: Any, _name: str, boxed: Any) -> None:
+    contents.kind = _OPTION
+    contents.of.option = boxed
+
+
+def _store_result(contents: Any, name: str, boxed: Any) -> None:
+    contents.kind = _RESULT
+    contents.of.result.is_ok = name == "ok"
+    contents.of.result.val = boxed
+
+
+def _store_variant(contents: Any, name: str, boxed: Any) -> None:
+    contents.kind = _VARIANT_KIND
+    contents.of.variant.discriminant = ffi.str_to_capi(name)
+    contents.of.variant.val = boxed
+
+
+_STORE_CASE: dict[type, Callable[[Any, str, Any], None]] = {
+    _types.OptionType: _store_option,
+    _types.ResultType: _store_result,
+    _types.VariantType: _store_variant,
+}
+"""Stores a variant-like type's case and boxed payload in a C value, by type."""
+
+
 def lifter(ty: Any) -> Lift:
     """A `Lift` for ``ty``: direct for the shapes host calls pass (handles, bytes, strings,
     lists, tuples, options, results, variants), wasmtime-py's conversion for the rest."""
@@ -316,18 +363,11 @@ def lifter(ty: Any) -> Lift:
                 _tuple_delete(ctypes.byref(value.of.tuple))
 
         return lift_tuple
-    if isinstance(ty, (_types.OptionType, _types.ResultType, _types.VariantType)):
+    if type(ty) in _CASE_OF:
         tagged = ty._tagged()
         cases = {name: (lifter(case) if case is not None else None) for name, case in ty._cases()}
 
-        def case_of(value: Any) -> tuple[str, Any]:
-            if isinstance(ty, _types.OptionType):
-                return ("some" if value.of.option else "none"), value.of.option
-            if isinstance(ty, _types.ResultType):
-                return ("ok" if value.of.result.is_ok else "err"), value.of.result.val
-            name = ffi.to_str(value.of.variant.discriminant)
-            _bytes_delete(ctypes.byref(value.of.variant.discriminant))
-            return name, value.of.variant.val
+        case_of = _CASE_OF[type(ty)]
 
         def lift_case(context: Any, value: Any) -> Any:
             name, boxed = case_of(value)
@@ -348,7 +388,7 @@ def lowerer(ty: Any) -> Lower:
         return ty.convert_to_c  # `install` made it direct for a `Handle`
     if isinstance(ty, _types.ListType) and isinstance(ty.element, _types.U8):
         return ty.convert_to_c  # `install` made it a strided copy
-    if isinstance(ty, (_types.OptionType, _types.ResultType, _types.VariantType)):
+    if type(ty) in _STORE_CASE:
         tagged = ty._tagged()
         cases = []
         for name, case in ty._cases():
@@ -378,19 +418,9 @@ def lowerer(ty: Any) -> Lower:
                 raw = _Value()
                 lower(store, payload, ctypes.pointer(raw))
                 boxed = _val_new(ctypes.byref(raw))
-            contents = pointer.contents
-            if isinstance(ty, _types.OptionType):
-                contents.kind = _OPTION
-                contents.of.option = boxed
-            elif isinstance(ty, _types.ResultType):
-                contents.kind = _RESULT
-                contents.of.result.is_ok = name == "ok"
-                contents.of.result.val = boxed
-            else:
-                contents.kind = _VARIANT_KIND
-                contents.of.variant.discriminant = ffi.str_to_capi(name)
-                contents.of.variant.val = boxed
+            store_case(pointer.contents, name, boxed)
 
+        store_case = _STORE_CASE[type(ty)]
         return lower_case
     return ty.convert_to_c  # type: ignore[no-any-return]
 

@@ -147,8 +147,9 @@ class ComponentCode:
     memories: int
     tables: int
     world_kind: Literal["command", "proxy"] = "command"
-    lowers: list[tuple[Any, ...]] = field(default_factory=list, compare=False, repr=False)
-    """How to lower the entry function's parameters (`conversions.lowerer`), once known."""
+    lowers: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    """How to lower the entry function's parameters (`conversions.lowerer`): made at load for
+    a ``wasi:http/proxy`` component, whose ``handle`` the agent calls per request."""
 
 
 @dataclass(frozen=True)
@@ -435,11 +436,13 @@ class Runtime:
         if interface is None or entry is None:
             raise ModuleLoadError(f"component {digest} exports {info.entry} without {function}")
         linker = slot.component_linker
+        lowers: tuple[Any, ...] = ()
         if proxy:
             # Its imports are defined by name, at the versions it asks for: a linker each.
             linker = wcomponent.Linker(slot.engine)
             try:
                 wasi_http.define(linker, slot.engine, component)
+                lowers = wasi_http.entry_lowers(slot.engine, component, info.entry)
             except wasmtime.WasmtimeError as error:
                 raise ModuleLoadError(
                     f"component {digest} cannot be linked: {_first_line(error)}"
@@ -454,6 +457,7 @@ class Runtime:
             memories=max(1, shape.memories),
             tables=shape.tables,
             world_kind="proxy" if proxy else "command",
+            lowers=lowers,
         )
         return CompiledModule(
             digest,

@@ -544,11 +544,8 @@ def handle_http(
                 func = instance.get_func(store, handle)
                 if func is None:
                     raise SandboxConfigError("the component's incoming-handler has no handle")
-                if not code.lowers:  # the entry's types, read once per component
-                    params = func.type(store).params
-                    code.lowers.append(tuple(conversions.lowerer(ty) for _, ty in params))
                 request, outparam = wasi_http.incoming_handles(state)
-                conversions.call_export(func, store, code.lowers[0], request, outparam)
+                conversions.call_export(func, store, code.lowers, request, outparam)
             except _InstantiationError as error:
                 failure = _classify_component(error, watch, spec)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as error:

@@ -1390,6 +1390,18 @@ def define(linker: Linker, engine: wasmtime.Engine, component: Component) -> Non
                         conversions.add_func(instance, item_name, _calls(function), item)
 
 
+def entry_lowers(engine: wasmtime.Engine, component: Component, entry: str) -> tuple[Any, ...]:
+    """How to lower the parameters of ``handle`` in the exported interface ``entry`` (the
+    request and the response outparam), for `conversions.call_export`."""
+    interface = component.type.exports(engine)[entry].ty
+    if not isinstance(interface, ComponentInstanceType):
+        raise wasmtime.WasmtimeError(f"export {entry} is not an interface instance")
+    handle = interface.exports(engine)["handle"].ty
+    if not isinstance(handle, FuncType):
+        raise wasmtime.WasmtimeError(f"{entry}.handle is not a function")
+    return tuple(conversions.lowerer(ty) for _, ty in handle.params)
+
+
 def incoming_handles(state: Exchange) -> tuple[ResourceHost, ResourceHost]:
     """The two handles ``handle`` takes: the request and the response outparam."""
     request = state.handle(_IncomingRequest(state.request), _KIND["incoming-request"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -51,7 +52,7 @@ class ClientLink:
         """Bytes of the body read so far."""
         self.max_body = max_body
         self.body_deadline = body_deadline
-        """When the whole body must be in, on the loop's clock (None: no limit)."""
+        """When the whole body must be in, on `time.monotonic` (None: no limit)."""
         self.response: web.StreamResponse | None = None
         """The response, once started."""
         self.refusal: tuple[int, str] | None = None
@@ -85,7 +86,7 @@ class ClientLink:
     async def _receive(self) -> bytes:
         if self.refusal is not None:
             raise LinkError(self.refusal[1])
-        left = None if self.body_deadline is None else self.body_deadline - self.loop.time()
+        left = None if self.body_deadline is None else self.body_deadline - time.monotonic()
         try:
             async with asyncio.timeout(left):
                 chunk = await self.request.content.readany()
