@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from wasmfleet_agent.runtime import gil
+
 __all__ = [
     "EncodedStrings",
     "call_export",
@@ -56,14 +58,16 @@ def set_argv(config: wasmtime.WasiConfig, argv: EncodedStrings) -> None:
 # wasi_config_set_env with arrays of ``c_char_p`` as its parameters, so that a request's
 # arrays are passed as they are made, without a cast (the wrapper's argument types are left
 # alone: wasmtime-py uses them).
-_set_env_arrays = ffi.dll["wasi_config_set_env"]
-_set_env_arrays.restype = ctypes.c_bool
-_set_env_arrays.argtypes = [
-    ctypes.POINTER(ffi.wasi_config_t),
-    ctypes.c_size_t,
-    ctypes.POINTER(ctypes.c_char_p),
-    ctypes.POINTER(ctypes.c_char_p),
-]
+_set_env_arrays = gil.held_as(
+    "wasi_config_set_env",
+    ctypes.c_bool,
+    [
+        ctypes.POINTER(ffi.wasi_config_t),
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_char_p),
+        ctypes.POINTER(ctypes.c_char_p),
+    ],
+)
 
 
 def set_env(

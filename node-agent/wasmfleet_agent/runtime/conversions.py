@@ -39,10 +39,11 @@ from collections.abc import Callable
 from typing import Any
 
 from wasmtime import WasmtimeError
-from wasmtime import _bindings as bindings
 from wasmtime import _ffi as ffi
 from wasmtime.component import FuncType, LinkerInstance, ResourceHost, _types
 from wasmtime.component._enter import catch_exceptions, enter_wasm
+
+from wasmfleet_agent.runtime import gil
 
 __all__ = [
     "Handle",
@@ -159,8 +160,8 @@ _AnyPointer = ctypes.POINTER(ffi.wasmtime_component_resource_any_t)
 
 
 def _c(name: str) -> Any:
-    """The C function behind wasmtime-py's wrapper ``name`` (the wrapper if it has none)."""
-    return getattr(bindings, "_" + name, getattr(ffi, name))
+    """The C function behind wasmtime-py's wrapper ``name``, called with the GIL kept."""
+    return gil.held(name)
 
 
 _host_new = _c("wasmtime_component_resource_host_new")

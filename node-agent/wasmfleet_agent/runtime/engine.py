@@ -44,7 +44,7 @@ from typing import Any, Literal, TypeVar
 import wasmtime
 from wasmtime import component as wcomponent
 
-from wasmfleet_agent.runtime import hostcalls, sandbox, wasi_http
+from wasmfleet_agent.runtime import gil, hostcalls, sandbox, wasi_http
 from wasmfleet_agent.runtime.component import MODULE_WORLD, PROXY_WORLD, inspect_component
 from wasmfleet_agent.runtime.errors import ModuleLoadError
 from wasmfleet_agent.runtime.shape import (
@@ -234,6 +234,7 @@ class _EngineSlot:
         config.wasm_multi_memory = False
         config.wasm_component_model = True
         self.settings = settings
+        gil.install()
         self.engine = wasmtime.Engine(config)
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
