@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wasmfleet_agent.server.inline import MAX_REQUIRED, InlinePolicy
+from wasmfleet_agent.server.inline import LONG_IN_A_ROW, MAX_REQUIRED, InlinePolicy
 
 
 def test_a_service_goes_inline_after_enough_short_runs_in_a_row() -> None:
@@ -16,17 +16,47 @@ def test_a_service_goes_inline_after_enough_short_runs_in_a_row() -> None:
     assert policy.inline
 
 
-def test_a_long_run_or_a_wait_resets_the_streak_and_leaves_inline() -> None:
+def test_long_runs_in_a_row_or_a_wait_reset_the_streak_and_leave_inline() -> None:
     policy = InlinePolicy(required=2)
     policy.ran(0.0001)
     policy.ran(0.5)  # long
+    policy.ran(0.5)  # long again: the module's runs are long
     policy.ran(0.0001)
     assert not policy.inline
+    policy.ran(0.0001)
+    assert policy.inline
+    for _ in range(LONG_IN_A_ROW):
+        policy.ran(0.5)
+    assert not policy.inline
+    policy.ran(0.0001)
     policy.ran(0.0001)
     assert policy.inline
     policy.ran(0.0001, waited=True)  # slept in a host call: never inline while it does
     assert not policy.inline
     policy.ran(0.0001)
+    assert not policy.inline
+
+
+def test_a_long_run_alone_among_short_ones_neither_counts_nor_leaves_inline() -> None:
+    policy = InlinePolicy(required=3)
+    policy.ran(0.0001)
+    policy.ran(0.0015)  # an outlier: a collection, page faults, the GIL taken back
+    policy.ran(0.0001)
+    assert not policy.inline
+    policy.ran(0.0001)
+    assert policy.inline
+    for _ in range(50):
+        policy.ran(0.0015)
+        policy.ran(0.0001)
+    assert policy.inline
+
+
+def test_an_outlier_then_a_wait_leaves_inline_at_once() -> None:
+    policy = InlinePolicy(required=1)
+    policy.ran(0.0001)
+    assert policy.inline
+    policy.ran(0.0015)
+    policy.ran(0.0001, waited=True)
     assert not policy.inline
 
 
