@@ -80,10 +80,10 @@ def test_the_same_call_made_as_ctypes_usually_does_lets_a_waiting_thread_run() -
     assert _steps_of_a_rival_thread(_host_handles(new, delete)) > 0
 
 
-def test_a_held_call_has_the_types_wasmtime_py_declares() -> None:
+def test_a_held_call_is_made_once_with_the_c_signature() -> None:
     name = "wasmtime_component_resource_host_rep"
     held = gil.held(name)
-    declared = ffi.dll[name]  # a fresh ctypes function, as wasmtime-py made its own
+    declared = ffi.dll[name]  # a fresh ctypes function of the same C symbol
     assert held.argtypes == [ctypes.POINTER(ffi.wasmtime_component_resource_host_t)]
     assert held.restype is ctypes.c_uint32
     assert held is gil.held(name)

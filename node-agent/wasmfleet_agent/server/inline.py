@@ -68,11 +68,12 @@ class InlinePolicy:
     def ran(self, cpu_seconds: float, *, waited: bool = False) -> None:
         """A run (inline or threaded) finished after ``cpu_seconds`` of CPU; ``waited``: it
         slept or waited in a host call."""
-        if not waited and cpu_seconds > self.short:
+        long = cpu_seconds > self.short
+        if long and not waited:
             self.long_runs += 1
             if self.long_runs < LONG_IN_A_ROW:
                 return  # maybe an outlier: neither short nor yet the module's nature
-        if waited or cpu_seconds > self.short:
+        if waited or long:
             self.inline = False
             self.streak = 0
             self.long_runs = 0
